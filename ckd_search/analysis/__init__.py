@@ -1,0 +1,1 @@
+"""Reports that answer the switching question."""

@@ -1,0 +1,1 @@
+"""Implementations of the ``ckd-search`` subcommands (imported lazily by the CLI)."""

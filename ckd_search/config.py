@@ -1,0 +1,425 @@
+"""One typed configuration tree for every run: frozen dataclasses, validated once at the boundary.
+
+``Config.from_dict`` accepts nested mappings or dotted keys (``{"kd.temperature": 4.0}``, as Ray and
+Optuna hand them back), rejects unknown keys, coerces numbers (PyYAML reads ``1e-4`` as a string) and
+checks every rule; a broken rule raises :class:`ConfigError` naming the dotted key, the value and the
+rule, e.g. ``kd.temperature=-1.0 must be > 0``.
+
+Defaults follow ckd-method.md where the paper or He et al.'s code fixes a value; where that file marks a
+choice as a guess the field's comment says ``[GUESS]``. Sizes default to the embedded Digits-DVS set on a
+CPU (small width, 32x32, T=6); ``search_spaces/ncaltech101.yaml`` holds the paper's full-size values.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import typing
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ckd_search.errors import ConfigError, UserError
+
+Check = Callable[[Any], str | None]
+
+
+# --- rules -------------------------------------------------------------------------------------
+def gt(lo: float) -> Check:
+    return lambda v: None if v > lo else f"must be > {lo:g}"
+
+
+def ge(lo: float) -> Check:
+    return lambda v: None if v >= lo else f"must be >= {lo:g}"
+
+
+def between(lo: float, hi: float, *, open_lo: bool = False) -> Check:
+    def check(v: Any) -> str | None:
+        ok = (v > lo if open_lo else v >= lo) and v <= hi
+        return None if ok else f"must be in {'(' if open_lo else '['}{lo:g}, {hi:g}]"
+
+    return check
+
+
+def one_of(*choices: str) -> Check:
+    return lambda v: None if v in choices else f"must be one of {list(choices)}"
+
+
+def opt(check: Check) -> Check:
+    """Apply ``check`` unless the value is None."""
+    return lambda v: None if v is None else check(v)
+
+
+def f(default: Any, doc: str, check: Check | None = None) -> Any:
+    """A dataclass field with a one-line description and an optional validation rule."""
+    meta = {"doc": doc, "check": check}
+    if isinstance(default, list | tuple):
+        return field(default_factory=lambda: tuple(default), metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+# --- sections ----------------------------------------------------------------------------------
+DATASETS = ("digits_dvs", "shapes_dvs", "ncaltech101", "cepdvs")
+
+
+@dataclass(frozen=True)
+class SimulatorConfig:
+    """ESIM-style saccade simulator (data.md 2.3); used by the embedded sets only."""
+
+    contrast: float = f(0.2, "mean contrast threshold C+ = C- (log units)", gt(0))
+    contrast_sigma: float = f(0.03, "per-pixel threshold mismatch sigma (v2e default)", ge(0))
+    log_eps: float = f(0.1, "epsilon in log(I + eps); smaller gives more events", gt(0))
+    amplitude: float = f(2.0, "saccade triangle size in pixels", gt(0))
+    steps_per_leg: int = f(20, "render steps per saccade leg (|dp| per step <= ~0.3 px)", ge(1))
+    duration_us: int = f(300_000, "recording length in microseconds (three 100 ms saccades)", ge(1))
+    refractory_us: int = f(0, "refractory period per pixel (0 = off)", ge(0))
+    shot_noise_hz: float = f(0.0, "shot-noise rate per pixel (0 = off)", ge(0))
+    intensity: str = f("luma", "intensity channel: luma (ESIM, Y) or value (HSV V)", one_of("luma", "value"))
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = f("digits_dvs", "data set name", one_of(*DATASETS))
+    root: str | None = f(None, "local folder of a real data set (never downloaded)")
+    cache_dir: str = f("~/.cache/ckd_search", "where frame caches, teachers and logits are stored")
+    timesteps: int = f(6, "T: time bins per recording = SNN steps (paper: 10 N-Caltech101, 6 CEP-DVS)", between(1, 64))
+    size: int = f(32, "student input size S (frames and V channel are S x S; paper: 48)", between(8, 512))
+    pairing: str = f("same_image", "RGB partner of a DVS sample", one_of("same_image", "same_class_random"))
+    include_background: bool = f(True, "N-Caltech101: keep BACKGROUND_Google (101 classes) or drop it (100)")
+    crop_padding: int = f(4, "train augmentation: random crop with this zero padding (0 = off)", ge(0))
+    flip: bool = f(False, "train augmentation: random horizontal flip (CEP-DVS recipe)")
+    rotation: float = f(0.0, "train augmentation: random rotation up to this many degrees", between(0, 180))
+    balanced_sampler: bool = f(False, "class-balanced sampling with replacement (He et al. N-Caltech101)")
+    split_seed: int = f(0, "seed of the stratified split of the embedded sets", ge(0))
+    limit: int | None = f(None, "use at most this many samples per split (quick tests)", opt(ge(1)))
+    simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Spiking student: VGGSNN 64-128-P-256-256-P-512-512-P-512-512-P-FC (ckd-method.md 3.1)."""
+
+    arch: str = f("vggsnn", "student architecture", one_of("vggsnn"))
+    width: float = f(0.125, "channel multiplier (1.0 = paper; 0.125 suits a CPU)", between(0.01, 4.0, open_lo=True))
+    tau: float = f(2.0, "LIF time constant (BrainCog/spikingjelly form; > 1)", gt(1))
+    v_threshold: float = f(0.5, "LIF firing threshold (He et al.)", gt(0))
+    surrogate_alpha: float = f(2.0, "PiecewiseQuadratic surrogate alpha (triangle of half-width 1/alpha)", gt(0))
+    detach_reset: bool = f(True, "detach the hard reset from the graph (He et al.)")
+    shared_head: bool = f(False, "one classifier for both streams instead of separate heads (ablation)")
+    conv_bias: bool = f(False, "bias in conv layers (He et al.: none)")
+
+
+@dataclass(frozen=True)
+class TeacherConfig:
+    """ANN teacher fine-tuned on the TRAIN split's images in HSV (ckd-method.md 3.2)."""
+
+    arch: str = f("small_cnn", "teacher network", one_of("small_cnn", "resnet18", "wide_resnet101_2"))
+    weights: str | None = f(None, "local weights file to start from (never downloaded)")
+    input_size: int = f(28, "teacher input size (paper [GUESS]: 224)", between(8, 512))
+    epochs: int = f(8, "fine-tune epochs (paper: 20)", ge(0))
+    lr: float = f(2e-3, "fine-tune learning rate (AdamW, cosine) [GUESS]", gt(0))
+    batch_size: int = f(64, "fine-tune batch size", ge(1))
+    hsv: bool = f(True, "feed the teacher HSV rather than RGB (paper: HSV)")
+
+
+@dataclass(frozen=True)
+class KDConfig:
+    """Logit distillation from the teacher, switched off by gamma (ckd-method.md 2.5-2.6)."""
+
+    enabled: bool = f(True, "use the teacher at all (False = He et al. transfer)")
+    alpha: float = f(1.0, "KD weight alpha [GUESS]", ge(0))
+    temperature: float = f(4.0, "KD temperature tau [GUESS]", gt(0))
+    schedule: str = f("phased", "gamma: phased sigma(-k(e-e_th)), constant 1, or adaptive in P_replace",
+                      one_of("phased", "constant", "adaptive"))
+    e_th: float | None = f(None, "switch point in `units` (None = half the run); relative to run.epochs", opt(ge(0)))
+    k: float = f(100.0, "switch steepness (paper: 100 N-Caltech101, 0.001 CEP-DVS)", gt(0))
+    units: str = f("epoch", "unit of e and e_th in gamma", one_of("epoch", "iteration"))
+    p_th: float = f(0.5, "adaptive schedule: gamma = sigma(-k (P_replace - p_th))", between(0, 1))
+    target: str = f("mean", "KD on time-averaged static logits (mean) or per step [GUESS: mean]",
+                    one_of("mean", "per_step"))
+    mask_replaced: bool = f(False, "skip KD for samples replaced by DVS (ablation)")
+
+
+@dataclass(frozen=True)
+class LossConfig:
+    method: str = f("ckd", "ckd: two streams; dvs_only: TET on the DVS stream alone (baseline)",
+                    one_of("ckd", "dvs_only"))
+    beta: float = f(0.5, "domain-alignment (CKA) weight beta (He et al.)", ge(0))
+    tet_lambda: float = f(1e-3, "TET MSE weight lambda", between(0, 1))
+    tet_phi: float = f(0.5, "TET MSE target phi (He et al.: V_th)")
+    learnable_theta: bool = f(True, "learn the per-step STR weights theta_t (else fixed at theta_init)")
+    theta_init: float = f(1.0, "initial theta_t (sigma = 0.731)")
+    replace: str = f("sliding", "replacement: sliding P=(progress)^p, step (0 then 1 at half), none",
+                     one_of("sliding", "step", "none"))
+    replace_power: float = f(3.0, "exponent p of P_replace (He et al.: 3)", gt(0))
+
+
+@dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up and cosine decay, stepped per epoch (He et al. via timm)."""
+
+    batch_size: int = f(64, "pairs per step (paper: 120); drop_last keeps it fixed for CKA", ge(2))
+    lr: float = f(2e-3, "peak learning rate (paper: 5e-3 x B/1024 = 5.86e-4)", gt(0))
+    weight_decay: float = f(0.01, "AdamW weight decay (not on 1-D params)", ge(0))
+    beta1: float = f(0.9, "AdamW beta1", between(0, 1))
+    beta2: float = f(0.999, "AdamW beta2", between(0, 1))
+    eps: float = f(1e-8, "AdamW eps", gt(0))
+    warmup_epochs: int = f(1, "linear warm-up epochs (paper: 5)", ge(0))
+    warmup_lr: float = f(1e-6, "learning rate at the start of warm-up", ge(0))
+    min_lr: float = f(1e-5, "cosine floor", ge(0))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    epochs: int = f(6, "planned run length E (schedules span it; paper: 300 / 200)", ge(1))
+    max_epochs: int | None = f(None, "stop after this many epochs (budget); None = epochs", opt(ge(1)))
+    fidelity: str = f("truncate", "truncate: schedules span `epochs`; compress: they span the budget",
+                      one_of("truncate", "compress"))
+    seed: int = f(42, "seed of everything in the run", ge(0))
+    device: str = f("auto", "auto, cpu, cuda or cuda:N", lambda v: None if v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:") else "must be auto, cpu, cuda or cuda:N")
+    precision: str = f("fp32", "bf16 uses spikingjelly's PrecisionConfig (fp32 neuron state) on CUDA",
+                       one_of("fp32", "bf16"))
+    compile: bool = f(False, "torch.compile the student (CUDA)")
+    channels_last: bool = f(True, "channels_last memory format on CUDA")
+    threads: int | None = f(None, "torch CPU threads (None = leave as is)", opt(ge(1)))
+    checkpoint_every: int = f(1, "write a full checkpoint every N epochs (0 = never)", ge(0))
+    eval_every: int = f(1, "evaluate on the test split every N epochs (and at the end)", ge(1))
+
+
+@dataclass(frozen=True)
+class ResourcesConfig:
+    """Per-trial resources in a search."""
+
+    cpus: float = f(1.0, "CPU cores per trial", gt(0))
+    gpu_fraction: float = f(0.0, "share of one GPU per trial (0 = CPU trial)", between(0, 1))
+
+
+@dataclass(frozen=True)
+class Config:
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    teacher: TeacherConfig = field(default_factory=TeacherConfig)
+    kd: KDConfig = field(default_factory=KDConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
+
+    # -- construction ---------------------------------------------------------------------------
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any] | None = None) -> Config:
+        """Build from nested and/or dotted keys; unknown keys and broken rules raise ConfigError."""
+        return _build(cls, _nest(values or {}, ""), "")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Nested plain dict (tuples as lists) that ``from_dict`` turns back into an equal Config."""
+        return _plain(dataclasses.asdict(self))
+
+    def flat(self) -> dict[str, Any]:
+        """Dotted keys to leaf values, e.g. ``{"kd.temperature": 4.0, ...}`` (MLflow params)."""
+        return dict(_flatten(self.to_dict(), ""))
+
+    def replace(self, **dotted: Any) -> Config:
+        """A copy with some dotted keys changed (``cfg.replace(**{"kd.k": 10})``), validated."""
+        merged = self.flat()
+        merged.update(dotted)
+        return Config.from_dict(merged)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> Config:
+        data = load_yaml_mapping(path)
+        merged = {**dict(_flatten(_nest(data, ""), "")), **dict(overrides or {})}
+        return cls.from_dict(merged)
+
+    # -- derived values -------------------------------------------------------------------------
+    @property
+    def budget_epochs(self) -> int:
+        """Epochs this run trains for: min(max_epochs, epochs)."""
+        return min(self.run.max_epochs or self.run.epochs, self.run.epochs) if self.run.fidelity == "truncate" \
+            else (self.run.max_epochs or self.run.epochs)
+
+    @property
+    def schedule_epochs(self) -> int:
+        """Epochs the schedules (P_replace, gamma, LR) are laid over."""
+        return self.run.epochs if self.run.fidelity == "truncate" else self.budget_epochs
+
+    @property
+    def e_th_epochs(self) -> float:
+        """Switch point in schedule units: e_th (default half the run), rescaled under compress."""
+        e_th = self.kd.e_th if self.kd.e_th is not None else self.run.epochs / 2
+        return e_th * self.schedule_epochs / self.run.epochs
+
+
+# --- helpers -----------------------------------------------------------------------------------
+def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
+    """Read a YAML mapping with ``yaml.safe_load``; missing files and non-mappings are UserErrors."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise UserError(f"{p}: no such file")
+    try:
+        data = yaml.safe_load(p.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark is not None else ""
+        raise UserError(f"{p}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise UserError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+def field_docs(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, Any, str]]:
+    """(dotted key, default, doc) for every leaf field: the documented schema."""
+    for fld in dataclasses.fields(cls):
+        key = f"{prefix}{fld.name}"
+        if dataclasses.is_dataclass(fld.type if isinstance(fld.type, type) else _hint(cls, fld.name)):
+            yield from field_docs(_hint(cls, fld.name), key + ".")
+        else:
+            default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()  # type: ignore[misc]
+            yield key, default, fld.metadata.get("doc", "")
+
+
+def leaf_keys() -> set[str]:
+    return {key for key, _, _ in field_docs()}
+
+
+def _hint(cls: type, name: str) -> Any:
+    return typing.get_type_hints(cls)[name]
+
+
+def _nest(values: Mapping[str, Any], path: str) -> dict[str, Any]:
+    """Turn dotted keys into nested dicts, merging with nested input; conflicts are errors."""
+    out: dict[str, Any] = {}
+    for raw_key, value in values.items():
+        if not isinstance(raw_key, str):
+            raise ConfigError(f"{path}{raw_key}", raw_key, "key must be a string")
+        parts = raw_key.split(".")
+        node = out
+        for i, part in enumerate(parts[:-1]):
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(path + ".".join(parts[: i + 1]), child, "is a value, not a section")
+            node = child
+        leaf = parts[-1]
+        if isinstance(value, Mapping):
+            existing = node.setdefault(leaf, {})
+            if not isinstance(existing, dict):
+                raise ConfigError(path + raw_key, value, "given twice")
+            existing.update(_nest(value, f"{path}{raw_key}."))
+        else:
+            if leaf in node:
+                raise ConfigError(path + raw_key, value, "given twice")
+            node[leaf] = value
+    return out
+
+
+def _build(cls: type, values: dict[str, Any], path: str) -> Any:
+    hints = typing.get_type_hints(cls)
+    names = {fld.name: fld for fld in dataclasses.fields(cls)}
+    for key in values:
+        if key not in names:
+            raise ConfigError(path + key, values[key], f"is not a known key (known in {path or 'the top level'}"
+                              f"{'' if not path else ''}: {', '.join(sorted(names))})")
+    kwargs: dict[str, Any] = {}
+    for name, fld in names.items():
+        key = path + name
+        hint = hints[name]
+        if dataclasses.is_dataclass(hint):
+            sub = values.get(name, {})
+            if not isinstance(sub, dict):
+                raise ConfigError(key, sub, "must be a mapping (a section)")
+            kwargs[name] = _build(hint, sub, key + ".")  # type: ignore[arg-type]
+            continue
+        if name not in values:
+            continue
+        value = _coerce(key, values[name], hint)
+        check = fld.metadata.get("check")
+        if check is not None and value is not None:
+            problem = check(value)
+            if problem:
+                raise ConfigError(key, value, problem)
+        kwargs[name] = value
+    obj = cls(**kwargs)
+    _cross_checks(obj, path)
+    return obj
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    base = next((a for a in args if a is not type(None)), hint) if args else hint
+    if value is None:
+        if optional:
+            return None
+        raise ConfigError(key, value, "must not be empty")
+    if base is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false", "yes", "no", "on", "off"):
+            return value.lower() in ("true", "yes", "on")
+        raise ConfigError(key, value, "must be true or false")
+    if base is int:
+        if isinstance(value, bool):
+            raise ConfigError(key, value, "must be an integer")
+        try:
+            number = float(value) if isinstance(value, str) else value
+        except ValueError:
+            raise ConfigError(key, value, "must be an integer") from None
+        if not isinstance(number, int | float) or not math.isfinite(number) or number != int(number):
+            raise ConfigError(key, value, "must be an integer")
+        return int(number)
+    if base is float:
+        if isinstance(value, bool):
+            raise ConfigError(key, value, "must be a number")
+        try:
+            number = float(value)
+        except (TypeError, ValueError):
+            raise ConfigError(key, value, "must be a number") from None
+        if not math.isfinite(number):
+            raise ConfigError(key, value, "must be a finite number")
+        return number
+    if base is str:
+        if not isinstance(value, str):
+            raise ConfigError(key, value, "must be a string")
+        return value
+    return value
+
+
+def _cross_checks(obj: Any, path: str) -> None:
+    """Rules that involve two fields of one section."""
+    if isinstance(obj, OptimConfig) and obj.min_lr > obj.lr:
+        raise ConfigError(path + "min_lr", obj.min_lr, f"must be <= optim.lr ({obj.lr:g})")
+    if isinstance(obj, DataConfig):
+        if obj.dataset in ("ncaltech101", "cepdvs") and not obj.root:
+            raise ConfigError(path + "root", obj.root, f"must be set for data set {obj.dataset!r} (a local folder)")
+    if isinstance(obj, Config):
+        if obj.run.max_epochs is not None and obj.run.fidelity == "truncate" and obj.run.max_epochs > obj.run.epochs:
+            raise ConfigError("run.max_epochs", obj.run.max_epochs, f"must be <= run.epochs ({obj.run.epochs})")
+        if obj.kd.e_th is not None and obj.kd.units == "epoch" and obj.kd.e_th > obj.run.epochs:
+            raise ConfigError("kd.e_th", obj.kd.e_th, f"must be <= run.epochs ({obj.run.epochs}) in epoch units")
+        if obj.optim.warmup_epochs >= obj.run.epochs and obj.run.epochs > 1:
+            raise ConfigError("optim.warmup_epochs", obj.optim.warmup_epochs,
+                              f"must be < run.epochs ({obj.run.epochs})")
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_plain(v) for v in value]
+    return value
+
+
+def _flatten(values: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            yield from _flatten(value, f"{prefix}{key}.")
+        else:
+            yield f"{prefix}{key}", value

@@ -1,0 +1,23 @@
+"""Exceptions that the CLI turns into one-line messages and exit code 2."""
+
+from __future__ import annotations
+
+
+class UserError(ValueError):
+    """Bad input from the user (file, flag, value): reported in one line, exit code 2."""
+
+
+class ConfigError(UserError):
+    """A configuration value breaks a rule; the message names the dotted key, value and rule."""
+
+    def __init__(self, key: str, value: object, rule: str) -> None:
+        self.key, self.value, self.rule = key, value, rule
+        super().__init__(f"{key}={value!r} {rule}")
+
+
+class DataError(UserError):
+    """A data set on disk is missing, laid out wrongly or corrupt; the message names the path."""
+
+
+class TrialFailure(RuntimeError):
+    """A training run cannot go on (non-finite loss, ...); ends that trial only."""

@@ -1,0 +1,1 @@
+"""Spiking student and ANN teachers."""

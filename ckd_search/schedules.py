@@ -1,0 +1,78 @@
+"""Pure schedule functions: replacement probability, KD switch weight, learning rate.
+
+Everything takes plain numbers and returns a float: no optimizer mutation, no globals.
+"""
+
+from __future__ import annotations
+
+import math
+
+
+def stable_sigmoid(z: float) -> float:
+    """sigma(z) without overflow for any finite z (exp of a non-positive number only)."""
+    if z >= 0:
+        return 1.0 / (1.0 + math.exp(-z))
+    ez = math.exp(z)
+    return ez / (1.0 + ez)
+
+
+def training_progress(iteration: int, epoch: int, iters_per_epoch: int, total_epochs: int) -> float:
+    """Fraction of the run done before this batch: (i + e N_b) / (E N_b)."""
+    return (iteration + epoch * iters_per_epoch) / float(total_epochs * iters_per_epoch)
+
+
+def replace_probability(
+    iteration: int, epoch: int, iters_per_epoch: int, total_epochs: int, power: float = 3.0
+) -> float:
+    """P_replace(i, e) = min(1, ((i + e N_b) / (E N_b))^p) (He et al., sliding training; p = 3).
+
+    ``iteration`` is the batch index inside the (0-based) ``epoch``.
+    """
+    progress = training_progress(iteration, epoch, iters_per_epoch, total_epochs)
+    return min(1.0, max(progress, 0.0) ** power)
+
+
+def step_replace_probability(
+    iteration: int, epoch: int, iters_per_epoch: int, total_epochs: int
+) -> float:
+    """The "no sliding training" ablation: P = 0 for the first half of the run, 1 afterwards."""
+    progress = training_progress(iteration, epoch, iters_per_epoch, total_epochs)
+    return 0.0 if progress <= 0.5 else 1.0
+
+
+def kd_switch_weight(epoch: float, e_th: float, k: float) -> float:
+    """gamma(e) = sigma(-k (e - e_th)) = 1 / (1 + exp(k (e - e_th))), CKD's phased KD switch.
+
+    Numerically stable for any k (1e3 and beyond give a clean step). ``epoch`` and ``e_th`` share a
+    unit: epochs, or iterations when the caller passes iteration counts (ckd-method.md 2.6).
+    """
+    return stable_sigmoid(-k * (epoch - e_th))
+
+
+def adaptive_kd_weight(p_replace: float, p_th: float, k: float) -> float:
+    """gamma = sigma(-k (P_replace - p_th)): KD fades as the hybrid stream turns into DVS.
+
+    A schedule none of the references has: it follows the replacement state instead of the epoch,
+    so one (p_th, k) means the same thing at any run length.
+    """
+    return stable_sigmoid(-k * (p_replace - p_th))
+
+
+def lr_at(
+    epoch: int,
+    *,
+    base_lr: float,
+    total_epochs: int,
+    warmup_epochs: int,
+    warmup_lr: float,
+    min_lr: float,
+) -> float:
+    """timm CosineLRScheduler, stepped per epoch (He et al.): linear warm-up, then cosine.
+
+    During warm-up lr = warmup_lr + e (base_lr - warmup_lr) / warmup_epochs; afterwards
+    lr = min_lr + (base_lr - min_lr)(1 + cos(pi e / E)) / 2 (timm's default without warmup_prefix).
+    """
+    if epoch < warmup_epochs:
+        return warmup_lr + epoch * (base_lr - warmup_lr) / warmup_epochs
+    ratio = min(max(epoch / total_epochs, 0.0), 1.0)
+    return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * ratio))

@@ -1,0 +1,1 @@
+"""Search: YAML spaces, Ray Tune + Optuna + ASHA, MLflow tracking, export."""

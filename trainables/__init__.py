@@ -1,0 +1,1 @@
+"""Thin Ray Tune entry points around ckd_search.engine.fit."""
