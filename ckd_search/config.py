@@ -237,24 +237,6 @@ class Config:
         merged = {**dict(_flatten(_nest(data, ""), "")), **dict(overrides or {})}
         return cls.from_dict(merged)
 
-    # -- derived values -------------------------------------------------------------------------
-    @property
-    def budget_epochs(self) -> int:
-        """Epochs this run trains for: min(max_epochs, epochs)."""
-        return min(self.run.max_epochs or self.run.epochs, self.run.epochs) if self.run.fidelity == "truncate" \
-            else (self.run.max_epochs or self.run.epochs)
-
-    @property
-    def schedule_epochs(self) -> int:
-        """Epochs the schedules (P_replace, gamma, LR) are laid over."""
-        return self.run.epochs if self.run.fidelity == "truncate" else self.budget_epochs
-
-    @property
-    def e_th_epochs(self) -> float:
-        """Switch point in schedule units: e_th (default half the run), rescaled under compress."""
-        e_th = self.kd.e_th if self.kd.e_th is not None else self.run.epochs / 2
-        return e_th * self.schedule_epochs / self.run.epochs
-
 
 # --- helpers -----------------------------------------------------------------------------------
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
@@ -312,12 +294,22 @@ def _nest(values: Mapping[str, Any], path: str) -> dict[str, Any]:
             existing = node.setdefault(leaf, {})
             if not isinstance(existing, dict):
                 raise ConfigError(path + raw_key, value, "given twice")
-            existing.update(_nest(value, f"{path}{raw_key}."))
+            _merge(existing, _nest(value, f"{path}{raw_key}."), f"{path}{raw_key}.")
         else:
             if leaf in node:
                 raise ConfigError(path + raw_key, value, "given twice")
             node[leaf] = value
     return out
+
+
+def _merge(into: dict[str, Any], other: dict[str, Any], path: str) -> None:
+    for key, value in other.items():
+        if key not in into:
+            into[key] = value
+        elif isinstance(into[key], dict) and isinstance(value, dict):
+            _merge(into[key], value, f"{path}{key}.")
+        else:
+            raise ConfigError(path + key, value, "given twice")
 
 
 def _build(cls: type, values: dict[str, Any], path: str) -> Any:

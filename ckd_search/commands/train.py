@@ -1,0 +1,59 @@
+"""``ckd-search train``: one CKD run without Ray; writes the resolved config, metrics and checkpoints."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+from ckd_search.cli import parse_overrides
+from ckd_search.config import Config
+from ckd_search.errors import UserError
+from ckd_search.storage import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+
+def load_config(config_path: str | None, overrides: list[str] | None) -> Config:
+    sets = parse_overrides(overrides)
+    return Config.from_yaml(config_path, sets) if config_path else Config.from_dict(sets)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    cfg = load_config(args.config, args.set)
+    out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
+    saved = out / "config.yaml"
+    if args.resume:
+        if not saved.is_file():
+            raise UserError(f"--resume: {saved} does not exist (nothing to resume)")
+        if Config.from_yaml(saved) != cfg:
+            raise UserError(f"--resume: the config differs from {saved}; resume needs the same config")
+    elif (out / "checkpoint").exists():
+        raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(saved, cfg.to_yaml())
+
+    from ckd_search.engine import fit
+
+    history: list[dict[str, float]] = []
+
+    def on_epoch_end(metrics: dict[str, float], _ckpt: Path | None) -> None:
+        history.append(metrics)
+        atomic_write_text(out / "metrics.json", json.dumps(history, indent=1))
+
+    result = fit(cfg, on_epoch_end, checkpoint_dir=out / "checkpoint", resume=args.resume)
+    summary = {
+        "best_test_acc": result.best_test_acc,
+        "final_test_acc": result.final_test_acc,
+        "epochs_run": result.epochs_run,
+        "teacher_test_acc": result.teacher_test_acc,
+    }
+    atomic_write_text(out / "metrics.json", json.dumps(result.metrics, indent=1))
+    atomic_write_text(out / "result.json", json.dumps(summary, indent=1))
+    print(f"best test top-1 {result.best_test_acc:.4f}, final {result.final_test_acc:.4f} "
+          f"after {result.epochs_run} epochs; teacher test top-1 "
+          f"{'n/a' if result.teacher_test_acc is None else f'{result.teacher_test_acc:.4f}'}")
+    print(f"wrote {out}/config.yaml, metrics.json, result.json, checkpoint/")
+    return 0

@@ -1,0 +1,149 @@
+"""The spiking student: VGGSNN in spikingjelly 2.0 multi-step layers (ckd-method.md 3.1).
+
+64-128-P-256-256-P-512-512-P-512-512-P-FC (channels times ``width``), Conv3x3 + BN + LIF per conv,
+AvgPool2 after the marked convs, one shared backbone, a static/hybrid head and a DVS head.
+The membrane potential of the last conv LIF *after* spike and reset is tapped for the CKA loss.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from spikingjelly.activation_based import functional
+from spikingjelly.activation_based import layer
+from spikingjelly.activation_based import neuron
+from spikingjelly.activation_based import surrogate
+from torch import Tensor
+from torch import nn
+
+from ckd_search.config import ModelConfig
+
+PLAN: tuple[int | str, ...] = (64, 128, "P", 256, 256, "P", 512, 512, "P", 512, 512, "P")
+
+
+def make_lif(cfg: ModelConfig) -> neuron.LIFNode:
+    """BrainCog/He et al. LIF: H = U + (X - U)/tau, spike at H >= V_th, hard reset to 0.
+
+    PiecewiseQuadratic(alpha) is the QGateGrad triangle and one of spikingjelly's fused surrogates.
+    """
+    return neuron.LIFNode(
+        tau=float(cfg.tau),
+        decay_input=True,
+        v_threshold=float(cfg.v_threshold),
+        v_reset=0.0,
+        detach_reset=cfg.detach_reset,
+        surrogate_function=surrogate.PiecewiseQuadratic(alpha=float(cfg.surrogate_alpha)),
+        step_mode="m",
+    )
+
+
+class MembraneTap(nn.Module):
+    """A LIF layer that also returns its post-reset membrane potential sequence.
+
+    spikingjelly's ``store_v_seq=True`` forces the slow per-step path; instead the fused kernel makes
+    the spikes and the membrane is rebuilt from the input and the (detached) spikes:
+    U[t] = (U[t-1] + (X[t] - U[t-1]) / tau) (1 - S[t]). Same values, same gradients as the stored
+    sequence of a hard-reset, detach-reset LIF, at the cost of T cheap elementwise ops on one layer.
+    """
+
+    def __init__(self, lif: neuron.LIFNode) -> None:
+        super().__init__()
+        self.lif = lif
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        spikes = self.lif(x)
+        decay = 1.0 - 1.0 / self.lif.tau
+        keep = 1.0 - spikes.detach().float()
+        xf = x.float() / self.lif.tau
+        u = torch.zeros_like(xf[0])
+        membranes = []
+        for t in range(x.shape[0]):
+            u = (u * decay + xf[t]) * keep[t]
+            membranes.append(u)
+        return spikes, torch.stack(membranes)
+
+
+@dataclass
+class StudentOutput:
+    logits: Tensor  # [T, B, C]
+    membrane: Tensor  # [T, B, D] post-reset membrane of the last conv LIF
+    firing: Tensor | None  # [L] mean firing rate per LIF layer (only when recording)
+
+
+class VGGSNN(nn.Module):
+    """Two-stream VGGSNN: ``forward(x, head)`` with x [T, B, 2, S, S] and head 'static' or 'dvs'."""
+
+    def __init__(self, cfg: ModelConfig, num_classes: int, in_size: int, in_channels: int = 2) -> None:
+        super().__init__()
+        self.cfg = cfg
+        blocks: list[nn.Module] = []
+        self.conv_shapes: list[tuple[int, int, int]] = []  # (in_ch, out_ch, out_hw) per conv, for SOPs
+        channels, size = in_channels, in_size
+        convs = [c for c in PLAN if c != "P"]
+        for i, item in enumerate(PLAN):
+            if item == "P":
+                blocks.append(layer.AvgPool2d(2, 2, step_mode="m"))
+                size //= 2
+                continue
+            out = max(1, round(int(item) * cfg.width))
+            blocks.append(layer.Conv2d(channels, out, 3, padding=1, bias=cfg.conv_bias, step_mode="m"))
+            blocks.append(layer.BatchNorm2d(out, step_mode="m"))
+            is_last_conv = sum(1 for c in PLAN[: i + 1] if c != "P") == len(convs)
+            blocks.append(MembraneTap(make_lif(cfg)) if is_last_conv else make_lif(cfg))
+            self.conv_shapes.append((channels, out, size))
+            channels = out
+        if size < 1:
+            raise ValueError(f"input size {in_size} is too small for four 2x2 poolings")
+        self.features = nn.ModuleList(blocks)
+        self.feature_dim = channels * size * size
+        self.static_head = layer.Linear(self.feature_dim, num_classes, step_mode="m")
+        self.dvs_head = self.static_head if cfg.shared_head else layer.Linear(
+            self.feature_dim, num_classes, step_mode="m"
+        )
+        self.record_firing = False
+
+    def forward(self, x: Tensor, head: str = "dvs") -> StudentOutput:
+        membrane: Tensor | None = None
+        rates: list[Tensor] = []
+        for block in self.features:
+            if isinstance(block, MembraneTap):
+                x, membrane = block(x)
+            else:
+                x = block(x)
+            if self.record_firing and isinstance(block, neuron.LIFNode | MembraneTap):
+                rates.append(x.detach().float().mean())
+        assert membrane is not None
+        logits = (self.static_head if head == "static" else self.dvs_head)(x.flatten(2))
+        firing = torch.stack(rates) if rates else None
+        return StudentOutput(logits=logits, membrane=membrane.flatten(2), firing=firing)
+
+    def reset_state(self) -> None:
+        """Reset every neuron's state (named so spikingjelly's reset_net does not recurse into it)."""
+        functional.reset_net(self)
+
+    def macs_per_step(self) -> list[float]:
+        """Multiply-accumulates per sample and timestep of each conv, then the FC layer."""
+        macs = [float(cin * cout * 9 * hw * hw) for cin, cout, hw in self.conv_shapes]
+        macs.append(float(self.feature_dim * self.static_head.out_features))
+        return macs
+
+
+# Energy per operation at 45 nm (Horowitz 2014), the SNN literature's usual model.
+E_MAC_PJ = 4.6
+E_AC_PJ = 0.9
+
+
+def synaptic_ops(model: VGGSNN, firing: Tensor, timesteps: int) -> tuple[float, float]:
+    """(SOPs per sample, energy per sample in microjoules) from per-layer firing rates.
+
+    The first conv takes real-valued frames (MACs at 4.6 pJ); every later layer is driven by spikes
+    (accumulates at 0.9 pJ), SOP_l = rate of its input spikes x MACs_l, summed over T.
+    ``firing`` holds one rate per LIF layer (8 convs), i.e. the input rate of layers 2..9.
+    """
+    macs = model.macs_per_step()
+    rates = firing.tolist()
+    sops = sum(rate * mac for rate, mac in zip(rates, macs[1:])) * timesteps
+    first_macs = macs[0] * timesteps
+    energy_pj = first_macs * E_MAC_PJ + sops * E_AC_PJ
+    return sops, energy_pj * 1e-6

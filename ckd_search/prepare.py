@@ -1,0 +1,174 @@
+"""Everything a run needs before its first step: paired data, a fine-tuned teacher, teacher logits.
+
+Done once per (data, teacher) setting and cached on disk; a search does it once on the driver and
+ships the result to every trial (the engine takes it as ``prepared``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pyarrow as pa
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from ckd_search.color import rgb_to_hsv
+from ckd_search.config import Config
+from ckd_search.data import PairedData
+from ckd_search.models.teachers import create_teacher
+from ckd_search.storage import atomic_write
+from ckd_search.storage import stable_hash
+
+log = logging.getLogger(__name__)
+TEACHER_FORMAT = 1
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Paired data plus the frozen teacher's logits for every TRAIN image ([M_train, C] fp32)."""
+
+    key: str
+    data: PairedData
+    teacher_logits: Tensor | None
+    teacher_test_acc: float | None
+
+
+def data_fields(cfg: Config) -> dict[str, Any]:
+    """The data settings that change the tensors (augmentation and sampling do not)."""
+    d = asdict(cfg.data)
+    for name in ("crop_padding", "flip", "rotation", "balanced_sampler", "pairing", "cache_dir"):
+        d.pop(name)
+    d["image_size"] = cfg.teacher.input_size
+    return d
+
+
+def prepare_key(cfg: Config) -> str:
+    """Hash of every config value that affects :class:`Prepared` (data tensors and teacher)."""
+    teacher = asdict(cfg.teacher) if cfg.kd.enabled and cfg.loss.method == "ckd" else None
+    return stable_hash(data_fields(cfg), teacher, cfg.run.seed if teacher else None)
+
+
+def teacher_input(images_uint8: Tensor, hsv: bool, size: int) -> Tensor:
+    """uint8 RGB [N, 3, h, w] -> float [N, 3, size, size] in [0, 1], HSV when asked (paper)."""
+    x = images_uint8.float() / 255.0
+    if x.shape[-1] != size:
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False)
+    return rgb_to_hsv(x) if hsv else x
+
+
+def prepare(cfg: Config) -> Prepared:
+    """Load the data set and, when the run distils, fine-tune (or load) the teacher and its logits."""
+    from ckd_search.data import load_paired
+
+    data = load_paired(cfg.data, image_size=cfg.teacher.input_size)
+    key = prepare_key(cfg)
+    if not (cfg.kd.enabled and cfg.loss.method == "ckd"):
+        return Prepared(key, data, None, None)
+    logits, acc = _teacher_logits(cfg, data, key)
+    return Prepared(key, data, logits, acc)
+
+
+def _teacher_logits(cfg: Config, data: PairedData, key: str) -> tuple[Tensor, float]:
+    folder = Path(cfg.data.cache_dir).expanduser() / "teachers" / key
+    logits_path = folder / "logits.arrow"
+    cached = _read_logits(logits_path, len(data.train.images), data.num_classes)
+    if cached is not None:
+        return cached
+    tc = cfg.teacher
+    torch.manual_seed(cfg.run.seed)
+    net = create_teacher(tc.arch, data.num_classes, tc.weights)
+    start = time.perf_counter()
+    _finetune(net, cfg, data)
+    net.eval()
+    train_logits = _predict(net, data.train.images, tc.hsv, tc.input_size)
+    test_logits = _predict(net, data.test.images, tc.hsv, tc.input_size)
+    test_acc = _accuracy(test_logits, data.test.image_labels)
+    train_acc = _accuracy(train_logits, data.train.image_labels)
+    log.info("teacher %s: train acc %.3f, test acc %.3f (%.1fs)", tc.arch, train_acc, test_acc,
+             time.perf_counter() - start)
+    state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
+    atomic_write(folder / "teacher.pt", lambda fh: torch.save(state, fh))
+    _write_logits(logits_path, train_logits, {"test_acc": test_acc, "train_acc": train_acc, "arch": tc.arch})
+    return train_logits, test_acc
+
+
+def _finetune(net: torch.nn.Module, cfg: Config, data: PairedData) -> None:
+    """AdamW + cosine on the TRAIN images only (no test leakage), random shifts of 1/8 the size."""
+    tc = cfg.teacher
+    if tc.epochs == 0:
+        return
+    x_all = teacher_input(data.train.images, tc.hsv, tc.input_size)
+    y_all = data.train.image_labels
+    steps_per_epoch = max(1, math.ceil(len(x_all) / tc.batch_size))
+    opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=1e-4)
+    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tc.epochs * steps_per_epoch)
+    gen = torch.Generator().manual_seed(cfg.run.seed)
+    pad = max(1, tc.input_size // 8)
+    net.train()
+    for _ in range(tc.epochs):
+        order = torch.randperm(len(x_all), generator=gen)
+        for i in range(steps_per_epoch):
+            idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
+            x = _random_shift(x_all[idx], pad, gen)
+            loss = F.cross_entropy(net(x), y_all[idx])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+
+
+def _random_shift(x: Tensor, pad: int, gen: torch.Generator) -> Tensor:
+    size = x.shape[-1]
+    padded = F.pad(x, (pad, pad, pad, pad))
+    dx, dy = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=gen))
+    return padded[..., dy : dy + size, dx : dx + size]
+
+
+@torch.no_grad()
+def _predict(net: torch.nn.Module, images: Tensor, hsv: bool, size: int, batch: int = 256) -> Tensor:
+    out = [net(teacher_input(images[i : i + batch], hsv, size)).float() for i in range(0, len(images), batch)]
+    return torch.cat(out) if out else torch.zeros(0)
+
+
+def _accuracy(logits: Tensor, labels: Tensor) -> float:
+    return float((logits.argmax(1) == labels).float().mean()) if len(labels) else float("nan")
+
+
+def _write_logits(path: Path, logits: Tensor, meta: dict[str, Any]) -> None:
+    arr = logits.numpy().astype("float32")
+    table = pa.table({"logits": pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])})
+    meta = {**meta, "format": TEACHER_FORMAT, "rows": arr.shape[0], "classes": arr.shape[1],
+            "checksum": stable_hash(arr.tobytes())}
+    table = table.replace_schema_metadata({"ckd_search": json.dumps(meta)})
+
+    def write(handle: Any) -> None:
+        with pa.ipc.new_file(handle, table.schema) as writer:
+            writer.write_table(table)
+
+    atomic_write(path, write)
+
+
+def _read_logits(path: Path, rows: int, classes: int) -> tuple[Tensor, float] | None:
+    """Cached logits if present and intact (shape and checksum match), else None (rebuild)."""
+    if not path.is_file():
+        return None
+    try:
+        with pa.memory_map(str(path)) as source:
+            table = pa.ipc.open_file(source).read_all()
+        meta = json.loads(table.schema.metadata[b"ckd_search"])
+        flat = table.column("logits").combine_chunks().flatten().to_numpy()
+        arr = flat.reshape(meta["rows"], meta["classes"]).copy()
+        if meta["rows"] != rows or meta["classes"] != classes or stable_hash(arr.tobytes()) != meta["checksum"]:
+            raise ValueError("shape or checksum mismatch")
+    except Exception as err:  # noqa: BLE001 - any damage means: rebuild
+        log.warning("teacher logits cache %s is unusable (%s); rebuilding", path, err)
+        return None
+    return torch.from_numpy(arr), float(meta["test_acc"])

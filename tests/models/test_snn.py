@@ -1,0 +1,66 @@
+"""The spiking student: shapes, the membrane tap, state reset, SOP accounting."""
+
+import pytest
+import torch
+from spikingjelly.activation_based import functional
+from spikingjelly.activation_based import neuron
+from spikingjelly.activation_based import surrogate
+
+from ckd_search.config import ModelConfig
+from ckd_search.models.snn import MembraneTap
+from ckd_search.models.snn import VGGSNN
+from ckd_search.models.snn import make_lif
+from ckd_search.models.snn import synaptic_ops
+
+
+def test_membrane_tap_equals_spikingjelly_stored_sequence():
+    cfg = ModelConfig()
+    x = (torch.rand(6, 4, 3, 5, 5, generator=torch.Generator().manual_seed(0)) * 1.6).requires_grad_()
+    tap = MembraneTap(make_lif(cfg))
+    spikes, membrane = tap(x)
+    ref = neuron.LIFNode(tau=2.0, v_threshold=0.5, v_reset=0.0, detach_reset=True, step_mode="m",
+                         surrogate_function=surrogate.PiecewiseQuadratic(alpha=2.0), store_v_seq=True)
+    x2 = x.detach().clone().requires_grad_()
+    ref_spikes = ref(x2)
+    assert torch.equal(spikes, ref_spikes)
+    assert torch.allclose(membrane, ref.v_seq, atol=1e-6)
+    # same gradients through the membrane path
+    (membrane.square().sum() + spikes.sum()).backward()
+    (ref.v_seq.square().sum() + ref_spikes.sum()).backward()
+    assert torch.allclose(x.grad, x2.grad, atol=1e-5)
+
+
+def test_vggsnn_shapes_heads_and_reset():
+    cfg = ModelConfig(width=0.0625)
+    net = VGGSNN(cfg, num_classes=7, in_size=32)
+    x = torch.rand(3, 2, 2, 32, 32)
+    out = net(x, head="dvs")
+    assert out.logits.shape == (3, 2, 7)
+    assert out.membrane.shape == (3, 2, net.feature_dim * 4)  # tap is before the last pooling
+    net.reset_state()
+    again = net(x, head="dvs")
+    assert torch.equal(out.logits, again.logits)  # reset -> same state -> same output
+    static = net(x, head="static")
+    assert not torch.equal(static.logits, again.logits)  # separate heads by default
+    shared = VGGSNN(ModelConfig(width=0.0625, shared_head=True), 7, 32)
+    assert shared.static_head is shared.dvs_head
+
+
+def test_vggsnn_rejects_tiny_inputs():
+    with pytest.raises(ValueError, match="too small"):
+        VGGSNN(ModelConfig(width=0.0625), 3, 8)
+
+
+def test_firing_rates_and_sops():
+    net = VGGSNN(ModelConfig(width=0.0625), 5, 16)
+    net.record_firing = True
+    out = net(torch.rand(2, 4, 2, 16, 16) * 3)
+    functional.reset_net(net)
+    assert out.firing is not None and out.firing.shape == (8,)
+    assert bool(((out.firing >= 0) & (out.firing <= 1)).all())
+    sops, energy = synaptic_ops(net, out.firing, 2)
+    macs = net.macs_per_step()
+    assert sops == pytest.approx(sum(r * m for r, m in zip(out.firing.tolist(), macs[1:])) * 2)
+    assert energy == pytest.approx((macs[0] * 2 * 4.6 + sops * 0.9) * 1e-6)
+    silent, _ = synaptic_ops(net, torch.zeros(8), 2)
+    assert silent == 0.0

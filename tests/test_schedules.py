@@ -1,0 +1,70 @@
+"""Closed-form checks of the schedules."""
+
+import math
+
+import pytest
+
+from ckd_search import schedules as s
+
+
+def test_replace_probability_endpoints_and_exponent():
+    assert s.replace_probability(0, 0, 10, 300) == 0.0
+    assert s.replace_probability(0, 300, 10, 300) == 1.0
+    assert s.replace_probability(5, 299, 10, 300) < 1.0
+    # P = (e/E)^3 at epoch boundaries (ckd-method.md 2.2)
+    assert s.replace_probability(0, 150, 10, 300) == pytest.approx(0.125)
+    assert s.replace_probability(0, 200, 10, 300) == pytest.approx((2 / 3) ** 3)
+    assert s.replace_probability(0, 150, 10, 300, power=1) == pytest.approx(0.5)
+    assert s.replace_probability(0, 400, 10, 300) == 1.0  # clamped
+
+
+def test_replace_probability_is_monotone():
+    values = [s.replace_probability(i, e, 7, 20) for e in range(20) for i in range(7)]
+    assert all(a <= b for a, b in zip(values, values[1:]))
+
+
+def test_step_replacement_is_zero_then_one():
+    assert s.step_replace_probability(0, 4, 10, 10) == 0.0
+    assert s.step_replace_probability(0, 5, 10, 10) == 0.0
+    assert s.step_replace_probability(1, 5, 10, 10) == 1.0
+
+
+def test_gamma_is_half_at_switch_point_and_decreasing():
+    assert s.kd_switch_weight(150, 150, 100) == 0.5
+    assert s.kd_switch_weight(90, 90, 0.001) == 0.5
+    values = [s.kd_switch_weight(e, 10, 0.7) for e in range(30)]
+    assert all(a > b for a, b in zip(values, values[1:]))
+
+
+@pytest.mark.parametrize("k", [1e3, 1e4, 1e9])
+def test_gamma_stable_for_huge_k(k):
+    assert s.kd_switch_weight(0, 150, k) == 1.0
+    assert s.kd_switch_weight(300, 150, k) == 0.0
+    assert math.isfinite(s.kd_switch_weight(150.0001, 150, k))
+
+
+def test_gamma_slow_switch_is_nearly_flat_in_epochs():
+    # k = 0.001, e_th = 90 over 200 epochs stays ~0.5 (the caveat of ckd-method.md 2.6)
+    assert s.kd_switch_weight(0, 90, 0.001) == pytest.approx(0.5225, abs=1e-4)
+    assert s.kd_switch_weight(200, 90, 0.001) == pytest.approx(0.4725, abs=1e-4)
+
+
+def test_adaptive_weight_follows_replacement():
+    assert s.adaptive_kd_weight(0.5, 0.5, 10) == 0.5
+    assert s.adaptive_kd_weight(0.0, 0.5, 10) > 0.99
+    assert s.adaptive_kd_weight(1.0, 0.5, 10) < 0.01
+
+
+def test_lr_warmup_cosine_and_floor():
+    kw = dict(base_lr=1e-3, total_epochs=100, warmup_epochs=5, warmup_lr=1e-6, min_lr=1e-5)
+    assert s.lr_at(0, **kw) == pytest.approx(1e-6)
+    assert s.lr_at(4, **kw) == pytest.approx(1e-6 + 4 * (1e-3 - 1e-6) / 5)
+    assert s.lr_at(50, **kw) == pytest.approx(1e-5 + 0.5 * (1e-3 - 1e-5), rel=1e-9)
+    assert s.lr_at(100, **kw) == pytest.approx(1e-5)
+    values = [s.lr_at(e, **kw) for e in range(5, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+
+
+def test_stable_sigmoid_matches_math():
+    for z in (-50.0, -1.0, 0.0, 2.5, 700.0, -800.0):
+        assert s.stable_sigmoid(z) == pytest.approx(1 / (1 + math.exp(-z)) if z > -700 else 0.0)
