@@ -9,7 +9,8 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
+from collections.abc import Sequence
 from typing import Any
 
 from ckd_search import __version__
@@ -100,28 +101,45 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 # --- parser ------------------------------------------------------------------------------------
 def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", help="search-space YAML file (see search_spaces/)")
-    p.add_argument("--gpus", type=float, default=None,
-                   help="GPU budget of the search; with per-trial fraction f up to N/f trials run at once "
-                        "(0 = CPU trials; default: the GPUs Ray sees)")
+    p.add_argument(
+        "--gpus",
+        type=float,
+        default=None,
+        help="GPU budget of the search; with per-trial fraction f up to N/f trials run at once "
+        "(0 = CPU trials; default: the GPUs Ray sees)",
+    )
     p.add_argument("--cpus", type=float, default=None, help="CPU budget of a local Ray (default: all cores)")
     p.add_argument("--address", default=None, help="join an existing Ray cluster ('auto' or host:port)")
     p.add_argument("--out", default=None, help="run directory (default: runs/<study name>)")
     p.add_argument("--storage", default=None, help="Ray storage path: local, NFS or s3:// (default: --out)")
-    p.add_argument("--mlflow-uri", default=None,
-                   help="MLflow tracking URI (default: SQLite inside the run directory)")
+    p.add_argument(
+        "--mlflow-uri",
+        default=None,
+        help="MLflow tracking URI (default: SQLite inside the run directory)",
+    )
     p.add_argument("--num-trials", type=int, default=None, help="override study.num_trials")
     p.add_argument("--resume", metavar="RUN_DIR", default=None, help="continue an interrupted search")
-    p.add_argument("--warm-start-from", nargs="+", metavar="RUN_DIR", default=None,
-                   help="seed the study with the best configs of earlier searches")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=None,
-                   help="override fixed config values (dotted keys)")
+    p.add_argument(
+        "--warm-start-from",
+        nargs="+",
+        metavar="RUN_DIR",
+        default=None,
+        help="seed the study with the best configs of earlier searches",
+    )
+    p.add_argument(
+        "--set",
+        nargs="*",
+        metavar="KEY=VALUE",
+        default=None,
+        help="override fixed config values (dotted keys)",
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="ckd-search",
         description="Hyperparameter search for Cross Knowledge Distillation (ANN teacher on RGB -> "
-                    "spiking student on DVS events): Ray Tune + Optuna TPE + ASHA + MLflow.",
+        "spiking student on DVS events): Ray Tune + Optuna TPE + ASHA + MLflow.",
         epilog="Shortcut: `ckd-search --space FILE --gpus N` runs `ckd-search search`.",
     )
     parser.add_argument("--version", action="version", version=f"ckd-search {__version__}")
@@ -224,7 +242,18 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def _has_command(argv: Sequence[str]) -> bool:
-    commands = {"train", "search", "check-space", "export", "analyze", "reproduce", "ui", "data", "bench", "demo"}
+    commands = {
+        "train",
+        "search",
+        "check-space",
+        "export",
+        "analyze",
+        "reproduce",
+        "ui",
+        "data",
+        "bench",
+        "demo",
+    }
     return any(a in commands for a in argv)
 
 

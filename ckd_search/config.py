@@ -15,14 +15,18 @@ from __future__ import annotations
 import dataclasses
 import math
 import typing
-from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from collections.abc import Iterator
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from ckd_search.errors import ConfigError, UserError
+from ckd_search.errors import ConfigError
+from ckd_search.errors import UserError
 
 Check = Callable[[Any], str | None]
 
@@ -85,7 +89,11 @@ class DataConfig:
     dataset: str = f("digits_dvs", "data set name", one_of(*DATASETS))
     root: str | None = f(None, "local folder of a real data set (never downloaded)")
     cache_dir: str = f("~/.cache/ckd_search", "where frame caches, teachers and logits are stored")
-    timesteps: int = f(6, "T: time bins per recording = SNN steps (paper: 10 N-Caltech101, 6 CEP-DVS)", between(1, 64))
+    timesteps: int = f(
+        6,
+        "T: time bins per recording = SNN steps (paper: 10 N-Caltech101, 6 CEP-DVS)",
+        between(1, 64),
+    )
     size: int = f(32, "student input size S (frames and V channel are S x S; paper: 48)", between(8, 512))
     pairing: str = f("same_image", "RGB partner of a DVS sample", one_of("same_image", "same_class_random"))
     include_background: bool = f(True, "N-Caltech101: keep BACKGROUND_Google (101 classes) or drop it (100)")
@@ -103,10 +111,16 @@ class ModelConfig:
     """Spiking student: VGGSNN 64-128-P-256-256-P-512-512-P-512-512-P-FC (ckd-method.md 3.1)."""
 
     arch: str = f("vggsnn", "student architecture", one_of("vggsnn"))
-    width: float = f(0.125, "channel multiplier (1.0 = paper; 0.125 suits a CPU)", between(0.01, 4.0, open_lo=True))
+    width: float = f(
+        0.125,
+        "channel multiplier (1.0 = paper; 0.125 suits a CPU)",
+        between(0.01, 4.0, open_lo=True),
+    )
     tau: float = f(2.0, "LIF time constant (BrainCog/spikingjelly form; > 1)", gt(1))
     v_threshold: float = f(0.5, "LIF firing threshold (He et al.)", gt(0))
-    surrogate_alpha: float = f(2.0, "PiecewiseQuadratic surrogate alpha (triangle of half-width 1/alpha)", gt(0))
+    surrogate_alpha: float = f(
+        2.0, "PiecewiseQuadratic surrogate alpha (triangle of half-width 1/alpha)", gt(0)
+    )
     detach_reset: bool = f(True, "detach the hard reset from the graph (He et al.)")
     shared_head: bool = f(False, "one classifier for both streams instead of separate heads (ablation)")
     conv_bias: bool = f(False, "bias in conv layers (He et al.: none)")
@@ -132,28 +146,42 @@ class KDConfig:
     enabled: bool = f(True, "use the teacher at all (False = He et al. transfer)")
     alpha: float = f(1.0, "KD weight alpha [GUESS]", ge(0))
     temperature: float = f(4.0, "KD temperature tau [GUESS]", gt(0))
-    schedule: str = f("phased", "gamma: phased sigma(-k(e-e_th)), constant 1, or adaptive in P_replace",
-                      one_of("phased", "constant", "adaptive"))
-    e_th: float | None = f(None, "switch point in `units` (None = half the run); relative to run.epochs", opt(ge(0)))
+    schedule: str = f(
+        "phased",
+        "gamma: phased sigma(-k(e-e_th)), constant 1, or adaptive in P_replace",
+        one_of("phased", "constant", "adaptive"),
+    )
+    e_th: float | None = f(
+        None, "switch point in `units` (None = half the run); relative to run.epochs", opt(ge(0))
+    )
     k: float = f(100.0, "switch steepness (paper: 100 N-Caltech101, 0.001 CEP-DVS)", gt(0))
     units: str = f("epoch", "unit of e and e_th in gamma", one_of("epoch", "iteration"))
     p_th: float = f(0.5, "adaptive schedule: gamma = sigma(-k (P_replace - p_th))", between(0, 1))
-    target: str = f("mean", "KD on time-averaged static logits (mean) or per step [GUESS: mean]",
-                    one_of("mean", "per_step"))
+    target: str = f(
+        "mean",
+        "KD on time-averaged static logits (mean) or per step [GUESS: mean]",
+        one_of("mean", "per_step"),
+    )
     mask_replaced: bool = f(False, "skip KD for samples replaced by DVS (ablation)")
 
 
 @dataclass(frozen=True)
 class LossConfig:
-    method: str = f("ckd", "ckd: two streams; dvs_only: TET on the DVS stream alone (baseline)",
-                    one_of("ckd", "dvs_only"))
+    method: str = f(
+        "ckd",
+        "ckd: two streams; dvs_only: TET on the DVS stream alone (baseline)",
+        one_of("ckd", "dvs_only"),
+    )
     beta: float = f(0.5, "domain-alignment (CKA) weight beta (He et al.)", ge(0))
     tet_lambda: float = f(1e-3, "TET MSE weight lambda", between(0, 1))
     tet_phi: float = f(0.5, "TET MSE target phi (He et al.: V_th)")
     learnable_theta: bool = f(True, "learn the per-step STR weights theta_t (else fixed at theta_init)")
     theta_init: float = f(1.0, "initial theta_t (sigma = 0.731)")
-    replace: str = f("sliding", "replacement: sliding P=(progress)^p, step (0 then 1 at half), none",
-                     one_of("sliding", "step", "none"))
+    replace: str = f(
+        "sliding",
+        "replacement: sliding P=(progress)^p, step (0 then 1 at half), none",
+        one_of("sliding", "step", "none"),
+    )
     replace_power: float = f(3.0, "exponent p of P_replace (He et al.: 3)", gt(0))
 
 
@@ -167,7 +195,7 @@ class OptimConfig:
     beta1: float = f(0.9, "AdamW beta1", between(0, 1))
     beta2: float = f(0.999, "AdamW beta2", between(0, 1))
     eps: float = f(1e-8, "AdamW eps", gt(0))
-    warmup_epochs: int = f(1, "linear warm-up epochs (paper: 5)", ge(0))
+    warmup_epochs: int = f(0, "linear warm-up epochs (paper: 5 of 300)", ge(0))
     warmup_lr: float = f(1e-6, "learning rate at the start of warm-up", ge(0))
     min_lr: float = f(1e-5, "cosine floor", ge(0))
 
@@ -176,12 +204,26 @@ class OptimConfig:
 class RunConfig:
     epochs: int = f(6, "planned run length E (schedules span it; paper: 300 / 200)", ge(1))
     max_epochs: int | None = f(None, "stop after this many epochs (budget); None = epochs", opt(ge(1)))
-    fidelity: str = f("truncate", "truncate: schedules span `epochs`; compress: they span the budget",
-                      one_of("truncate", "compress"))
+    fidelity: str = f(
+        "truncate",
+        "truncate: schedules span `epochs`; compress: they span the budget",
+        one_of("truncate", "compress"),
+    )
     seed: int = f(42, "seed of everything in the run", ge(0))
-    device: str = f("auto", "auto, cpu, cuda or cuda:N", lambda v: None if v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:") else "must be auto, cpu, cuda or cuda:N")
-    precision: str = f("fp32", "bf16 uses spikingjelly's PrecisionConfig (fp32 neuron state) on CUDA",
-                       one_of("fp32", "bf16"))
+    device: str = f(
+        "auto",
+        "auto, cpu, cuda or cuda:N",
+        lambda v: (
+            None
+            if v in ("auto", "cpu", "cuda") or str(v).startswith("cuda:")
+            else "must be auto, cpu, cuda or cuda:N"
+        ),
+    )
+    precision: str = f(
+        "fp32",
+        "bf16 uses spikingjelly's PrecisionConfig (fp32 neuron state) on CUDA",
+        one_of("fp32", "bf16"),
+    )
     compile: bool = f(False, "torch.compile the student (CUDA)")
     channels_last: bool = f(True, "channels_last memory format on CUDA")
     threads: int | None = f(None, "torch CPU threads (None = leave as is)", opt(ge(1)))
@@ -264,7 +306,7 @@ def field_docs(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, Any,
         if dataclasses.is_dataclass(fld.type if isinstance(fld.type, type) else _hint(cls, fld.name)):
             yield from field_docs(_hint(cls, fld.name), key + ".")
         else:
-            default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()  # type: ignore[misc]
+            default = fld.default if fld.default is not dataclasses.MISSING else fld.default_factory()  # type: ignore[misc,operator]
             yield key, default, fld.metadata.get("doc", "")
 
 
@@ -317,8 +359,12 @@ def _build(cls: type, values: dict[str, Any], path: str) -> Any:
     names = {fld.name: fld for fld in dataclasses.fields(cls)}
     for key in values:
         if key not in names:
-            raise ConfigError(path + key, values[key], f"is not a known key (known in {path or 'the top level'}"
-                              f"{'' if not path else ''}: {', '.join(sorted(names))})")
+            raise ConfigError(
+                path + key,
+                values[key],
+                f"is not a known key (known in {path or 'the top level'}"
+                f"{'' if not path else ''}: {', '.join(sorted(names))})",
+            )
     kwargs: dict[str, Any] = {}
     for name, fld in names.items():
         key = path + name
@@ -390,15 +436,30 @@ def _cross_checks(obj: Any, path: str) -> None:
         raise ConfigError(path + "min_lr", obj.min_lr, f"must be <= optim.lr ({obj.lr:g})")
     if isinstance(obj, DataConfig):
         if obj.dataset in ("ncaltech101", "cepdvs") and not obj.root:
-            raise ConfigError(path + "root", obj.root, f"must be set for data set {obj.dataset!r} (a local folder)")
+            raise ConfigError(
+                path + "root",
+                obj.root,
+                f"must be set for data set {obj.dataset!r} (a local folder)",
+            )
     if isinstance(obj, Config):
-        if obj.run.max_epochs is not None and obj.run.fidelity == "truncate" and obj.run.max_epochs > obj.run.epochs:
-            raise ConfigError("run.max_epochs", obj.run.max_epochs, f"must be <= run.epochs ({obj.run.epochs})")
+        if (
+            obj.run.max_epochs is not None
+            and obj.run.fidelity == "truncate"
+            and obj.run.max_epochs > obj.run.epochs
+        ):
+            raise ConfigError(
+                "run.max_epochs", obj.run.max_epochs, f"must be <= run.epochs ({obj.run.epochs})"
+            )
         if obj.kd.e_th is not None and obj.kd.units == "epoch" and obj.kd.e_th > obj.run.epochs:
-            raise ConfigError("kd.e_th", obj.kd.e_th, f"must be <= run.epochs ({obj.run.epochs}) in epoch units")
+            raise ConfigError(
+                "kd.e_th", obj.kd.e_th, f"must be <= run.epochs ({obj.run.epochs}) in epoch units"
+            )
         if obj.optim.warmup_epochs >= obj.run.epochs and obj.run.epochs > 1:
-            raise ConfigError("optim.warmup_epochs", obj.optim.warmup_epochs,
-                              f"must be < run.epochs ({obj.run.epochs})")
+            raise ConfigError(
+                "optim.warmup_epochs",
+                obj.optim.warmup_epochs,
+                f"must be < run.epochs ({obj.run.epochs})",
+            )
 
 
 def _plain(value: Any) -> Any:

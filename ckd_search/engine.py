@@ -95,8 +95,14 @@ class Schedules:
 
     def lr(self, epoch: int) -> float:
         o = self.cfg.optim
-        return schedules.lr_at(epoch, base_lr=o.lr, total_epochs=self.span, warmup_epochs=o.warmup_epochs,
-                               warmup_lr=o.warmup_lr, min_lr=o.min_lr)
+        return schedules.lr_at(
+            epoch,
+            base_lr=o.lr,
+            total_epochs=self.span,
+            warmup_epochs=o.warmup_epochs,
+            warmup_lr=o.warmup_lr,
+            min_lr=o.min_lr,
+        )
 
     def p_replace(self, it: int, epoch: int) -> float:
         mode = self.cfg.loss.replace
@@ -104,7 +110,9 @@ class Schedules:
             return 0.0
         if mode == "step":
             return schedules.step_replace_probability(it, epoch, self.iters_per_epoch, self.span)
-        return schedules.replace_probability(it, epoch, self.iters_per_epoch, self.span, self.cfg.loss.replace_power)
+        return schedules.replace_probability(
+            it, epoch, self.iters_per_epoch, self.span, self.cfg.loss.replace_power
+        )
 
     def switch_point(self) -> float:
         """e_th in schedule units (default: half the run), rescaled to the span under compress."""
@@ -192,28 +200,52 @@ class Trainer:
                 f"data.timesteps={cfg.data.timesteps}, data.size={cfg.data.size}"
             )
         if len(data.train) < cfg.optim.batch_size:
-            raise UserError(f"optim.batch_size={cfg.optim.batch_size} is larger than the train split "
-                            f"({len(data.train)} samples)")
+            raise UserError(
+                f"optim.batch_size={cfg.optim.batch_size} is larger than the train split "
+                f"({len(data.train)} samples)"
+            )
         student = VGGSNN(cfg.model, data.num_classes, data.size)
-        self.model = CKDModel(student, data.timesteps, cfg.loss.theta_init, cfg.loss.learnable_theta).to(device)
+        self.model = CKDModel(student, data.timesteps, cfg.loss.theta_init, cfg.loss.learnable_theta).to(
+            device
+        )
         self.autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
         if device.type == "cuda":
             self._setup_cuda()
         self.optimizer = torch.optim.AdamW(
-            self._param_groups(), lr=cfg.optim.lr, betas=(cfg.optim.beta1, cfg.optim.beta2), eps=cfg.optim.eps
+            self._param_groups(),
+            lr=cfg.optim.lr,
+            betas=(cfg.optim.beta1, cfg.optim.beta2),
+            eps=cfg.optim.eps,
         )
         self.cpu_gen = torch.Generator().manual_seed(cfg.run.seed)
         self.dev_gen = torch.Generator(device=device).manual_seed(cfg.run.seed + 1)
-        frame_dtype = torch.bfloat16 if cfg.run.precision == "bf16" and device.type == "cuda" else torch.float32
+        frame_dtype = (
+            torch.bfloat16 if cfg.run.precision == "bf16" and device.type == "cuda" else torch.float32
+        )
         d = cfg.data
         self.train_source = BatchSource(
-            data.train.frames, data.train.labels, batch_size=cfg.optim.batch_size, device=device, train=True,
-            generator=self.cpu_gen, crop_padding=d.crop_padding, flip=d.flip, rotation=d.rotation,
-            balanced=d.balanced_sampler, drop_last=True, dtype=frame_dtype,
+            data.train.frames,
+            data.train.labels,
+            batch_size=cfg.optim.batch_size,
+            device=device,
+            train=True,
+            generator=self.cpu_gen,
+            crop_padding=d.crop_padding,
+            flip=d.flip,
+            rotation=d.rotation,
+            balanced=d.balanced_sampler,
+            drop_last=True,
+            dtype=frame_dtype,
         )
         self.test_source = BatchSource(
-            data.test.frames, data.test.labels, batch_size=max(cfg.optim.batch_size, 128), device=device,
-            train=False, generator=self.cpu_gen, drop_last=False, dtype=frame_dtype,
+            data.test.frames,
+            data.test.labels,
+            batch_size=max(cfg.optim.batch_size, 128),
+            device=device,
+            train=False,
+            generator=self.cpu_gen,
+            drop_last=False,
+            dtype=frame_dtype,
         )
         self.schedules = Schedules(cfg, len(self.train_source))
         self.pairing = Pairing(data.train, d.pairing, device)
@@ -221,7 +253,9 @@ class Trainer:
         if static.shape[-1] != data.size:
             static = F.interpolate(static, size=(data.size, data.size), mode="bilinear", align_corners=False)
         self.static = static.to(device)
-        self.teacher_logits = prepared.teacher_logits.to(device) if prepared.teacher_logits is not None else None
+        self.teacher_logits = (
+            prepared.teacher_logits.to(device) if prepared.teacher_logits is not None else None
+        )
         self.epoch = 0
         self.best_acc = 0.0
         self.history: list[dict[str, float]] = []
@@ -239,22 +273,26 @@ class Trainer:
             from spikingjelly.activation_based.precision import PrecisionConfig
             from spikingjelly.activation_based.precision import prepare_model_for_precision
 
-            art = prepare_model_for_precision(self.model, self.device,
-                                              PrecisionConfig(mode="bf16", neuron_storage="fp32"))
+            art = prepare_model_for_precision(
+                self.model, self.device, PrecisionConfig(mode="bf16", neuron_storage="fp32")
+            )
             self.autocast = art.autocast_context
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """AdamW weight decay on weights of rank >= 2 only (timm's filter: no decay on BN, bias, theta)."""
-        decay, no_decay = [], []
+        decay: list[torch.nn.Parameter] = []
+        no_decay: list[torch.nn.Parameter] = []
         for p in self.model.parameters():
             if p.requires_grad:
                 (decay if p.ndim >= 2 else no_decay).append(p)
-        return [{"params": decay, "weight_decay": self.cfg.optim.weight_decay},
-                {"params": no_decay, "weight_decay": 0.0}]
+        return [
+            {"params": decay, "weight_decay": self.cfg.optim.weight_decay},
+            {"params": no_decay, "weight_decay": 0.0},
+        ]
 
     # -- one epoch -------------------------------------------------------------------------------
     def train_epoch(self) -> dict[str, float]:
-        cfg, epoch = self.cfg, self.epoch
+        epoch = self.epoch
         lr = self.schedules.lr(epoch)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
@@ -278,24 +316,37 @@ class Trainer:
         elapsed = time.perf_counter() - start
         metrics = meter.means()
         metrics = {("train_loss" if k == "loss" else k): v for k, v in metrics.items()}
-        metrics.update(train_acc=float(correct) / max(1, seen), lr=lr, p_replace=sum(p_host) / n, gamma=sum(g_host) / n,
-                       epoch_time_s=elapsed, pairs_per_s=seen / max(elapsed, 1e-9))
+        metrics.update(
+            train_acc=float(correct) / max(1, seen),
+            lr=lr,
+            p_replace=sum(p_host) / n,
+            gamma=sum(g_host) / n,
+            epoch_time_s=elapsed,
+            pairs_per_s=seen / max(elapsed, 1e-9),
+        )
         if not math.isfinite(metrics.get("train_loss", 0.0)):
-            raise TrialFailure(f"non-finite training loss at epoch {epoch + 1} "
-                               f"(loss parts: { {k: v for k, v in metrics.items() if k.startswith('loss')} })")
+            raise TrialFailure(
+                f"non-finite training loss at epoch {epoch + 1} "
+                f"(loss parts: { {k: v for k, v in metrics.items() if k.startswith('loss')} })"
+            )
         if self.cfg.loss.method == "ckd":
             for t, s in enumerate(torch.sigmoid(self.model.theta.detach()).cpu().tolist()):
                 metrics[f"sigma_theta_t{t}"] = s
         return metrics
 
-    def step(self, frames: Tensor, labels: Tensor, index: Tensor, p: Tensor, gamma: Tensor) -> dict[str, Tensor]:
+    def step(
+        self, frames: Tensor, labels: Tensor, index: Tensor, p: Tensor, gamma: Tensor
+    ) -> dict[str, Tensor]:
         """One optimizer step on a batch; returns the loss parts as device tensors (no sync)."""
         pair = self.pairing(index, labels, self.dev_gen)
         mask = torch.rand(labels.shape, generator=self.dev_gen, device=self.device) < p
         inputs = StepInputs(
-            dvs=frames, static=self.static[pair], labels=labels,
+            dvs=frames,
+            static=self.static[pair],
+            labels=labels,
             teacher_logits=self.teacher_logits[pair] if self.teacher_logits is not None else None,
-            replace_mask=mask, gamma=gamma,
+            replace_mask=mask,
+            gamma=gamma,
         )
         with self.autocast():
             parts = self.loss_fn(self.model, inputs, self.cfg)
@@ -352,11 +403,17 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         if state.get("config") != self.cfg.to_dict():
-            raise UserError("the checkpoint was written by a run with a different config; "
-                            "resume needs the same config (use a fresh output directory otherwise)")
+            raise UserError(
+                "the checkpoint was written by a run with a different config; "
+                "resume needs the same config (use a fresh output directory otherwise)"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.epoch, self.best_acc, self.history = int(state["epoch"]), float(state["best_acc"]), state["history"]
+        self.epoch, self.best_acc, self.history = (
+            int(state["epoch"]),
+            float(state["best_acc"]),
+            state["history"],
+        )
         self.cpu_gen.set_state(state["cpu_gen"])
         self.dev_gen.set_state(state["dev_gen"])
         torch.set_rng_state(state["torch_rng"])
@@ -408,14 +465,24 @@ def fit(
         trainer.history.append(metrics)
         trainer.epoch = epoch + 1
         written = None
-        if ckpt is not None and cfg.run.checkpoint_every and ((epoch + 1) % cfg.run.checkpoint_every == 0 or last):
+        if (
+            ckpt is not None
+            and cfg.run.checkpoint_every
+            and ((epoch + 1) % cfg.run.checkpoint_every == 0 or last)
+        ):
             written = save_checkpoint(ckpt, trainer.state())
         log.info(_epoch_line(metrics, budget))
         if on_epoch_end is not None:
             on_epoch_end(dict(metrics), written)
     final = next((m["test_acc"] for m in reversed(trainer.history) if "test_acc" in m), float("nan"))
-    return FitResult(metrics=trainer.history, best_test_acc=trainer.best_acc, final_test_acc=final,
-                     epochs_run=trainer.epoch, config=cfg, teacher_test_acc=prepared.teacher_test_acc)
+    return FitResult(
+        metrics=trainer.history,
+        best_test_acc=trainer.best_acc,
+        final_test_acc=final,
+        epochs_run=trainer.epoch,
+        config=cfg,
+        teacher_test_acc=prepared.teacher_test_acc,
+    )
 
 
 def _epochs(start: int, stop: int) -> Iterator[int]:

@@ -92,8 +92,13 @@ def _teacher_logits(cfg: Config, data: PairedData, key: str) -> tuple[Tensor, fl
     test_logits = _predict(net, data.test.images, tc.hsv, tc.input_size)
     test_acc = _accuracy(test_logits, data.test.image_labels)
     train_acc = _accuracy(train_logits, data.train.image_labels)
-    log.info("teacher %s: train acc %.3f, test acc %.3f (%.1fs)", tc.arch, train_acc, test_acc,
-             time.perf_counter() - start)
+    log.info(
+        "teacher %s: train acc %.3f, test acc %.3f (%.1fs)",
+        tc.arch,
+        train_acc,
+        test_acc,
+        time.perf_counter() - start,
+    )
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     atomic_write(folder / "teacher.pt", lambda fh: torch.save(state, fh))
     _write_logits(logits_path, train_logits, {"test_acc": test_acc, "train_acc": train_acc, "arch": tc.arch})
@@ -145,8 +150,13 @@ def _accuracy(logits: Tensor, labels: Tensor) -> float:
 def _write_logits(path: Path, logits: Tensor, meta: dict[str, Any]) -> None:
     arr = logits.numpy().astype("float32")
     table = pa.table({"logits": pa.FixedSizeListArray.from_arrays(pa.array(arr.reshape(-1)), arr.shape[1])})
-    meta = {**meta, "format": TEACHER_FORMAT, "rows": arr.shape[0], "classes": arr.shape[1],
-            "checksum": stable_hash(arr.tobytes())}
+    meta = {
+        **meta,
+        "format": TEACHER_FORMAT,
+        "rows": arr.shape[0],
+        "classes": arr.shape[1],
+        "checksum": stable_hash(arr.tobytes()),
+    }
     table = table.replace_schema_metadata({"ckd_search": json.dumps(meta)})
 
     def write(handle: Any) -> None:
@@ -166,7 +176,11 @@ def _read_logits(path: Path, rows: int, classes: int) -> tuple[Tensor, float] | 
         meta = json.loads(table.schema.metadata[b"ckd_search"])
         flat = table.column("logits").combine_chunks().flatten().to_numpy()
         arr = flat.reshape(meta["rows"], meta["classes"]).copy()
-        if meta["rows"] != rows or meta["classes"] != classes or stable_hash(arr.tobytes()) != meta["checksum"]:
+        if (
+            meta["rows"] != rows
+            or meta["classes"] != classes
+            or stable_hash(arr.tobytes()) != meta["checksum"]
+        ):
             raise ValueError("shape or checksum mismatch")
     except Exception as err:  # noqa: BLE001 - any damage means: rebuild
         log.warning("teacher logits cache %s is unusable (%s); rebuilding", path, err)

@@ -32,9 +32,7 @@ def replace_probability(
     return min(1.0, max(progress, 0.0) ** power)
 
 
-def step_replace_probability(
-    iteration: int, epoch: int, iters_per_epoch: int, total_epochs: int
-) -> float:
+def step_replace_probability(iteration: int, epoch: int, iters_per_epoch: int, total_epochs: int) -> float:
     """The "no sliding training" ablation: P = 0 for the first half of the run, 1 afterwards."""
     progress = training_progress(iteration, epoch, iters_per_epoch, total_epochs)
     return 0.0 if progress <= 0.5 else 1.0

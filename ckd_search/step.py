@@ -76,7 +76,9 @@ def ckd_losses(model: CKDModel, inputs: StepInputs, cfg: Config) -> dict[str, Te
     if kc.enabled and inputs.teacher_logits is not None:
         student_kd = static_out.logits if kc.target == "per_step" else static_out.logits.mean(0)
         if kc.mask_replaced:
-            kd = losses.masked_kd_loss(student_kd, inputs.teacher_logits, kc.temperature, ~inputs.replace_mask)
+            kd = losses.masked_kd_loss(
+                student_kd, inputs.teacher_logits, kc.temperature, ~inputs.replace_mask
+            )
         else:
             kd = losses.kd_loss(student_kd, inputs.teacher_logits, kc.temperature)
         total = total + kc.alpha * inputs.gamma * kd

@@ -100,7 +100,11 @@ def test_replace_returns_validated_copy():
         ({"optim.beta2": -0.5}, "optim.beta2", "must be in"),
         ({"optim.eps": 0}, "optim.eps", "must be > 0"),
         ({"optim.warmup_epochs": -1}, "optim.warmup_epochs", "must be >= 0"),
-        ({"optim.warmup_epochs": 6, "run.epochs": 6}, "optim.warmup_epochs", "must be < run.epochs"),
+        (
+            {"optim.warmup_epochs": 6, "run.epochs": 6},
+            "optim.warmup_epochs",
+            "must be < run.epochs",
+        ),
         ({"optim.warmup_lr": -1}, "optim.warmup_lr", "must be >= 0"),
         ({"optim.min_lr": 1.0, "optim.lr": 0.1}, "optim.min_lr", "must be <= optim.lr"),
         ({"run.epochs": 0}, "run.epochs", "must be >= 1"),

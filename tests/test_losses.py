@@ -57,7 +57,9 @@ def test_domain_alignment_loss_weights_steps_by_sigmoid_theta(gen):
     theta = torch.tensor([0.0, 1.0, -2.0])
     cka = losses.linear_cka(x, x.flip(1))
     expected = (torch.sigmoid(theta) * (1 - cka.abs())).mean()
-    assert losses.domain_alignment_loss(x, x.flip(1), theta).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert losses.domain_alignment_loss(x, x.flip(1), theta).item() == pytest.approx(
+        expected.item(), abs=1e-6
+    )
     assert losses.domain_alignment_loss(x, x, theta).item() == pytest.approx(0.0, abs=1e-5)
 
 
@@ -71,8 +73,15 @@ def test_kd_is_batchmean_kl_times_temperature_squared(gen):
     s = torch.randn(8, 10, generator=gen)
     t = torch.randn(8, 10, generator=gen)
     for tau in (1.0, 2.0, 4.0):
-        ref = F.kl_div(F.log_softmax(s / tau, -1), F.log_softmax(t / tau, -1), reduction="batchmean",
-                       log_target=True) * tau**2
+        ref = (
+            F.kl_div(
+                F.log_softmax(s / tau, -1),
+                F.log_softmax(t / tau, -1),
+                reduction="batchmean",
+                log_target=True,
+            )
+            * tau**2
+        )
         assert losses.kd_loss(s, t, tau).item() == pytest.approx(ref.item(), rel=1e-5)
 
 
@@ -104,7 +113,8 @@ def test_masked_kd_ignores_masked_samples(gen):
     t = torch.randn(4, 5, generator=gen)
     keep = torch.tensor([True, True, False, False])
     assert losses.masked_kd_loss(s, t, 3.0, keep).item() == pytest.approx(
-        losses.kd_loss(s[:2], t[:2], 3.0).item(), rel=1e-5)
+        losses.kd_loss(s[:2], t[:2], 3.0).item(), rel=1e-5
+    )
     assert losses.masked_kd_loss(s, t, 3.0, torch.zeros(4, dtype=torch.bool)).item() == 0.0
 
 
@@ -119,8 +129,11 @@ def test_tet_mse_term_and_step_weights(gen):
     logits = torch.randn(3, 2, 4, generator=gen)
     y = torch.tensor([0, 1])
     assert losses.tet_loss(logits, y, 1.0, 0.5).item() == pytest.approx(
-        (logits - 0.5).pow(2).mean().item(), rel=1e-6)
+        (logits - 0.5).pow(2).mean().item(), rel=1e-6
+    )
     w = torch.tensor([1.0, 0.0, 0.0])
     ref = (1 - 1e-3) * F.cross_entropy(logits[0], y) + 1e-3 * (logits[0] - 0.5).pow(2).mean()
-    assert losses.tet_loss(logits, y, 1e-3, 0.5, step_weights=w).item() == pytest.approx(ref.item() / 3, rel=1e-5)
+    assert losses.tet_loss(logits, y, 1e-3, 0.5, step_weights=w).item() == pytest.approx(
+        ref.item() / 3, rel=1e-5
+    )
     assert math.isfinite(losses.tet_loss(logits, y, 1e-3, 0.5).item())

@@ -52,8 +52,10 @@ def run_train(args: argparse.Namespace) -> int:
     }
     atomic_write_text(out / "metrics.json", json.dumps(result.metrics, indent=1))
     atomic_write_text(out / "result.json", json.dumps(summary, indent=1))
-    print(f"best test top-1 {result.best_test_acc:.4f}, final {result.final_test_acc:.4f} "
-          f"after {result.epochs_run} epochs; teacher test top-1 "
-          f"{'n/a' if result.teacher_test_acc is None else f'{result.teacher_test_acc:.4f}'}")
+    print(
+        f"best test top-1 {result.best_test_acc:.4f}, final {result.final_test_acc:.4f} "
+        f"after {result.epochs_run} epochs; teacher test top-1 "
+        f"{'n/a' if result.teacher_test_acc is None else f'{result.teacher_test_acc:.4f}'}"
+    )
     print(f"wrote {out}/config.yaml, metrics.json, result.json, checkpoint/")
     return 0

@@ -98,8 +98,10 @@ class VGGSNN(nn.Module):
         self.features = nn.ModuleList(blocks)
         self.feature_dim = channels * size * size
         self.static_head = layer.Linear(self.feature_dim, num_classes, step_mode="m")
-        self.dvs_head = self.static_head if cfg.shared_head else layer.Linear(
-            self.feature_dim, num_classes, step_mode="m"
+        self.dvs_head = (
+            self.static_head
+            if cfg.shared_head
+            else layer.Linear(self.feature_dim, num_classes, step_mode="m")
         )
         self.record_firing = False
 

@@ -22,13 +22,21 @@ def small_cnn(num_classes: int) -> nn.Module:
     """Three conv blocks and a linear head; about 90% on Digits in a few epochs on a CPU."""
 
     def block(cin: int, cout: int) -> nn.Sequential:
-        return nn.Sequential(nn.Conv2d(cin, cout, 3, padding=1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
+        return nn.Sequential(
+            nn.Conv2d(cin, cout, 3, padding=1, bias=False),
+            nn.BatchNorm2d(cout),
+            nn.ReLU(inplace=True),
+        )
 
     return nn.Sequential(
-        block(3, 32), nn.MaxPool2d(2),
-        block(32, 64), nn.MaxPool2d(2),
-        block(64, 128), nn.AdaptiveAvgPool2d(1),
-        nn.Flatten(), nn.Linear(128, num_classes),
+        block(3, 32),
+        nn.MaxPool2d(2),
+        block(32, 64),
+        nn.MaxPool2d(2),
+        block(64, 128),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(128, num_classes),
     )
 
 

@@ -7,8 +7,8 @@ from spikingjelly.activation_based import neuron
 from spikingjelly.activation_based import surrogate
 
 from ckd_search.config import ModelConfig
-from ckd_search.models.snn import MembraneTap
 from ckd_search.models.snn import VGGSNN
+from ckd_search.models.snn import MembraneTap
 from ckd_search.models.snn import make_lif
 from ckd_search.models.snn import synaptic_ops
 
@@ -18,8 +18,15 @@ def test_membrane_tap_equals_spikingjelly_stored_sequence():
     x = (torch.rand(6, 4, 3, 5, 5, generator=torch.Generator().manual_seed(0)) * 1.6).requires_grad_()
     tap = MembraneTap(make_lif(cfg))
     spikes, membrane = tap(x)
-    ref = neuron.LIFNode(tau=2.0, v_threshold=0.5, v_reset=0.0, detach_reset=True, step_mode="m",
-                         surrogate_function=surrogate.PiecewiseQuadratic(alpha=2.0), store_v_seq=True)
+    ref = neuron.LIFNode(
+        tau=2.0,
+        v_threshold=0.5,
+        v_reset=0.0,
+        detach_reset=True,
+        step_mode="m",
+        surrogate_function=surrogate.PiecewiseQuadratic(alpha=2.0),
+        store_v_seq=True,
+    )
     x2 = x.detach().clone().requires_grad_()
     ref_spikes = ref(x2)
     assert torch.equal(spikes, ref_spikes)

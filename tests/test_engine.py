@@ -1,0 +1,230 @@
+"""The CKD engine on the real embedded data: step semantics, overfitting, resume, faults, learning."""
+
+import dataclasses
+import math
+
+import pytest
+import torch
+
+from ckd_search.config import Config
+from ckd_search.engine import Pairing
+from ckd_search.engine import Trainer
+from ckd_search.engine import fit
+from ckd_search.errors import TrialFailure
+from ckd_search.errors import UserError
+from ckd_search.prepare import Prepared
+from ckd_search.prepare import prepare
+from ckd_search.step import hybrid_stream
+
+TIMING = {"epoch_time_s", "pairs_per_s"}
+
+
+def tiny(tmp_path, **extra) -> Config:
+    values = {
+        "data.limit": 192,
+        "data.size": 16,
+        "data.timesteps": 3,
+        "model.width": 0.0625,
+        "teacher.epochs": 1,
+        "run.epochs": 3,
+        "optim.batch_size": 32,
+        "data.cache_dir": str(tmp_path / "cache"),
+        "run.device": "cpu",
+    }
+    values.update(extra)
+    return Config.from_dict(values)
+
+
+@pytest.fixture(scope="module")
+def prepared_tiny(tmp_path_factory) -> tuple[Config, Prepared]:
+    cfg = tiny(tmp_path_factory.mktemp("engine"))
+    return cfg, prepare(cfg)
+
+
+def test_hybrid_stream_replaces_exactly_the_masked_samples():
+    dvs = torch.rand(4, 5, 2, 6, 6)
+    static = torch.rand(5, 1, 6, 6)
+    mask = torch.tensor([True, False, True, False, False])
+    hybrid = hybrid_stream(dvs, static, mask)
+    assert torch.equal(hybrid[:, mask], dvs[:, mask])
+    for b in (1, 3, 4):
+        for t in range(4):
+            assert torch.equal(hybrid[t, b, 0], static[b, 0]) and torch.equal(hybrid[t, b, 1], static[b, 0])
+
+
+def test_replaced_samples_are_their_paired_dvs_samples_in_a_step(prepared_tiny):
+    cfg, prep = prepared_tiny
+    trainer = Trainer(cfg, prep, torch.device("cpu"))
+    seen = {}
+
+    def spy(model, inputs, config):
+        seen["inputs"] = inputs
+        return trainer_loss(model, inputs, config)
+
+    from ckd_search.step import ckd_losses as trainer_loss
+
+    trainer.loss_fn = spy
+    batch = next(iter(trainer.train_source))
+    trainer.step(batch.frames, batch.labels, batch.index, torch.tensor(0.5), torch.tensor(1.0))
+    inputs = seen["inputs"]
+    hybrid = hybrid_stream(inputs.dvs, inputs.static, inputs.replace_mask)
+    assert 0 < int(inputs.replace_mask.sum()) < len(batch.labels)
+    assert torch.equal(hybrid[:, inputs.replace_mask], batch.frames[:, inputs.replace_mask])
+    # same_image pairing: the static input is the V channel of the sample's own image
+    own = prep.data.train.pair_index[batch.index]
+    assert torch.equal(inputs.static, trainer.static[own])
+    # teacher logits belong to the paired image
+    assert torch.equal(inputs.teacher_logits, prep.teacher_logits[own])
+
+
+def test_same_class_random_pairing_draws_train_images_of_the_class(prepared_tiny):
+    _, prep = prepared_tiny
+    split = prep.data.train
+    pairing = Pairing(split, "same_class_random", torch.device("cpu"))
+    labels = split.labels[:64]
+    drawn = pairing(torch.arange(64), labels, torch.Generator().manual_seed(0))
+    assert torch.equal(split.image_labels[drawn], labels)
+    assert int(drawn.max()) < len(split.images)
+    again = pairing(torch.arange(64), labels, torch.Generator().manual_seed(1))
+    assert not torch.equal(drawn, again)  # random instance, not the same image
+
+
+def test_overfits_one_batch(prepared_tiny):
+    cfg, prep = prepared_tiny
+    cfg = cfg.replace(**{"optim.lr": 5e-3})
+    trainer = Trainer(cfg, prep, torch.device("cpu"))
+    batch = next(iter(trainer.train_source))
+    first = None
+    for _ in range(40):
+        parts = trainer.step(batch.frames, batch.labels, batch.index, torch.tensor(0.0), torch.tensor(1.0))
+        first = first if first is not None else float(parts["loss_cls_e"])
+    acc = float((parts["dvs_logits"].mean(0).argmax(-1) == batch.labels).float().mean())
+    assert float(parts["loss_cls_e"]) < 0.5 * first
+    assert acc > 0.8
+
+
+def strip(history):
+    return [{k: v for k, v in m.items() if k not in TIMING} for m in history]
+
+
+def test_resume_continues_bit_exactly(prepared_tiny, tmp_path):
+    cfg, prep = prepared_tiny
+    straight = fit(cfg, prepared=prep, checkpoint_dir=tmp_path / "a")
+
+    class Crash(Exception):
+        pass
+
+    def crash_after_two(metrics, ckpt):
+        if metrics["epoch"] == 2:
+            raise Crash
+
+    with pytest.raises(Crash):
+        fit(cfg, crash_after_two, prepared=prep, checkpoint_dir=tmp_path / "b")
+    resumed = fit(cfg, prepared=prep, checkpoint_dir=tmp_path / "b", resume=True)
+    assert resumed.epochs_run == 3
+    assert strip(resumed.metrics) == strip(straight.metrics)
+    a = torch.load(tmp_path / "a" / "state.pt", weights_only=True)["model"]
+    b = torch.load(tmp_path / "b" / "state.pt", weights_only=True)["model"]
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_resume_refuses_a_different_config(prepared_tiny, tmp_path):
+    cfg, prep = prepared_tiny
+    fit(cfg.replace(**{"run.epochs": 2}), prepared=prep, checkpoint_dir=tmp_path)
+    with pytest.raises(UserError, match="different config"):
+        fit(
+            cfg.replace(**{"run.epochs": 2, "kd.k": 3.0}),
+            prepared=prep,
+            checkpoint_dir=tmp_path,
+            resume=True,
+        )
+
+
+def test_corrupt_checkpoint_is_refused(prepared_tiny, tmp_path):
+    cfg, prep = prepared_tiny
+    fit(cfg.replace(**{"run.epochs": 2}), prepared=prep, checkpoint_dir=tmp_path)
+    state = tmp_path / "state.pt"
+    state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])
+    with pytest.raises(UserError, match="corrupt or truncated"):
+        fit(cfg.replace(**{"run.epochs": 2}), prepared=prep, checkpoint_dir=tmp_path, resume=True)
+
+
+def test_metrics_every_epoch_and_schedules(prepared_tiny):
+    cfg, prep = prepared_tiny
+    seen = []
+    result = fit(cfg.replace(**{"kd.e_th": 1.0, "kd.k": 1000.0}), lambda m, c: seen.append(m), prepared=prep)
+    assert [m["epoch"] for m in seen] == [1.0, 2.0, 3.0]
+    assert [m["gamma"] for m in seen] == pytest.approx([1.0, 0.5, 0.0])
+    assert seen[0]["p_replace"] < seen[1]["p_replace"] < seen[2]["p_replace"] < 1
+    for key in (
+        "test_acc",
+        "best_test_acc",
+        "loss_kd",
+        "loss_da",
+        "loss_cls_s",
+        "loss_cls_e",
+        "cka_t0",
+        "sigma_theta_t2",
+        "firing_rate_l7",
+        "sops_per_sample",
+        "energy_uj",
+        "pairs_per_s",
+        "lr",
+        "teacher_test_acc",
+    ):
+        assert key in seen[-1], key
+    assert result.best_test_acc == max(m["test_acc"] for m in seen)
+    assert all(math.isfinite(v) for v in seen[-1].values())
+
+
+def test_ablations_run(prepared_tiny):
+    cfg, prep = prepared_tiny
+    one = {"run.epochs": 2}
+    for extra in (
+        {"kd.schedule": "constant"},
+        {"kd.schedule": "adaptive"},
+        {"loss.replace": "none"},
+        {"loss.replace": "step"},
+        {"model.shared_head": True},
+        {"kd.target": "per_step"},
+        {"kd.mask_replaced": True},
+        {"kd.units": "iteration"},
+    ):
+        result = fit(cfg.replace(**one, **extra), prepared=prep)
+        assert math.isfinite(result.metrics[-1]["train_loss"]), extra
+    no_kd = cfg.replace(**one, **{"kd.enabled": False})
+    result = fit(no_kd)
+    assert "loss_kd" not in result.metrics[-1] and result.teacher_test_acc is None
+    dvs_only = fit(cfg.replace(**one, **{"loss.method": "dvs_only"}))
+    assert "loss_da" not in dvs_only.metrics[-1]
+
+
+def test_compress_fidelity_lays_schedules_over_the_budget(prepared_tiny):
+    cfg, prep = prepared_tiny
+    base = {"run.epochs": 12, "run.max_epochs": 2, "kd.e_th": 6.0, "kd.k": 1000.0}
+    truncated = fit(cfg.replace(**base), prepared=prep)
+    compressed = fit(cfg.replace(**base, **{"run.fidelity": "compress"}), prepared=prep)
+    assert truncated.epochs_run == compressed.epochs_run == 2
+    assert [m["gamma"] for m in truncated.metrics] == pytest.approx([1.0, 1.0])
+    assert [m["gamma"] for m in compressed.metrics] == pytest.approx([1.0, 0.5])  # e_th 6/12 of 2 epochs
+
+
+def test_non_finite_loss_ends_the_trial_with_a_clear_error(prepared_tiny):
+    cfg, prep = prepared_tiny
+    broken = dataclasses.replace(prep, teacher_logits=torch.full_like(prep.teacher_logits, float("nan")))
+    with pytest.raises(TrialFailure, match="non-finite training loss at epoch 1"):
+        fit(cfg, prepared=broken)
+
+
+def test_prepared_mismatch_is_refused(prepared_tiny):
+    cfg, prep = prepared_tiny
+    with pytest.raises(UserError, match="does not match"):
+        fit(cfg.replace(**{"data.timesteps": 4}), prepared=prep)
+
+
+@pytest.mark.slow
+def test_default_training_on_digits_dvs_is_far_above_chance(tmp_path):
+    cfg = Config.from_dict({"data.cache_dir": str(tmp_path / "cache"), "run.epochs": 3, "run.device": "cpu"})
+    result = fit(cfg)
+    assert result.teacher_test_acc is not None and result.teacher_test_acc > 0.8
+    assert result.best_test_acc > 0.5  # chance is 0.1
