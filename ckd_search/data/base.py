@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from dataclasses import field
 from typing import Any
 
 from torch import Tensor
@@ -60,4 +61,3 @@ class PairedData:
     @property
     def size(self) -> int:
         return int(self.train.frames.shape[-1])
-

@@ -20,7 +20,8 @@ import logging
 import mmap
 import os
 import tempfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -53,8 +54,7 @@ def cache_key(params: Mapping[str, Any]) -> str:
 def split_path(cache_dir: str | Path, params: Mapping[str, Any], split: str) -> Path:
     """Path of one split's cache file (params must hold dataset, timesteps, size, image_size)."""
     name = (
-        f"{split}-T{params['timesteps']}-S{params['size']}-I{params['image_size']}"
-        f"-{cache_key(params)}.arrow"
+        f"{split}-T{params['timesteps']}-S{params['size']}-I{params['image_size']}-{cache_key(params)}.arrow"
     )
     return Path(cache_dir).expanduser() / "data" / str(params["dataset"]) / name
 
@@ -65,13 +65,11 @@ def content_hash(arrays: Mapping[str, np.ndarray]) -> str:
     for name in COLUMNS:
         arr = np.ascontiguousarray(arrays[name])
         digest.update(f"{name}:{arr.dtype.str}:{arr.shape};".encode())
-        digest.update(memoryview(arr.reshape(-1)).cast("B"))
+        digest.update(arr.reshape(-1).view(np.uint8).data)
     return digest.hexdigest()
 
 
-def write_split(
-    path: Path, data: SplitArrays, params: Mapping[str, Any], info: Mapping[str, Any]
-) -> None:
+def write_split(path: Path, data: SplitArrays, params: Mapping[str, Any], info: Mapping[str, Any]) -> None:
     """Atomically write one split with its parameters, content hash and info in the metadata."""
     arrays = {name: np.ascontiguousarray(a) for name, a in data.arrays().items()}
     fields, columns = [], []

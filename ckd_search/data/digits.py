@@ -85,7 +85,7 @@ def build_digits_dvs(cfg: DataConfig, image_size: int) -> BuiltData:
     splits = {}
     for name, idx in zip(("train", "test"), split_indices(labels, cfg.split_seed)):
         idx = idx[limit_indices(labels[idx], cfg.limit)]
-        splits[name] = _simulate_split(images[idx], labels[idx], idx, cfg, image_size)
+        splits[name] = simulate_split(images[idx], labels[idx], idx, cfg, image_size)
     sensor = IMAGE_SIDE + 2 * MARGIN
     info = {
         "source": "sklearn.datasets.load_digits (UCI optdigits), simulated saccades",
@@ -96,7 +96,7 @@ def build_digits_dvs(cfg: DataConfig, image_size: int) -> BuiltData:
     return BuiltData(NAME, CLASS_NAMES, splits["train"], splits["test"], info)
 
 
-def _simulate_split(
+def simulate_split(
     rgb: np.ndarray, labels: np.ndarray, ids: np.ndarray, cfg: DataConfig, image_size: int
 ) -> SplitArrays:
     counts = simulate_saccade_frames(

@@ -6,8 +6,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-# Chunk of samples per interpolate call: bounds the float32 working copy (~100 MB at 240x180, T=10).
-_RESIZE_CHUNK = 64
+# Elements per resize call: bounds the float32 working copy to ~128 MB.
+_RESIZE_ELEMENTS = 1 << 25
 
 
 def time_bins(t: np.ndarray, n_time_bins: int, t_start: int, t_end: int) -> np.ndarray:
@@ -84,6 +84,25 @@ def events_to_frames(
     return counts.astype(np.int32).reshape(frames_shape)
 
 
+def bilinear_matrix(n_in: int, n_out: int) -> np.ndarray:
+    """[n_out, n_in] weights of a 1-D bilinear resize with ``align_corners=True``.
+
+    ``R_y @ x @ R_x.T`` equals ``F.interpolate(x, mode="bilinear", align_corners=True)`` (the
+    interpolation is separable) and runs as two BLAS matmuls, several times faster on a CPU.
+    """
+    weights = np.zeros((n_out, n_in), dtype=np.float32)
+    if n_in == 1 or n_out == 1:
+        weights[:, 0] = 1.0
+        return weights
+    src = np.arange(n_out) * (n_in - 1) / (n_out - 1)
+    lo = np.clip(np.floor(src).astype(np.int64), 0, n_in - 2)
+    frac = (src - lo).astype(np.float32)
+    rows = np.arange(n_out)
+    weights[rows, lo] += 1 - frac
+    weights[rows, lo + 1] += frac
+    return weights
+
+
 def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     """Bilinear resize of count frames to ``size x size`` (``align_corners=True``, as He et al.).
 
@@ -97,12 +116,14 @@ def resize_frames(frames: np.ndarray, size: int) -> np.ndarray:
     n, steps, pol, height, width = frames.shape
     if (height, width) == (size, size):
         return frames.astype(np.float16)
+    rows = torch.from_numpy(bilinear_matrix(height, size))
+    cols_t = torch.from_numpy(bilinear_matrix(width, size)).T.contiguous()
     out = np.empty((n, steps, pol, size, size), dtype=np.float16)
-    for start in range(0, n, _RESIZE_CHUNK):
-        chunk = torch.from_numpy(np.ascontiguousarray(frames[start : start + _RESIZE_CHUNK]))
-        flat = chunk.float().reshape(-1, steps * pol, height, width)
-        resized = F.interpolate(flat, size=(size, size), mode="bilinear", align_corners=True)
-        out[start : start + len(chunk)] = resized.reshape(-1, steps, pol, size, size).numpy()
+    step = max(1, _RESIZE_ELEMENTS // (steps * pol * height * width))
+    for start in range(0, n, step):
+        chunk = torch.from_numpy(np.ascontiguousarray(frames[start : start + step]))
+        resized = rows @ chunk.float() @ cols_t
+        out[start : start + len(chunk)] = resized.to(torch.float16).numpy()
     return out
 
 

@@ -246,9 +246,11 @@ class _FrameSink:
         sample, pix = np.divmod(flat, h * w)
         k = time_bins(t, self.n_bins, self.t_start, self.t_end)
         idx = ((sample * self.n_bins + k) * 2 + p) * (h * w) + pix
-        self.frames += np.bincount(idx, minlength=self.frames.size).reshape(self.frames.shape).astype(
-            np.int32
-        )
+        flat_frames = self.frames.reshape(-1)
+        if idx.size * 8 < flat_frames.size:  # few events (noise, one bin edge): scatter them
+            np.add.at(flat_frames, idx, 1)
+        else:
+            flat_frames += np.bincount(idx, minlength=flat_frames.size).astype(np.int32)
 
 
 # --- the simulation loop ------------------------------------------------------------------------
@@ -335,7 +337,7 @@ def simulate_video_events(
     Returns:
         B structured arrays of dtype :data:`EVENT_DTYPE`, each sorted by t.
     """
-    b, _, h, w = video.shape
+    b, _, h, w = _check_video(video, times_us)
     sink = _EventSink((b, h, w))
     levels = _log_levels(lambda k: video[:, k].astype(np.float64), cfg.log_eps)
     _simulate(levels, np.asarray(times_us, float), (b, h, w), cfg, seed, _sample_ids(b, sample_ids), sink)
@@ -356,7 +358,7 @@ def simulate_video_frames(
     Returns:
         [B, T, 2, H, W] int32, polarity 0 = OFF, 1 = ON.
     """
-    b, _, h, w = video.shape
+    b, _, h, w = _check_video(video, times_us)
     times = np.asarray(times_us, float)
     sink = _FrameSink((b, h, w), n_time_bins, math.floor(times[0]), math.floor(times[-1]))
     levels = _log_levels(lambda k: video[:, k].astype(np.float64), cfg.log_eps)
@@ -412,6 +414,7 @@ def simulate_saccade_frames(
     Returns:
         [B, T, 2, H, W] int32 with H = h + 2 margin, W = w + 2 margin.
     """
+    _check_images(images)
     b, h, w = images.shape
     frames = np.zeros((b, n_time_bins, 2, h + 2 * margin, w + 2 * margin), dtype=np.int32)
     ids = _sample_ids(b, sample_ids)
@@ -424,11 +427,27 @@ def simulate_saccade_frames(
     return frames
 
 
+def _check_video(video: np.ndarray, times_us: np.ndarray) -> tuple[int, ...]:
+    if video.ndim != 4 or video.shape[1] < 2:
+        raise ValueError(f"video must be [B, K + 1, H, W] with K >= 1, got shape {video.shape}")
+    if np.shape(times_us) != (video.shape[1],) or (np.diff(times_us) <= 0).any():
+        raise ValueError(f"times_us must be {video.shape[1]} increasing times")
+    if video.size and video.min() < 0:
+        raise ValueError("intensities must be >= 0 (log(I + eps) needs I + eps > 0)")
+    return tuple(video.shape)
+
+
+def _check_images(images: np.ndarray) -> None:
+    if images.ndim != 3:
+        raise ValueError(f"images must be [B, h, w] intensities, got shape {images.shape}")
+    if images.size and images.min() < 0:
+        raise ValueError("intensities must be >= 0 (log(I + eps) needs I + eps > 0)")
+
+
 def _saccade_setup(
     images: np.ndarray, cfg: SimulatorConfig, margin: int, path: np.ndarray | None
 ) -> tuple[Levels, np.ndarray, tuple[int, int, int], _Renderer]:
-    if images.ndim != 3:
-        raise ValueError(f"images must be [B, h, w] intensities, got shape {images.shape}")
+    _check_images(images)
     pos = saccade_path(cfg.amplitude, cfg.steps_per_leg) if path is None else np.asarray(path, float)
     if pos.ndim != 2 or pos.shape[1] != 2 or len(pos) < 2:
         raise ValueError(f"path must be [N + 1, 2] offsets with N >= 1, got shape {pos.shape}")

@@ -1,0 +1,238 @@
+"""Hyperparameter importance with Optuna's PED-ANOVA and fANOVA on a study rebuilt from a trial table.
+
+The search's own Optuna storage is not needed: every finished trial becomes a ``FrozenTrial``
+(``optuna.trial.create_trial``) in an in-memory study, with distributions inferred from the values
+seen (``kd.k`` on a log scale). Complete trials carry their best test top-1; pruned trials are added
+as PRUNED (the evaluators skip them) so low-budget values do not pose as final results.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import warnings
+from collections.abc import Iterator
+from collections.abc import Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+from optuna.distributions import BaseDistribution
+from optuna.distributions import CategoricalDistribution
+from optuna.distributions import FloatDistribution
+from optuna.distributions import IntDistribution
+from optuna.trial import TrialState
+
+from ckd_search.analysis.results import METRIC
+
+log = logging.getLogger(__name__)
+
+# The parameters the switching question is about, in report order.
+CORE_PARAMS = ("kd.e_th", "kd.k", "loss.beta", "kd.temperature", "data.timesteps")
+# Parameters always read on a log scale (when positive).
+LOG_PARAMS = frozenset({"kd.k", "optim.lr", "optim.weight_decay", "optim.min_lr"})
+# Config keys that are never hyperparameters of interest.
+IGNORED = frozenset(
+    {
+        "run.seed",
+        "run.device",
+        "run.threads",
+        "data.cache_dir",
+        "data.root",
+        "teacher.weights",
+        "run.checkpoint_every",
+        "run.eval_every",
+        "run.max_epochs",
+        "resources.cpus",
+        "resources.gpu_fraction",
+    }
+)
+MIN_COMPLETE = 3
+
+
+@dataclass
+class Importances:
+    """Normalised importances per evaluator (each sums to 1), and what went into them."""
+
+    params: list[str]
+    by_method: dict[str, dict[str, float]] = field(default_factory=dict)
+    n_trials: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    def table(self) -> pd.DataFrame:
+        """One row per parameter, one column per method, sorted by the first method."""
+        df = pd.DataFrame(self.by_method).reindex(self.params)
+        if not df.empty:
+            df = df.sort_values(df.columns[0], ascending=False)
+        df.index.name = "parameter"
+        return df
+
+
+def candidate_params(trials: pd.DataFrame, extra: Sequence[str] = ()) -> list[str]:
+    """The core parameters that vary, then any other varying config key in ``extra`` or the table."""
+
+    def varies(key: str) -> bool:
+        return key in trials and trials[key].astype(str).nunique(dropna=False) > 1
+
+    core = [p for p in CORE_PARAMS if varies(p)]
+    others = [
+        c
+        for c in list(extra) + sorted(trials.columns)
+        if "." in c and c not in core and c not in IGNORED and varies(c)
+    ]
+    return core + list(dict.fromkeys(others))
+
+
+def infer_distribution(name: str, values: pd.Series) -> BaseDistribution:
+    """A distribution covering the observed values: float/int range or categorical."""
+    vals = values.dropna()
+    if vals.map(lambda v: isinstance(v, bool | str)).any() or vals.dtype == object:
+        return CategoricalDistribution(sorted({_cat(v) for v in vals}, key=str))
+    lo, hi = float(vals.min()), float(vals.max())
+    log_scale = name in LOG_PARAMS and lo > 0
+    if np.allclose(vals, np.round(vals)) and name not in LOG_PARAMS and pd.api.types.is_integer_dtype(vals):
+        return IntDistribution(int(lo), int(hi))
+    return FloatDistribution(lo, hi, log=log_scale)
+
+
+def _cat(value: Any) -> Any:
+    return value if isinstance(value, bool | int | float | str) or value is None else str(value)
+
+
+def build_study(
+    trials: pd.DataFrame,
+    params: Sequence[str],
+    epochs: pd.DataFrame | None = None,
+    metric: str = METRIC,
+    use_pruned_values: bool = False,
+) -> optuna.Study:
+    """An in-memory maximising study holding one FrozenTrial per row of ``trials``.
+
+    Args:
+        trials: the per-trial table (``status``, ``metric`` and the ``params`` columns).
+        params: the parameters to include (rows with a missing value are skipped).
+        epochs: optional per-epoch table for intermediate values.
+        metric: the objective column.
+        use_pruned_values: add pruned trials as COMPLETE with their last value (when too few
+            trials completed).
+    """
+    dists = {p: infer_distribution(p, trials[p]) for p in params}
+    with _quiet_optuna():
+        study = optuna.create_study(direction="maximize")
+    curves = _intermediate(epochs)
+    for row in trials.to_dict("records"):
+        value = row.get(metric)
+        if any(_missing(row.get(p)) for p in params):
+            continue
+        complete = row["status"] == "complete" or use_pruned_values
+        if complete and _missing(value):
+            continue
+        trial_params = {p: _param_value(row[p], dists[p]) for p in params}
+        study.add_trial(
+            optuna.trial.create_trial(
+                state=TrialState.COMPLETE if complete else TrialState.PRUNED,
+                value=float(value) if complete else None,
+                params=trial_params,
+                distributions=dists,
+                intermediate_values=curves.get(str(row["trial_id"]), {}),
+                user_attrs={"trial_id": str(row["trial_id"])},
+            )
+        )
+    return study
+
+
+def _intermediate(epochs: pd.DataFrame | None) -> dict[str, dict[int, float]]:
+    if epochs is None or epochs.empty or "test_acc" not in epochs:
+        return {}
+    out: dict[str, dict[int, float]] = {}
+    for rec in epochs[["trial_id", "epoch", "test_acc"]].dropna().to_dict("records"):
+        out.setdefault(str(rec["trial_id"]), {})[int(rec["epoch"])] = float(rec["test_acc"])
+    return out
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _param_value(value: Any, dist: BaseDistribution) -> Any:
+    if isinstance(dist, IntDistribution):
+        return int(value)
+    if isinstance(dist, FloatDistribution):
+        return float(value)
+    return _cat(value)
+
+
+def compute_importances(
+    trials: pd.DataFrame,
+    params: Sequence[str] | None = None,
+    epochs: pd.DataFrame | None = None,
+    seed: int = 0,
+) -> Importances:
+    """PED-ANOVA and fANOVA importances of ``params`` (default: :func:`candidate_params`)."""
+    params = list(params) if params is not None else candidate_params(trials)
+    result = Importances(params=params)
+    if not params:
+        result.notes.append("no hyperparameter varies across trials: nothing to rank")
+        return result
+    gaps = [p for p in params if trials[p].isna().any()]
+    if gaps:
+        result.notes.append(f"left out (unset in some trials): {', '.join(gaps)}")
+        params = [p for p in params if p not in gaps]
+        result.params = params
+    n_complete = int((trials["status"] == "complete").sum())
+    use_pruned = n_complete < MIN_COMPLETE
+    if use_pruned:
+        result.notes.append(
+            f"only {n_complete} complete trial(s): pruned trials counted with their "
+            "last value (low-budget; read with care)"
+        )
+    study = build_study(trials, params, epochs, use_pruned_values=use_pruned)
+    done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+    result.n_trials = len(done)
+    if len(done) < 2:
+        result.notes.append(f"{len(done)} usable trial(s): importances need at least 2")
+        return result
+    if len({t.value for t in done}) == 1:
+        result.notes.append("every usable trial has the same value: no parameter explains anything")
+        return result
+    quantile = max(0.1, min(0.5, 2.0 / len(done)))
+    evaluators: dict[str, optuna.importance.BaseImportanceEvaluator] = {
+        "PED-ANOVA": optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile),
+        "fANOVA": optuna.importance.FanovaImportanceEvaluator(seed=seed),
+    }
+    if quantile != 0.1:
+        result.notes.append(f"PED-ANOVA target quantile {quantile:.2f} (top trials >= 2 of {len(done)})")
+    for name, evaluator in evaluators.items():
+        try:
+            with _quiet_optuna():
+                raw = optuna.importance.get_param_importances(
+                    study, evaluator=evaluator, params=params, normalize=False
+                )
+        except (ValueError, RuntimeError) as err:
+            result.notes.append(f"{name} failed: {err}")
+            continue
+        result.by_method[name] = normalise({p: float(raw.get(p, 0.0)) for p in params})
+    return result
+
+
+def normalise(values: dict[str, float]) -> dict[str, float]:
+    """Scale non-negative importances to sum to 1 (all zero stays all zero)."""
+    clean = {k: max(0.0, v) if math.isfinite(v) else 0.0 for k, v in values.items()}
+    total = sum(clean.values())
+    return {k: v / total for k, v in clean.items()} if total > 0 else clean
+
+
+@contextmanager
+def _quiet_optuna() -> Iterator[None]:
+    level = optuna.logging.get_verbosity()
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", category=optuna.exceptions.ExperimentalWarning)
+            yield
+    finally:
+        optuna.logging.set_verbosity(level)

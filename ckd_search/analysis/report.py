@@ -1,0 +1,466 @@
+"""The analysis report: one self-contained HTML file (PNGs inlined as base64) and a Markdown summary.
+
+``build_report(runs, out)`` writes ``report.html``, ``report.md``, ``summary.json`` and
+``figures/*.png`` under ``out``. Each search run gets its own sections (importance, the (e_th, k)
+plane, switch curves, learning curves, parallel coordinates, schedule kinds); then the data sets
+side by side (descriptors next to each data set's best switch) and the fidelity study, if given.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import json
+import logging
+import math
+import re
+import time
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ckd_search.analysis import plots
+from ckd_search.analysis.importance import Importances
+from ckd_search.analysis.importance import candidate_params
+from ckd_search.analysis.importance import compute_importances
+from ckd_search.analysis.results import METRIC
+from ckd_search.analysis.results import SearchRun
+from ckd_search.storage import atomic_write_text
+
+log = logging.getLogger(__name__)
+
+TOP = 5
+TABLE_ROWS = 10
+# Descriptor keys shown in the data-set table, in order (others follow).
+DESCRIPTOR_KEYS = (
+    "classes",
+    "train_samples",
+    "test_samples",
+    "timesteps",
+    "size",
+    "mean_events_per_sample",
+    "event_density",
+    "cka_rgb_dvs",
+    "rgb_dvs_gap",
+)
+
+
+@dataclass
+class Section:
+    """One report section: text, tables and figures, rendered to HTML and Markdown alike."""
+
+    title: str
+    level: int = 2
+    text: list[str] = field(default_factory=list)
+    tables: list[tuple[str, pd.DataFrame]] = field(default_factory=list)
+    figures: list[tuple[str, Path]] = field(default_factory=list)
+
+
+@dataclass
+class ReportResult:
+    """What ``build_report`` wrote and the numbers behind it."""
+
+    html: Path
+    markdown: Path
+    summary: Path
+    figures: list[Path]
+    importances: dict[str, dict[str, dict[str, float]]]
+    sections: list[str]
+
+
+def build_report(
+    runs: Sequence[SearchRun], out: str | Path, fidelity: Sequence[Mapping[str, Any]] = (), top: int = TOP
+) -> ReportResult:
+    """Write the report for ``runs`` (and fidelity results) into ``out``."""
+    out = Path(out)
+    fig_dir = out / "figures"
+    fig_dir.mkdir(parents=True, exist_ok=True)
+    labels = _labels(runs)
+    sections: list[Section] = [_overview(runs, labels)]
+    summary: dict[str, Any] = {"runs": {}, "generated": time.strftime("%Y-%m-%d %H:%M:%S")}
+    importances: dict[str, dict[str, dict[str, float]]] = {}
+    for run, label in zip(runs, labels):
+        run_sections, run_summary, imp = _run_sections(run, label, fig_dir, top)
+        sections.extend(run_sections)
+        summary["runs"][label] = run_summary
+        importances[label] = imp.by_method
+    sections.append(_datasets_section(runs, labels))
+    for i, fid in enumerate(fidelity):
+        sections.append(_fidelity_section(fid, fig_dir / f"fidelity_{i}.png"))
+        summary.setdefault("fidelity", []).append(fid.get("spearman", {}))
+    title = "CKD switching analysis: " + ", ".join(labels)
+    html_path = atomic_write_text(out / "report.html", render_html(title, sections))
+    md_path = atomic_write_text(out / "report.md", render_markdown(title, sections, out))
+    summary_path = atomic_write_text(out / "summary.json", json.dumps(_jsonable(summary), indent=1))
+    figures = [p for s in sections for _, p in s.figures]
+    return ReportResult(html_path, md_path, summary_path, figures, importances, [s.title for s in sections])
+
+
+def _labels(runs: Sequence[SearchRun]) -> list[str]:
+    names = [r.name for r in runs]
+    return [n if names.count(n) == 1 else f"{n} ({r.run_dir.name})" for n, r in zip(names, runs)]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]+", "_", text).strip("_").lower() or "run"
+
+
+# --- sections ----------------------------------------------------------------------------------
+def _overview(runs: Sequence[SearchRun], labels: Sequence[str]) -> Section:
+    rows = []
+    for run, label in zip(runs, labels):
+        t = run.trials
+        best = run.ranked().iloc[0]
+        rows.append(
+            {
+                "run": label,
+                "directory": str(run.run_dir),
+                "trials": len(t),
+                "complete": int((t["status"] == "complete").sum()),
+                "pruned": int((t["status"] == "pruned").sum()),
+                "error": int((t["status"] == "error").sum()),
+                "max epoch": run.max_epoch,
+                "best test top-1": best[METRIC],
+                "best trial": best["trial_id"],
+            }
+        )
+    sec = Section("Overview")
+    sec.text.append(
+        "Metric: best test top-1 over epochs (He et al.'s protocol). A trial counts as "
+        "complete when it reached the largest epoch any trial of its search reached; "
+        "otherwise it was pruned (e.g. by ASHA) and its value is a low-budget value."
+    )
+    sec.tables.append(("", pd.DataFrame(rows)))
+    return sec
+
+
+def _run_sections(
+    run: SearchRun, label: str, fig_dir: Path, top: int
+) -> tuple[list[Section], dict[str, Any], Importances]:
+    slug = _slug(label)
+    trials = run.trials
+    ranked = run.ranked()
+    params = candidate_params(trials)
+    summary: dict[str, Any] = {"run_dir": str(run.run_dir), "trials": len(trials), "params": params}
+    out: list[Section] = []
+
+    head = Section(f"{label}", level=2)
+    head.text.extend(run.notes)
+    cols = ["trial_id", "status", METRIC, "final_test_acc", "epochs_run"] + params
+    ordered = pd.concat([ranked, trials.drop(ranked.index).sort_values(METRIC, ascending=False)])
+    best_tbl = ordered[[c for c in cols if c in ordered]].head(TABLE_ROWS).reset_index(drop=True)
+    best_tbl.index = best_tbl.index + 1
+    best_tbl.index.name = "rank"
+    head.tables.append(
+        (
+            f"Best configs ({len(best_tbl)} of {len(trials)}; complete trials first, then pruned ones)",
+            best_tbl,
+        )
+    )
+    summary["best"] = [_jsonable(r) for r in best_tbl.to_dict("records")[:top]]
+    out.append(head)
+
+    imp = compute_importances(trials, params, run.epochs)
+    sec = Section(f"{label}: hyperparameter importance", level=3)
+    sec.text.append(
+        f"Optuna PED-ANOVA and fANOVA on an in-memory study rebuilt from {imp.n_trials} "
+        "trial(s); distributions inferred from the observed values (kd.k on a log "
+        "scale); each method normalised to sum to 1."
+    )
+    sec.text.extend(imp.notes)
+    if imp.by_method:
+        table = imp.table()
+        sec.tables.append(("", table))
+        sec.figures.append(
+            (
+                "Importance per parameter",
+                plots.importance_bars(table, fig_dir / f"{slug}_importance.png", f"{label}: importance"),
+            )
+        )
+    summary["importance"] = imp.by_method
+    out.append(sec)
+
+    sec = Section(f"{label}: accuracy over the (e_th, log10 k) plane", level=3)
+    if {"kd.e_th", "kd.k"} <= set(trials.columns):
+        sec.text.append("Phased-schedule trials only; colour = best test top-1; hollow = pruned.")
+        sec.figures.append(
+            (
+                "(e_th, log10 k) plane",
+                plots.switch_plane(trials, fig_dir / f"{slug}_plane.png", f"{label}: (e_th, k)"),
+            )
+        )
+    else:
+        sec.text.append("kd.e_th / kd.k not in the trial configs.")
+    out.append(sec)
+
+    top_rows = ranked.head(top)
+    configs = [(f"#{i + 1} {r['trial_id']}", r) for i, r in enumerate(top_rows.to_dict("records"))]
+    ipe = _iters_per_epoch(run)
+    sec = Section(f"{label}: KD switch gamma(e) and P_replace of the top {len(configs)} configs", level=3)
+    sec.text.append(
+        "Curves from ckd_search.schedules over each config's planned run (run.epochs), "
+        "stepped as the engine steps them; P_replace is drawn once per run length."
+    )
+    sec.figures.append(
+        (
+            "gamma(e) and P_replace",
+            plots.schedule_curves(configs, fig_dir / f"{slug}_switch.png", ipe, f"{label}: switch"),
+        )
+    )
+    out.append(sec)
+
+    sec = Section(f"{label}: learning curves", level=3)
+    ids = [
+        (str(r["trial_id"]), f"#{i + 1} {r['trial_id']} ({r[METRIC]:.3f})")
+        for i, r in enumerate(top_rows.to_dict("records"))
+    ]
+    sec.figures.append(
+        (
+            "Test top-1 per epoch",
+            plots.learning_curves(
+                run.epochs, ids, fig_dir / f"{slug}_curves.png", title=f"{label}: learning curves"
+            ),
+        )
+    )
+    out.append(sec)
+
+    sec = Section(f"{label}: parallel coordinates", level=3)
+    sec.figures.append(
+        (
+            "Parallel coordinates",
+            plots.parallel_coordinates(
+                trials, params, fig_dir / f"{slug}_parallel.png", f"{label}: parallel coordinates"
+            ),
+        )
+    )
+    out.append(sec)
+
+    kinds = trials["kd.schedule"].astype(str).unique() if "kd.schedule" in trials else []
+    if len(kinds) > 1:
+        sec = Section(f"{label}: schedule kinds (phased vs adaptive)", level=3)
+        table = schedule_table(trials)
+        sec.text.append(
+            "phased: gamma = sigma(-k (e - e_th)); adaptive: gamma = sigma(-k (P_replace - "
+            "p_th)); constant: gamma = 1. Best and median over complete trials."
+        )
+        sec.tables.append(("", table))
+        sec.figures.append(
+            (
+                "Best test top-1 per schedule kind",
+                plots.schedule_comparison(trials, fig_dir / f"{slug}_kinds.png", f"{label}: schedule kinds"),
+            )
+        )
+        summary["schedule_kinds"] = _jsonable(table.reset_index().to_dict("records"))
+        out.append(sec)
+    return out, summary, imp
+
+
+def schedule_table(trials: pd.DataFrame) -> pd.DataFrame:
+    """Per ``kd.schedule`` kind: trial counts, best and median best test top-1 (complete trials)."""
+    rows = []
+    for kind, grp in trials.groupby(trials["kd.schedule"].astype(str)):
+        done = grp[grp["status"] == "complete"]
+        use = done if not done.empty else grp
+        best = use.sort_values(METRIC, ascending=False).iloc[0]
+        rows.append(
+            {
+                "schedule": kind,
+                "trials": len(grp),
+                "complete": len(done),
+                "best": best[METRIC],
+                "median": float(use[METRIC].median()),
+                "best trial": best["trial_id"],
+            }
+        )
+    return pd.DataFrame(rows).set_index("schedule").sort_values("best", ascending=False)
+
+
+def _iters_per_epoch(run: SearchRun) -> int | None:
+    n = run.descriptors.get("train_samples")
+    if "optim.batch_size" in run.trials and isinstance(n, int | float) and n > 0:
+        return max(1, int(n) // int(run.trials["optim.batch_size"].iloc[0]))
+    return None
+
+
+def _datasets_section(runs: Sequence[SearchRun], labels: Sequence[str]) -> Section:
+    """Descriptors of each data set next to its best switch (e_th, k)."""
+    rows = []
+    for run, label in zip(runs, labels):
+        best = run.ranked().iloc[0]
+        row: dict[str, Any] = {"run": label}
+        for key in DESCRIPTOR_KEYS:
+            if key in run.descriptors:
+                row[key] = run.descriptors[key]
+        row.update(
+            {
+                "best schedule": best.get("kd.schedule", "phased"),
+                "best e_th": best.get("kd.e_th"),
+                "e_th / E": _ratio(best.get("kd.e_th"), best.get("run.epochs")),
+                "best k": best.get("kd.k"),
+                "best beta": best.get("loss.beta"),
+                "best top-1": best[METRIC],
+            }
+        )
+        rows.append(row)
+    sec = Section("Data sets: descriptors and best switch")
+    sec.text.append(
+        "Descriptors from RUN_DIR/descriptors.json (ckd_search.analysis.descriptors): "
+        "cka_rgb_dvs is the linear CKA between the static (V channel) and DVS membrane "
+        "features of a freshly initialised student, rgb_dvs_gap = 1 - cka_rgb_dvs. "
+        "e_th / E places the best switch point relative to the run length."
+    )
+    missing = [label for run, label in zip(runs, labels) if not run.descriptors]
+    if missing:
+        sec.text.append("No descriptors.json for: " + ", ".join(missing) + ".")
+    sec.tables.append(("", pd.DataFrame(rows)))
+    return sec
+
+
+def _ratio(a: Any, b: Any) -> float | None:
+    try:
+        return float(a) / float(b)
+    except (TypeError, ValueError, ZeroDivisionError):
+        return None
+
+
+def _fidelity_section(fid: Mapping[str, Any], path: Path) -> Section:
+    sec = Section("Fidelity: truncate vs compress")
+    s = fid.get("settings", {})
+    sec.text.append(
+        f"{len(fid.get('rows', []))} configs trained at full budget ({s.get('full_epochs')} epochs) and at "
+        f"low budget ({s.get('low_epochs')} epochs). truncate: schedules span run.epochs and the trial "
+        "stops early; compress: schedules are laid over the low budget. Spearman rank correlation of "
+        f"{s.get('metric', METRIC)} between low and full budget (higher = the low budget ranks configs "
+        "as the full budget would)."
+    )
+    rows = [
+        {
+            "mode": m,
+            "spearman rho": v.get("rho"),
+            "p-value": v.get("p"),
+            "regret of low-budget pick": fid.get("regret", {}).get(m),
+        }
+        for m, v in fid.get("spearman", {}).items()
+    ]
+    sec.tables.append(("", pd.DataFrame(rows)))
+    detail = pd.DataFrame(
+        [
+            {
+                **r.get("params", {}),
+                "full": r.get("full"),
+                "truncate": r.get("truncate"),
+                "compress": r.get("compress"),
+            }
+            for r in fid.get("rows", [])
+        ]
+    )
+    if not detail.empty:
+        sec.tables.append(("Per config", detail))
+    sec.figures.append(("Low vs full budget", plots.fidelity_scatter(fid, path)))
+    return sec
+
+
+# --- rendering ---------------------------------------------------------------------------------
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if math.isnan(value):
+            return "-"
+        return f"{value:.4g}"
+    if value is None:
+        return "-"
+    return str(value)
+
+
+def _table_cells(df: pd.DataFrame) -> tuple[list[str], list[list[str]]]:
+    show_index = df.index.name is not None or not isinstance(df.index, pd.RangeIndex)
+    header = ([df.index.name or ""] if show_index else []) + [str(c) for c in df.columns]
+    rows = []
+    for idx, rec in zip(df.index, df.itertuples(index=False)):
+        cells = [_fmt(v) for v in rec]
+        rows.append(([_fmt(idx)] if show_index else []) + cells)
+    return header, rows
+
+
+def markdown_table(df: pd.DataFrame) -> str:
+    """A GitHub-flavoured Markdown table (floats to 4 significant digits)."""
+    header, rows = _table_cells(df)
+    esc = [[c.replace("|", "\\|") for c in r] for r in [header, *rows]]
+    lines = ["| " + " | ".join(esc[0]) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(r) + " |" for r in esc[1:]]
+    return "\n".join(lines)
+
+
+def _html_table(df: pd.DataFrame) -> str:
+    header, rows = _table_cells(df)
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in r) + "</tr>" for r in rows)
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+CSS = """body{font-family:system-ui,sans-serif;max-width:1100px;margin:2em auto;padding:0 1em;color:#222}
+table{border-collapse:collapse;margin:.6em 0;font-size:.85em}th,td{border:1px solid #ccc;padding:3px 7px;
+text-align:right}th{background:#f2f2f2}td:first-child,th:first-child{text-align:left}
+img{max-width:100%;border:1px solid #eee}figure{margin:1em 0}figcaption{color:#666;font-size:.85em}
+h2{border-bottom:2px solid #ddd;padding-bottom:.2em;margin-top:2em}"""
+
+
+def render_html(title: str, sections: Sequence[Section]) -> str:
+    """One self-contained HTML page: tables inline, PNG figures as base64 data URIs."""
+    parts = [
+        f"<!DOCTYPE html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title>"
+        f"<style>{CSS}</style></head><body><h1>{html.escape(title)}</h1>"
+    ]
+    parts.append(
+        "<ul>"
+        + "".join(f"<li><a href='#s{i}'>{html.escape(s.title)}</a></li>" for i, s in enumerate(sections))
+        + "</ul>"
+    )
+    for i, s in enumerate(sections):
+        parts.append(f"<h{s.level} id='s{i}'>{html.escape(s.title)}</h{s.level}>")
+        parts.extend(f"<p>{html.escape(t)}</p>" for t in s.text)
+        for caption, df in s.tables:
+            if caption:
+                parts.append(f"<p><b>{html.escape(caption)}</b></p>")
+            parts.append(_html_table(df))
+        for caption, path in s.figures:
+            data = base64.b64encode(path.read_bytes()).decode("ascii")
+            parts.append(
+                f"<figure><img alt='{html.escape(caption)}' src='data:image/png;base64,{data}'>"
+                f"<figcaption>{html.escape(caption)}</figcaption></figure>"
+            )
+    parts.append("</body></html>")
+    return "\n".join(parts)
+
+
+def render_markdown(title: str, sections: Sequence[Section], root: Path) -> str:
+    """Markdown with the same content; figures linked relative to ``root``."""
+    lines = [f"# {title}", ""]
+    for s in sections:
+        lines += ["#" * s.level + " " + s.title, ""]
+        for t in s.text:
+            lines += [t, ""]
+        for caption, df in s.tables:
+            if caption:
+                lines += [f"**{caption}**", ""]
+            lines += [markdown_table(df), ""]
+        for caption, path in s.figures:
+            rel = path.relative_to(root) if path.is_relative_to(root) else path
+            lines += [f"![{caption}]({rel.as_posix()})", ""]
+    return "\n".join(lines)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value

@@ -1,0 +1,358 @@
+"""Load a search run directory into a per-trial table and a per-epoch table.
+
+A run directory holds Ray Tune trial folders, each with ``result.json`` (JSON lines, one per reported
+epoch: engine metrics plus Ray fields such as ``trial_id``, ``training_iteration`` and ``config``) and
+``params.json``; optionally ``trials.parquet`` (``ckd-search export``), ``descriptors.json`` (data-set
+descriptors), ``fidelity.json`` and ``mlflow.db``. Every ``result.json`` below the directory is read,
+so nested layouts (``RUN_DIR/<experiment>/<trial>/result.json``) work too.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from collections.abc import Iterable
+from collections.abc import Mapping
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from ckd_search.config import Config
+from ckd_search.config import load_yaml_mapping
+from ckd_search.errors import UserError
+
+log = logging.getLogger(__name__)
+
+METRIC = "best_test_acc"
+# Ray bookkeeping fields that are not metrics.
+RAY_FIELDS = frozenset(
+    {
+        "trial_id",
+        "config",
+        "date",
+        "timestamp",
+        "pid",
+        "hostname",
+        "node_ip",
+        "done",
+        "experiment_id",
+        "experiment_tag",
+        "checkpoint_dir_name",
+        "should_checkpoint",
+        "time_this_iter_s",
+        "time_since_restore",
+        "iterations_since_restore",
+    }
+)
+# Base-config files a run directory may hold; trial configs are laid over them.
+BASE_CONFIG_FILES = ("base_config.yaml", "config.yaml")
+SPACE_FILE = "space.yaml"  # the search-space copy; its ``fixed`` section is a base config too
+SETTINGS_FILE = "search.yaml"  # resolved search settings (``storage_path``, ``study_name``)
+
+
+@dataclass
+class SearchRun:
+    """One search run directory, loaded.
+
+    Attributes:
+        run_dir: the directory.
+        name: a label (the data set name when known, else the directory name).
+        trials: one row per trial: ``trial_id``, ``status`` ('complete' | 'pruned' | 'error'),
+            ``epochs_run``, ``best_test_acc``, ``final_test_acc``, ``trial_dir`` and one column per
+            dotted config key (``kd.e_th``, ``kd.k``, ...; full config, defaults filled in).
+        epochs: one row per (trial, epoch): ``trial_id``, ``epoch`` and every numeric metric.
+        descriptors: ``RUN_DIR/descriptors.json`` (empty if absent).
+        max_epoch: the largest epoch any trial reached.
+        notes: remarks for the report (defaults filled in, files skipped, ...).
+    """
+
+    run_dir: Path
+    name: str
+    trials: pd.DataFrame
+    epochs: pd.DataFrame
+    descriptors: dict[str, Any] = field(default_factory=dict)
+    max_epoch: int = 0
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def config_keys(self) -> list[str]:
+        """The dotted config columns of the trial table."""
+        return [c for c in self.trials.columns if "." in c]
+
+    def varying(self, keys: Iterable[str] | None = None) -> list[str]:
+        """Config keys (of ``keys``, default all) that take more than one value across trials."""
+        out = []
+        for key in keys if keys is not None else self.config_keys:
+            if key in self.trials and self.trials[key].astype(str).nunique(dropna=False) > 1:
+                out.append(key)
+        return out
+
+    def ranked(self, statuses: tuple[str, ...] = ("complete",)) -> pd.DataFrame:
+        """Trials with the given statuses, best first (all trials if none has such a status)."""
+        sel = self.trials[self.trials["status"].isin(statuses)]
+        if sel.empty:
+            sel = self.trials
+        return sel.sort_values(METRIC, ascending=False, na_position="last")
+
+
+def load_runs(run_dirs: Iterable[str | Path]) -> list[SearchRun]:
+    """Load several run directories; a missing directory or one without trials is a UserError."""
+    return [load_run(d) for d in run_dirs]
+
+
+def load_run(run_dir: str | Path) -> SearchRun:
+    """Load one run directory (``**/result.json``, else ``trials.parquet``)."""
+    root = Path(run_dir).expanduser()
+    if not root.is_dir():
+        raise UserError(f"{root}: not a directory")
+    notes: list[str] = []
+    base = _base_config(root, notes)
+    files = sorted(root.rglob("result.json")) or sorted(_external_experiment(root).rglob("result.json"))
+    records: dict[str, dict[str, Any]] = {}
+    for path in files:
+        _read_trial(path, records, notes)
+    if records:
+        trials, epochs = _tables(records, base, notes)
+    elif (root / "trials.parquet").is_file():
+        trials, epochs = _from_parquet(root / "trials.parquet", base, notes)
+    else:
+        raise UserError(f"{root}: no trial results (no **/result.json with records, no trials.parquet)")
+    descriptors = _read_json(root / "descriptors.json") or {}
+    name = _run_name(root, trials, descriptors)
+    max_epoch = int(trials["epochs_run"].max()) if len(trials) else 0
+    log.info(
+        "%s: %d trials (%d complete), %d epoch rows",
+        root,
+        len(trials),
+        int((trials["status"] == "complete").sum()),
+        len(epochs),
+    )
+    return SearchRun(root, name, trials, epochs, descriptors, max_epoch, notes)
+
+
+# --- reading -----------------------------------------------------------------------------------
+def _read_json(path: Path) -> dict[str, Any] | None:
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("%s: unreadable (%s); ignored", path, err)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _base_config(root: Path, notes: list[str]) -> dict[str, Any]:
+    """Flat base config for keys a trial config lacks: ``base_config.yaml``, ``config.yaml`` or the
+    ``fixed`` section of ``space.yaml`` in RUN_DIR (empty if none)."""
+    for name in BASE_CONFIG_FILES:
+        path = root / name
+        if path.is_file():
+            try:
+                flat = Config.from_yaml(path).flat()
+            except UserError as err:
+                notes.append(f"{name} ignored: {err}")
+                continue
+            notes.append(f"trial configs laid over {name}")
+            return flat
+    space = root / SPACE_FILE
+    if space.is_file():
+        try:
+            fixed = load_yaml_mapping(space).get("fixed") or {}
+            return Config.from_dict(dict(fixed)).flat() if isinstance(fixed, Mapping) else {}
+        except UserError as err:
+            notes.append(f"{SPACE_FILE} 'fixed' ignored: {err}")
+    return {}
+
+
+def _external_experiment(root: Path) -> Path:
+    """The Ray experiment folder named by ``RUN_DIR/search.yaml`` when it lies outside RUN_DIR."""
+    try:
+        settings = load_yaml_mapping(root / SETTINGS_FILE) if (root / SETTINGS_FILE).is_file() else {}
+    except UserError:
+        return root
+    storage, study = settings.get("storage_path"), settings.get("study_name")
+    if isinstance(storage, str) and isinstance(study, str) and "://" not in storage:
+        path = Path(storage).expanduser() / study
+        if path.is_dir():
+            return path
+    return root
+
+
+def _read_trial(path: Path, records: dict[str, dict[str, Any]], notes: list[str]) -> None:
+    """Add the JSON lines of one ``result.json`` to ``records[trial_id]``; bad lines are skipped."""
+    folder = path.parent
+    default_id = folder.name
+    params = _read_json(folder / "params.json") or {}
+    bad = 0
+    lines: list[dict[str, Any]] = []
+    try:
+        text = path.read_text()
+    except OSError as err:
+        notes.append(f"{path}: unreadable ({err})")
+        return
+    for raw in text.splitlines():
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            bad += 1  # a line cut short by a crash
+            continue
+        if isinstance(row, dict):
+            lines.append(row)
+    if bad:
+        notes.append(f"{path}: {bad} unreadable line(s) skipped")
+    trial_id = str(next((r["trial_id"] for r in lines if r.get("trial_id")), default_id))
+    entry = records.setdefault(trial_id, {"rows": [], "config": {}, "dir": str(folder), "error": False})
+    entry["rows"].extend(lines)
+    config = next((r["config"] for r in reversed(lines) if isinstance(r.get("config"), Mapping)), params)
+    entry["config"].update(_flatten(config))
+    entry["error"] = entry["error"] or (folder / "error.txt").exists() or (folder / "error.pkl").exists()
+
+
+def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            out.update(_flatten(value, name + "."))
+        else:
+            out[name] = value
+    return out
+
+
+def _epoch_rows(trial_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Numeric metrics per epoch; a replayed epoch (restore) keeps its last report."""
+    by_epoch: dict[int, dict[str, Any]] = {}
+    for i, row in enumerate(rows):
+        epoch = row.get("epoch", row.get("training_iteration", i + 1))
+        try:
+            e = int(float(epoch))
+        except (TypeError, ValueError):
+            continue
+        metrics = {
+            k: float(v)
+            for k, v in row.items()
+            if k not in RAY_FIELDS and isinstance(v, int | float) and not isinstance(v, bool)
+        }
+        metrics.update(trial_id=trial_id, epoch=e)
+        by_epoch[e] = metrics
+    return [by_epoch[e] for e in sorted(by_epoch)]
+
+
+def full_config(flat: Mapping[str, Any], base: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """A trial's flat config completed with the base config and the Config defaults.
+
+    Keys that are not config keys (search bookkeeping) are kept as given. If the values do not
+    validate, the raw values are laid over the defaults without validation.
+    """
+    known = {k: v for k, v in flat.items() if k in _DEFAULTS}
+    merged = {**dict(base or {}), **known}
+    try:
+        full = Config.from_dict(merged).flat()
+    except UserError:
+        full = {**_DEFAULTS, **merged}
+    extra = {k: v for k, v in flat.items() if k not in _DEFAULTS}
+    return {**full, **extra}
+
+
+_DEFAULTS: dict[str, Any] = Config().flat()
+
+
+def _tables(
+    records: dict[str, dict[str, Any]], base: dict[str, Any], notes: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    epoch_rows: list[dict[str, Any]] = []
+    trial_rows: list[dict[str, Any]] = []
+    empty = 0
+    for trial_id, entry in records.items():
+        rows = _epoch_rows(trial_id, entry["rows"])
+        if not rows:
+            empty += 1
+            continue
+        epoch_rows.extend(rows)
+        accs = [r["test_acc"] for r in rows if _finite(r.get("test_acc"))]
+        bests = [r["best_test_acc"] for r in rows if _finite(r.get("best_test_acc"))]
+        best = max(accs + bests) if accs or bests else math.nan
+        final = accs[-1] if accs else math.nan
+        row = {
+            "trial_id": trial_id,
+            "epochs_run": int(rows[-1]["epoch"]),
+            "best_test_acc": best,
+            "final_test_acc": final,
+            "error": entry["error"],
+            "trial_dir": entry["dir"],
+        }
+        row.update(full_config(entry["config"], base))
+        trial_rows.append(row)
+    if empty:
+        notes.append(f"{empty} trial(s) without any reported epoch left out")
+    if not trial_rows:
+        raise UserError("no trial reported a single epoch")
+    trials = _finish_trials(pd.DataFrame(trial_rows), notes)
+    epochs = pd.DataFrame(epoch_rows)
+    lead = ["trial_id", "epoch"]
+    epochs = epochs[lead + sorted(c for c in epochs.columns if c not in lead)]
+    return trials, epochs
+
+
+def _from_parquet(path: Path, base: dict[str, Any], notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Best effort: the ``ckd-search export`` table (``config/`` prefixes are dropped)."""
+    raw = pd.read_parquet(path)
+    raw = raw.rename(columns={c: c.removeprefix("config/") for c in raw.columns})
+    notes.append(f"trials read from {path.name} (no per-epoch results)")
+    rows = []
+    for i, rec in enumerate(raw.to_dict("records")):
+        flat = {k: v for k, v in rec.items() if "." in k}
+        best = rec.get("best_test_acc", rec.get("test_acc", math.nan))
+        epochs_run = rec.get("epochs_run", rec.get("epoch", rec.get("training_iteration", 0)))
+        row = {
+            "trial_id": str(rec.get("trial_id", i)),
+            "best_test_acc": float(best),
+            "final_test_acc": float(rec.get("final_test_acc", rec.get("test_acc", math.nan))),
+            "epochs_run": int(epochs_run or 0),
+            "error": str(rec.get("status", "")).lower() == "error",
+            "trial_dir": str(path.parent),
+        }
+        row.update(full_config(flat, base))
+        rows.append(row)
+    if not rows:
+        raise UserError(f"{path}: no trials")
+    return _finish_trials(pd.DataFrame(rows), notes), pd.DataFrame(columns=["trial_id", "epoch"])
+
+
+def _finish_trials(trials: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+    """Infer the status, fill the implicit switch point, order columns."""
+    max_epoch = int(trials["epochs_run"].max())
+    status = [
+        "complete" if n >= max_epoch else ("error" if err else "pruned")
+        for n, err in zip(trials["epochs_run"], trials["error"])
+    ]
+    trials.insert(1, "status", status)
+    trials = trials.drop(columns=["error"])
+    if {"kd.e_th", "kd.units", "run.epochs"} <= set(trials.columns):
+        implicit = trials["kd.e_th"].isna() & (trials["kd.units"] == "epoch")
+        if implicit.any():
+            trials.loc[implicit, "kd.e_th"] = trials.loc[implicit, "run.epochs"] / 2.0
+            notes.append(f"kd.e_th unset in {int(implicit.sum())} trial(s): taken as run.epochs/2")
+    lead = ["trial_id", "status", "epochs_run", "best_test_acc", "final_test_acc"]
+    rest = sorted(c for c in trials.columns if c not in lead)
+    return trials[lead + rest].reset_index(drop=True)
+
+
+def _finite(value: Any) -> bool:
+    return isinstance(value, float | int) and math.isfinite(value)
+
+
+def _run_name(root: Path, trials: pd.DataFrame, descriptors: Mapping[str, Any]) -> str:
+    for key in ("name", "dataset"):
+        if isinstance(descriptors.get(key), str):
+            return str(descriptors[key])
+    if "data.dataset" in trials and trials["data.dataset"].nunique() == 1:
+        return str(trials["data.dataset"].iloc[0])
+    return root.name

@@ -1,0 +1,157 @@
+"""``ckd-search search | check-space | export | ui``: the search commands (printing is done here)."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+from ckd_search.errors import UserError
+
+
+def run_check_space(args: argparse.Namespace) -> int:
+    """Validate a space file and build ``--draws`` random configs; no Ray, a few seconds."""
+    from ckd_search.search.outcome import budget_epochs
+    from ckd_search.search.space import check_draws
+    from ckd_search.search.space import load_space
+
+    if args.draws < 0:
+        raise UserError(f"--draws {args.draws} must be >= 0")
+    space = load_space(args.space)
+    configs = check_draws(space, args.draws, seed=space.study.seed)
+    print(describe_space(space))
+    variants = _prepare_variants(space)
+    if variants:
+        labels = "; ".join(label for _, label in variants.values())
+        print(f"  data/teacher preparations: {len(variants)} ({labels})")
+    budgets = sorted({budget_epochs(c) for c in configs})
+    if space.scheduler and budgets and space.scheduler.grace_period > min(budgets):
+        print(
+            f"  note: scheduler.asha.grace_period={space.scheduler.grace_period} exceeds the shortest trial "
+            f"({min(budgets)} epochs): ASHA never judges those trials"
+        )
+    print(f"ok: {space.path}: {len(configs)} random configs built and validated")
+    return 0
+
+
+def describe_space(space: Any) -> str:
+    study = space.study
+    metric = ", ".join(f"{m} ({d})" for m, d in zip(study.metrics, study.modes))
+    sched = "none"
+    if space.scheduler:
+        s = space.scheduler
+        sched = f"ASHA on epoch (max_t {s.max_t}, grace {s.grace_period}, rf {s.reduction_factor:g})"
+    lines = [
+        f"study {study.name}: {study.num_trials} trials, metric {metric}, searcher {space.searcher.type} "
+        f"(seed {study.seed}), scheduler {sched}",
+        f"  resources per trial: {space.resources.cpu:g} CPU, {space.resources.gpu:g} GPU"
+        + (f"; at most {study.max_concurrent} at once" if study.max_concurrent else ""),
+        f"  fixed: {len(space.fixed)} keys" + (f" ({', '.join(sorted(space.fixed))})" if space.fixed else ""),
+    ]
+    lines += [f"  {p.key}: {p.describe()}" for p in space.params]
+    return "\n".join(lines)
+
+
+def _prepare_variants(space: Any) -> dict[str, Any]:
+    try:
+        from ckd_search.search.preparation import prepare_variants
+
+        return prepare_variants(space)
+    except ImportError:  # engine not installed: the space itself is still checked
+        return {}
+
+
+def run_search_command(args: argparse.Namespace) -> int:
+    """Start a search from ``--space`` or continue one with ``--resume RUN_DIR``."""
+    from ckd_search.cli import parse_overrides
+    from ckd_search.search.settings import SearchSettings
+    from ckd_search.search.tuner import create_search
+    from ckd_search.search.tuner import run_search
+
+    if args.resume:
+        if args.space:
+            raise UserError("--resume RUN_DIR continues a search as it was; drop --space")
+        if args.warm_start_from:
+            raise UserError("--warm-start-from applies to new searches only")
+        settings = SearchSettings.load(args.resume, for_resume=True)
+        for name in ("address", "cpus", "gpus"):
+            if getattr(args, name) is not None:
+                setattr(settings, name, getattr(args, name))  # the cluster may be a new one
+        settings.save()
+        print(f"resuming {settings.study_name} in {settings.run_dir}")
+        outcome = run_search(settings, resume=True)
+    else:
+        if not args.space:
+            raise UserError("give --space FILE (a search-space YAML) or --resume RUN_DIR")
+        if args.warm_start_from:
+            raise UserError("--warm-start-from is not supported yet")
+        settings = create_search(
+            args.space,
+            out=args.out,
+            storage=args.storage,
+            mlflow_uri=args.mlflow_uri,
+            num_trials=args.num_trials,
+            address=args.address,
+            cpus=args.cpus,
+            gpus=args.gpus,
+            overrides=parse_overrides(args.set),
+        )
+        print(f"search {settings.study_name}: run directory {settings.run_dir}")
+        outcome = run_search(settings)
+    print_outcome(outcome)
+    return 0 if outcome.finished else 130
+
+
+def print_outcome(outcome: Any) -> None:
+    settings = outcome.settings
+    counts = ", ".join(f"{n} {k}" for k, n in outcome.counts.items() if n)
+    state = "finished" if outcome.finished else "interrupted"
+    print(f"search {settings.study_name} {state}: {counts or 'no trials'}")
+    if outcome.best_config is not None:
+        print(f"best value {outcome.best_value:.4f} (trial {outcome.best_trial}); config:")
+        for key, value in sorted(outcome.best_config.items()):
+            print(f"  {key}: {value}")
+    for point in outcome.pareto:
+        print(f"pareto: trial {point['trial']} values {point['values']}")
+    if not outcome.finished:
+        print(f"continue with: ckd-search search --resume {settings.run_dir}")
+    print(f"export: ckd-search export {settings.run_dir}")
+    if settings.mlflow_uri.startswith("sqlite:"):
+        print(f"MLflow UI: ckd-search ui {settings.run_dir}")
+    else:
+        print(f"MLflow: {settings.mlflow_uri} (experiment {settings.experiment_name})")
+    print(f"Optuna dashboard: optuna-dashboard {settings.journal_path}")
+
+
+def run_export(args: argparse.Namespace) -> int:
+    from ckd_search.search.export import export_run
+
+    result = export_run(args.run_dir, top=args.top, out=args.out)
+    print(f"{result.trials} trials -> {result.out / 'trials.parquet'}")
+    for item in result.best:
+        print(
+            f"  best {item['rank']}: {result.out / item['file']} (trial {item['trial_id']}, {item['status']})"
+        )
+    return 0
+
+
+def run_ui(args: argparse.Namespace) -> int:
+    """Start ``mlflow ui`` on the run directory's SQLite store (127.0.0.1 unless --host)."""
+    from ckd_search.search.settings import MLFLOW_DB
+
+    run_dir = Path(args.run_dir).expanduser().resolve()
+    db = run_dir / MLFLOW_DB
+    if not db.is_file():
+        raise UserError(f"{run_dir}: no {MLFLOW_DB} here (was the search tracked on an MLflow server?)")
+    exe = Path(sys.executable).with_name("mlflow")
+    cmd = [str(exe)] if exe.is_file() else [shutil.which("mlflow") or "mlflow"]
+    cmd += ["ui", "--backend-store-uri", f"sqlite:///{db}", "--host", args.host, "--port", str(args.port)]
+    print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl+C stops it)")
+    try:
+        return subprocess.call(cmd, env={**os.environ})
+    except FileNotFoundError:
+        raise UserError("mlflow is not installed in this environment") from None

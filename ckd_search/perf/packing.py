@@ -1,0 +1,308 @@
+"""Throughput of 1, 2, 3 CKD trials packed on one device as separate processes (as Ray packs them).
+
+``python bench/packing.py [--trials 1,2,3] [--smoke] ...``. For each n, n spawned processes each
+cap their share of GPU memory with ``torch.cuda.set_per_process_memory_fraction(1/n)``, share
+``TORCHINDUCTOR_CACHE_DIR`` / ``TRITON_CACHE_DIR`` (so only the first compiles), build a
+``Trainer`` on random data, warm up, wait at a barrier and time N steps together. Aggregate
+pairs/s = all pairs / (last finish - first start); speedup = aggregate(n) / aggregate(1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import multiprocessing as mp
+import os
+import queue
+import shutil
+import sys
+import tempfile
+import time
+import traceback
+from collections.abc import Sequence
+from dataclasses import asdict
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from ckd_search.perf.timing import fmt
+from ckd_search.perf.timing import format_table
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("trials", "pairs/s", "pairs/s per trial", "ms/step", "speedup", "peak GiB", "mem fraction")
+RESULT_TIMEOUT_S = 1800.0  # per packing level: generous, compiling 3 trials at once is slow
+
+
+@dataclass(frozen=True)
+class TrialSpec:
+    """What every packed trial runs (picklable: it crosses the spawn boundary)."""
+
+    batch: int
+    timesteps: int
+    size: int
+    width: float
+    classes: int
+    steps: int
+    warmup: int
+    device: str
+    precision: str
+    compile: bool
+    channels_last: bool
+    threads: int | None
+    seed: int
+
+
+def _worker(rank: int, n: int, spec: TrialSpec, barrier: Any, results: Any) -> None:
+    """One packed trial: build, warm up, meet the others, time ``spec.steps`` steps, report."""
+    try:
+        results.put({"rank": rank, **_trial(rank, n, spec, barrier)})
+    except torch.OutOfMemoryError:
+        barrier.abort()
+        results.put({"rank": rank, "status": "OOM"})
+    except Exception:  # noqa: BLE001 - report any failure to the parent instead of hanging it
+        barrier.abort()
+        results.put({"rank": rank, "status": "error", "error": traceback.format_exc()})
+
+
+def _trial(rank: int, n: int, spec: TrialSpec, barrier: Any) -> dict[str, Any]:
+    from ckd_search.config import Config
+    from ckd_search.engine import Trainer
+    from ckd_search.perf.synthetic import device_batches
+    from ckd_search.perf.synthetic import synthetic_prepared
+    from ckd_search.perf.timing import synchronize
+
+    device = torch.device(spec.device)
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+        torch.cuda.set_per_process_memory_fraction(1.0 / n, device)
+    cfg = Config.from_dict(
+        {
+            "data.timesteps": spec.timesteps,
+            "data.size": spec.size,
+            "model.width": spec.width,
+            "optim.batch_size": spec.batch,
+            "run.device": spec.device,
+            "run.seed": spec.seed + rank,
+            "run.precision": spec.precision,
+            "run.compile": spec.compile,
+            "run.channels_last": spec.channels_last,
+        }
+    )
+    torch.manual_seed(spec.seed + rank)
+    prepared = synthetic_prepared(cfg, spec.classes, n_train=2 * spec.batch, n_test=8, seed=spec.seed + rank)
+    trainer = Trainer(cfg, prepared, device)
+    dtype = torch.bfloat16 if spec.precision == "bf16" and device.type == "cuda" else torch.float32
+    batches = device_batches(prepared, spec.batch, 4, device, dtype, seed=spec.seed + rank)
+    p = torch.tensor(0.5, device=device)
+    gamma = torch.tensor(1.0, device=device)
+
+    def step(i: int) -> None:
+        b = batches[i % len(batches)]
+        trainer.step(b.frames, b.labels, b.index, p, gamma)
+
+    for i in range(spec.warmup):
+        step(i)
+    synchronize(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    barrier.wait()  # all trials start timing together
+    start = time.time()
+    for i in range(spec.steps):
+        step(spec.warmup + i)
+    synchronize(device)
+    end = time.time()
+    peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+    return {"status": "ok", "start": start, "end": end, "pairs": spec.steps * spec.batch, "peak_gib": peak}
+
+
+def run_packed(n: int, spec: TrialSpec) -> list[dict[str, Any]]:
+    """Spawn ``n`` trials, wait for their reports (sorted by rank)."""
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(n)
+    results = ctx.Queue()
+    procs = [
+        ctx.Process(target=_worker, args=(rank, n, spec, barrier, results), daemon=True) for rank in range(n)
+    ]
+    for proc in procs:
+        proc.start()
+    reports: list[dict[str, Any]] = []
+    deadline = time.monotonic() + RESULT_TIMEOUT_S
+    while len(reports) < n:
+        try:
+            reports.append(results.get(timeout=5.0))
+        except queue.Empty:
+            if time.monotonic() > deadline or not any(p.is_alive() for p in procs):
+                break
+    for proc in procs:
+        proc.join(timeout=30)
+        if proc.is_alive():
+            proc.terminate()
+    missing = n - len(reports)
+    reports += [{"rank": -1, "status": "error", "error": "no report (process died)"}] * missing
+    return sorted(reports, key=lambda r: r["rank"])
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="packing", description=__doc__.splitlines()[0])
+    p.add_argument("--trials", default="1,2,3", help="packing levels to run (default 1,2,3)")
+    p.add_argument("--batch", type=int, default=None, help="pairs per step per trial (default 64; smoke 8)")
+    p.add_argument("--timesteps", type=int, default=None, help="T (default 10; smoke 2)")
+    p.add_argument("--size", type=int, default=None, help="S (default 48; smoke 16)")
+    p.add_argument("--width", type=float, default=None, help="channel multiplier (default 1.0; smoke 0.0625)")
+    p.add_argument("--classes", type=int, default=None, help="C (default 101; smoke 10)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per trial (default 30; smoke 3)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per trial (default 5; smoke 1)")
+    p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if present; smoke cpu)")
+    p.add_argument(
+        "--precision",
+        choices=["fp32", "bf16"],
+        default=None,
+        help="run.precision (default bf16 on CUDA, fp32 on CPU)",
+    )
+    p.add_argument("--compile", action="store_true", help="run.compile=true (compiles in every trial)")
+    p.add_argument("--no-channels-last", action="store_true", help="run.channels_last=false")
+    p.add_argument(
+        "--threads-per-trial",
+        type=int,
+        default=None,
+        help="torch threads per trial (default: cores // n on CPU, 2 on CUDA; smoke 1)",
+    )
+    p.add_argument(
+        "--cache-dir",
+        default=None,
+        help="shared TORCHINDUCTOR_CACHE_DIR/TRITON_CACHE_DIR root (default: a temp dir)",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="tiny CPU run, 1 thread per trial (CI)")
+    args = p.parse_args(argv)
+    smoke = {
+        "batch": 8,
+        "timesteps": 2,
+        "size": 16,
+        "width": 0.0625,
+        "classes": 10,
+        "steps": 3,
+        "warmup": 1,
+        "device": "cpu",
+        "threads_per_trial": 1,
+    }
+    full = {
+        "batch": 64,
+        "timesteps": 10,
+        "size": 48,
+        "width": 1.0,
+        "classes": 101,
+        "steps": 30,
+        "warmup": 5,
+        "device": "cuda" if torch.cuda.is_available() else "cpu",
+    }
+    for key, value in (smoke if args.smoke else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.precision is None:
+        args.precision = "bf16" if args.device.startswith("cuda") else "fp32"
+    args.levels = [int(x) for x in args.trials.split(",") if x.strip()]
+    if not args.levels or min(args.levels) < 1:
+        raise SystemExit(f"packing: --trials must list positive integers, got {args.trials!r}")
+    return args
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    cache_root = args.cache_dir or tempfile.mkdtemp(prefix="ckd_packing_cache_")
+    try:
+        return _run(args, cache_root)
+    finally:
+        if args.cache_dir is None:
+            shutil.rmtree(cache_root, ignore_errors=True)
+
+
+def _run(args: argparse.Namespace, cache_root: str) -> int:
+    # Spawned children inherit the environment: one shared compile cache for all packed trials.
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = os.path.join(cache_root, "inductor")
+    os.environ["TRITON_CACHE_DIR"] = os.path.join(cache_root, "triton")
+    cores = os.cpu_count() or 1
+    lines = [f"# CKD trial packing (ckd_search.perf.packing){' [smoke]' if args.smoke else ''}"]
+    if args.device.startswith("cuda"):
+        lines.append(f"device: {torch.cuda.get_device_name(torch.device(args.device))}")
+    else:
+        lines.append(f"device: CPU, {cores} cores, load average {os.getloadavg()[0]:.2f}")
+    lines.append(
+        f"per trial: B={args.batch} pairs, T={args.timesteps}, {args.size}x{args.size}, width "
+        f"{args.width:g}, C={args.classes}, run.precision={args.precision}, run.compile="
+        f"{str(args.compile).lower()}, channels_last={str(not args.no_channels_last).lower()}; "
+        f"RANDOM inputs (throughput only)"
+    )
+    lines.append(
+        f"timing: {args.steps} steps per trial after {args.warmup} warm-up, all trials started at a "
+        f"barrier; compile caches under {cache_root}"
+    )
+    rows = []
+    notes = []
+    base: float | None = None
+    for n in args.levels:
+        threads = args.threads_per_trial or (2 if args.device.startswith("cuda") else max(1, cores // n))
+        spec = TrialSpec(
+            batch=args.batch,
+            timesteps=args.timesteps,
+            size=args.size,
+            width=args.width,
+            classes=args.classes,
+            steps=args.steps,
+            warmup=args.warmup,
+            device=args.device,
+            precision=args.precision,
+            compile=args.compile,
+            channels_last=not args.no_channels_last,
+            threads=threads,
+            seed=args.seed,
+        )
+        log.info("packing %d trial(s): %s", n, asdict(spec))
+        reports = run_packed(n, spec)
+        bad = [r for r in reports if r.get("status") != "ok"]
+        frac = "-" if not args.device.startswith("cuda") else f"1/{n}"
+        if bad:
+            status = "OOM" if all(r.get("status") == "OOM" for r in bad) else "error"
+            for r in bad:
+                if r.get("error"):
+                    notes.append(f"{n} trial(s), rank {r['rank']}: {r['error'].strip().splitlines()[-1]}")
+                    print(r["error"], file=sys.stderr)
+            rows.append([str(n), status, "-", "-", "-", "-", frac])
+            continue
+        span = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+        aggregate = sum(r["pairs"] for r in reports) / span
+        per_trial = [r["pairs"] / (r["end"] - r["start"]) for r in reports]
+        ms_step = sum((r["end"] - r["start"]) * 1e3 / args.steps for r in reports) / n
+        peaks = [r["peak_gib"] for r in reports if r["peak_gib"] is not None]
+        base = base if base is not None else (aggregate if n == args.levels[0] else None)
+        speedup = aggregate / base if base else None
+        rows.append(
+            [
+                str(n),
+                fmt(aggregate),
+                fmt(sum(per_trial) / n),
+                fmt(ms_step, 1),
+                fmt(speedup, 2),
+                fmt(max(peaks) if peaks else None, 2),
+                frac,
+            ]
+        )
+        if not args.device.startswith("cuda"):
+            notes.append(f"{n} trial(s): {threads} torch thread(s) each")
+    print("\n".join(lines))
+    print()
+    print(format_table(COLUMNS, rows))
+    print()
+    if args.levels[0] != 1:
+        print("note: speedup is relative to the first level run, not to 1 trial")
+    for note in notes:
+        print(f"note: {note}")
+    return 1 if any(r[1] == "error" for r in rows) else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

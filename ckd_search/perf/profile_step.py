@@ -1,0 +1,322 @@
+"""Where the CKD step spends its time, and what the candidate changes of ``perf.variants`` buy.
+
+``python -m ckd_search.perf.profile_step [--set KEY=VALUE ...] [--compile] [--smoke]`` prints
+(1) a phase breakdown of one step (inputs, forward + losses, backward, optimizer), (2) the top
+operators from ``torch.profiler`` per step, (3) an A/B table of the variants, each checked
+against the engine for equal losses and gradients on the same batch. Default shapes are the
+default ``Config()`` (width 0.125, 32x32, T=6, batch 64) on the CPU, random inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import statistics
+import sys
+import time
+from collections.abc import Callable
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+from torch.profiler import ProfilerActivity
+from torch.profiler import profile
+
+from ckd_search.config import Config
+from ckd_search.engine import Trainer
+from ckd_search.perf import variants
+from ckd_search.perf.synthetic import StepBatch
+from ckd_search.perf.synthetic import device_batches
+from ckd_search.perf.synthetic import synthetic_prepared
+from ckd_search.perf.timing import fmt
+from ckd_search.perf.timing import format_table
+from ckd_search.perf.timing import synchronize
+from ckd_search.perf.timing import time_steps
+from ckd_search.step import StepInputs
+
+log = logging.getLogger(__name__)
+
+SMOKE = {"data.size": 16, "data.timesteps": 2, "model.width": 0.0625, "optim.batch_size": 8}
+
+
+@dataclass(frozen=True)
+class Experiment:
+    name: str
+    about: str
+    setup: Callable[[Trainer], None]  # receives the Trainer
+    threads: int | None = None
+
+
+def _engine(trainer: Trainer) -> None:
+    """The engine as it is."""
+
+
+def _tap(trainer: Trainer) -> None:
+    variants.use_fused_tap(trainer.model.student)
+
+
+def _fused(trainer: Trainer) -> None:
+    trainer.loss_fn = variants.fused_stream_losses
+
+
+def _tap_fused(trainer: Trainer) -> None:
+    _tap(trainer)
+    _fused(trainer)
+
+
+def _joint(trainer: Trainer) -> None:
+    _tap(trainer)
+    trainer.loss_fn = variants.joint_bn_losses
+
+
+def _channels_last(trainer: Trainer) -> None:
+    trainer.model.to(memory_format=torch.channels_last)
+
+
+def _compile(trainer: Trainer) -> None:
+    trainer.loss_fn = torch.compile(trainer.loss_fn, options={"layout_optimization": False})
+
+
+EXPERIMENTS: tuple[Experiment, ...] = (
+    Experiment("engine", "Trainer.step as it is", _engine),
+    Experiment("tap-fused", "membrane from LIFNode(store_v_seq=True), no Python T-loop", _tap),
+    Experiment("streams-fused", "both streams as one 2B batch, BatchNorm per stream", _fused),
+    Experiment("tap+streams", "both of the above", _tap_fused),
+    Experiment("tap+streams-jointBN", "as tap+streams with one BN over both streams (NOT exact)", _joint),
+    Experiment("channels_last", "model in channels_last (the engine does this on CUDA only)", _channels_last),
+)
+COMPILE = Experiment(
+    "compile", "torch.compile(ckd_losses) (run.compile=true), warm-up includes compiling", _compile
+)
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="profile_step", description=__doc__.splitlines()[0])
+    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=None, help="config overrides")
+    p.add_argument("--classes", type=int, default=10, help="classes C (default 10, as Digits-DVS)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps per experiment (default 8)")
+    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 2)")
+    p.add_argument("--top", type=int, default=15, help="operators to list")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
+    p.add_argument("--one-thread", action="store_true", help="also run the engine with 1 torch thread")
+    p.add_argument("--only", default=None, help="comma-separated experiment names")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--smoke", action="store_true", help="tiny shapes (CI)")
+    args = p.parse_args(argv)
+    args.steps = args.steps or (2 if args.smoke else 8)
+    args.warmup = args.warmup if args.warmup is not None else (1 if args.smoke else 2)
+    return args
+
+
+def build(
+    args: argparse.Namespace, device: torch.device, seed: int = 0
+) -> tuple[Trainer, list[StepBatch], Config]:
+    from ckd_search.cli import parse_overrides
+
+    values: dict[str, object] = dict(SMOKE) if args.smoke else {}
+    values.update(parse_overrides(args.set))
+    values["run.device"] = str(device)
+    cfg = Config.from_dict(values)
+    b = cfg.optim.batch_size
+    torch.manual_seed(seed)
+    prepared = synthetic_prepared(cfg, args.classes, n_train=2 * b, n_test=8, seed=seed)
+    trainer = Trainer(cfg, prepared, device)
+    dtype = torch.bfloat16 if cfg.run.precision == "bf16" and device.type == "cuda" else torch.float32
+    return trainer, device_batches(prepared, b, 2, device, dtype, seed=seed + 1), cfg
+
+
+def phases(trainer: Trainer, batches: list[StepBatch], steps: int, device: torch.device) -> dict[str, float]:
+    """Median ms per phase, from a replica of ``Trainer.step`` with a timer between the phases.
+
+    Keep in step with ``ckd_search.engine.Trainer.step`` (same calls, same order).
+    """
+
+    tr = trainer
+    p = torch.tensor(0.5, device=device)
+    gamma = torch.tensor(1.0, device=device)
+    out: dict[str, list[float]] = {"inputs": [], "forward+losses": [], "backward": [], "optimizer": []}
+    for i in range(steps):
+        b = batches[i % len(batches)]
+        synchronize(device)
+        t0 = time.perf_counter()
+        pair = tr.pairing(b.index, b.labels, tr.dev_gen)
+        mask = torch.rand(b.labels.shape, generator=tr.dev_gen, device=device) < p
+        inputs = StepInputs(
+            dvs=b.frames,
+            static=tr.static[pair],
+            labels=b.labels,
+            teacher_logits=None if tr.teacher_logits is None else tr.teacher_logits[pair],
+            replace_mask=mask,
+            gamma=gamma,
+        )
+        synchronize(device)
+        t1 = time.perf_counter()
+        with tr.autocast():
+            parts = tr.loss_fn(tr.model, inputs, tr.cfg)
+        synchronize(device)
+        t2 = time.perf_counter()
+        tr.optimizer.zero_grad(set_to_none=True)
+        parts["loss"].backward()
+        synchronize(device)
+        t3 = time.perf_counter()
+        tr.optimizer.step()
+        synchronize(device)
+        t4 = time.perf_counter()
+        for key, dt in zip(out, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+            out[key].append(dt * 1e3)
+    return {k: statistics.median(v) for k, v in out.items()}
+
+
+def top_ops(
+    trainer: Trainer, batches: list[StepBatch], steps: int, top: int
+) -> tuple[list[list[str]], float]:
+    """The operators with the most self time per step (CPU activity), and the total per step."""
+    p = torch.tensor(0.5)
+    gamma = torch.tensor(1.0)
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(steps):
+            b = batches[i % len(batches)]
+            trainer.step(b.frames, b.labels, b.index, p, gamma)
+    events = prof.key_averages()
+    total = sum(e.self_cpu_time_total for e in events) / 1e3 / steps
+    ranked = sorted(events, key=lambda e: e.self_cpu_time_total, reverse=True)[:top]
+    rows = []
+    for e in ranked:
+        ms = e.self_cpu_time_total / 1e3 / steps
+        rows.append([e.key, fmt(ms, 2), fmt(100 * ms / total, 1), fmt(e.count / steps, 0)])
+    return rows, total
+
+
+def equivalence(args: argparse.Namespace, exp: Experiment, device: torch.device) -> tuple[float, float]:
+    """(max |loss diff|, max gradient diff relative to the largest gradient) vs the engine."""
+    results = []
+    for setup in (_engine, exp.setup):
+        trainer, batches, _ = build(args, device)
+        setup(trainer)
+        tr = trainer
+        b = batches[0]
+        pair = tr.pairing(b.index, b.labels, tr.dev_gen)
+        mask = torch.arange(b.labels.numel(), device=device) % 2 == 0
+
+        inputs = StepInputs(
+            dvs=b.frames,
+            static=tr.static[pair],
+            labels=b.labels,
+            teacher_logits=None if tr.teacher_logits is None else tr.teacher_logits[pair],
+            replace_mask=mask,
+            gamma=torch.tensor(1.0, device=device),
+        )
+        with tr.autocast():
+            parts = tr.loss_fn(tr.model, inputs, tr.cfg)
+        parts["loss"].backward()
+        grads = [
+            q.grad.detach().float().clone() if q.grad is not None else torch.zeros_like(q)
+            for q in tr.model.parameters()
+        ]
+        results.append((parts["loss"].detach().float(), grads))
+    (l0, g0), (l1, g1) = results
+    scale = max(float(g.abs().max()) for g in g0) or 1.0
+    gdiff = max(float((a - b).abs().max()) for a, b in zip(g0, g1)) / scale
+    return float((l0 - l1).abs()), gdiff
+
+
+def _stepper(trainer: Trainer, batches: list[StepBatch], device: torch.device) -> Callable[[int], None]:
+    p = torch.tensor(0.5, device=device)
+    gamma = torch.tensor(1.0, device=device)
+
+    def step(i: int) -> None:
+        b = batches[i % len(batches)]
+        trainer.step(b.frames, b.labels, b.index, p, gamma)
+
+    return step
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    device = torch.device(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    threads = torch.get_num_threads()
+    trainer, batches, cfg = build(args, device)
+    d = cfg.data
+    print(
+        f"# CKD step profile{' [smoke]' if args.smoke else ''}: {device}, {threads} torch threads, "
+        f"load average {os.getloadavg()[0]:.2f}, torch {torch.__version__}"
+    )
+    print(
+        f"config: B={cfg.optim.batch_size}, T={d.timesteps}, {d.size}x{d.size}, width {cfg.model.width:g}, "
+        f"C={args.classes}; RANDOM inputs (throughput only)"
+    )
+    warm = _stepper(trainer, batches, device)
+    for i in range(args.warmup):
+        warm(i)
+    ph = phases(trainer, batches, args.steps, device)
+    total = sum(ph.values())
+    print("\n## phases of one step (median ms)\n")
+    print(
+        format_table(
+            ("phase", "ms", "%"),
+            [[k, fmt(v, 2), fmt(100 * v / total, 1)] for k, v in ph.items()]
+            + [["total", fmt(total, 2), "100.0"]],
+        )
+    )
+    if device.type == "cpu":
+        rows, per_step = top_ops(trainer, batches, max(1, args.steps // 2), args.top)
+        print(f"\n## top operators by self CPU time (torch.profiler; {per_step:.1f} ms/step profiled)\n")
+        print(format_table(("operator", "self ms/step", "%", "calls/step"), rows))
+    del trainer
+
+    chosen = list(EXPERIMENTS) + ([COMPILE] if args.compile else [])
+    if args.one_thread:
+        chosen.append(
+            Experiment("engine-1thread", "engine with torch.set_num_threads(1)", _engine, threads=1)
+        )
+    if args.only:
+        names = {n.strip() for n in args.only.split(",")}
+        chosen = [e for e in chosen if e.name in names or e.name == "engine"]
+    rows = []
+    base_ms = None
+    for exp in chosen:
+        if exp.threads:
+            torch.set_num_threads(exp.threads)
+        try:
+            trainer, batches, cfg = build(args, device)
+            exp.setup(trainer)
+            timing = time_steps(
+                _stepper(trainer, batches, device), steps=args.steps, warmup=args.warmup, device=device
+            )
+            del trainer
+            dl, dg = (0.0, 0.0) if exp.setup is _engine else equivalence(args, exp, device)
+        finally:
+            if exp.threads:
+                torch.set_num_threads(threads)
+        ms = timing.median_ms
+        base_ms = base_ms or ms
+        rows.append(
+            [
+                exp.name,
+                fmt(ms, 1),
+                fmt(timing.per_second(cfg.optim.batch_size)),
+                fmt(base_ms / ms, 2),
+                fmt(timing.warmup_s, 1),
+                f"{dl:.1e}",
+                f"{dg:.1e}",
+            ]
+        )
+    print(
+        f"\n## variants (median of {args.steps} steps after {args.warmup} warm-up; load average "
+        f"{os.getloadavg()[0]:.2f})\n"
+    )
+    print(format_table(("variant", "ms/step", "pairs/s", "speedup", "warm-up s", "dloss", "rel dgrad"), rows))
+    print()
+    for exp in chosen:
+        print(f"  {exp.name}: {exp.about}")
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    with contextlib.suppress(BrokenPipeError):
+        sys.exit(main())

@@ -1,0 +1,437 @@
+"""Throughput of the full CKD training step against the plain spikingjelly two-stream baseline.
+
+``python bench/step_throughput.py [--smoke] [--scaling] ...`` or ``ckd-search bench step ...``.
+The CKD rows time ``Trainer.step`` (both streams, CKA on the membrane tap, KD from cached
+teacher logits, TET, AdamW); the baseline rows time the section 6 step of performance.md in the
+same process. Inputs are random tensors of the real shapes: the numbers are throughput only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import platform
+import sys
+from collections.abc import Iterator
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from typing import Any
+
+import torch
+
+from ckd_search.config import Config
+from ckd_search.data.batches import Batch
+from ckd_search.perf.synthetic import StepBatch
+from ckd_search.perf.synthetic import device_batches
+from ckd_search.perf.synthetic import synthetic_prepared
+from ckd_search.perf.timing import Timing
+from ckd_search.perf.timing import fmt
+from ckd_search.perf.timing import format_table
+from ckd_search.perf.timing import reset_peak
+from ckd_search.perf.timing import time_steps
+
+log = logging.getLogger(__name__)
+
+COLUMNS = ("variant", "B", "T", "size", "pairs/s", "ms/step", "peak GiB", "warm-up s")
+SCALING_T = (4, 6, 8, 10)
+SCALING_SIZE = (48, 128)
+SMOKE_SCALING_T = (2, 3)
+SMOKE_SCALING_SIZE = (16, 32)
+RESIDENT_BATCHES = 4  # distinct batches cycled through (different frames every step)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """One row of the table: a CKD engine config or a baseline setting."""
+
+    name: str
+    kind: str  # "ckd" or "baseline"
+    about: str
+    overrides: dict[str, Any] = field(default_factory=dict)  # ckd: dotted config keys
+    precision: str = "fp32"  # baseline only
+    compile: bool = False  # baseline only
+    gpu_only: bool = False
+
+
+VARIANTS: tuple[Variant, ...] = (
+    Variant(
+        "ckd-fp32",
+        "ckd",
+        "engine step, fp32 eager, NCHW",
+        {"run.precision": "fp32", "run.channels_last": False},
+    ),
+    Variant(
+        "ckd-fp32-cl",
+        "ckd",
+        "engine step, fp32 eager, channels_last",
+        {"run.precision": "fp32", "run.channels_last": True},
+        gpu_only=True,
+    ),
+    Variant(
+        "ckd-bf16",
+        "ckd",
+        "engine step, run.precision=bf16 (PrecisionConfig, fp32 state), channels_last",
+        {"run.precision": "bf16", "run.channels_last": True},
+        gpu_only=True,
+    ),
+    Variant(
+        "ckd-bf16-compile",
+        "ckd",
+        "as ckd-bf16 plus run.compile=true",
+        {"run.precision": "bf16", "run.channels_last": True, "run.compile": True},
+        gpu_only=True,
+    ),
+    Variant("base-fp32", "baseline", "plain spikingjelly 2-stream step (perf.md 6), fp32 eager"),
+    Variant(
+        "base-bf16-compile",
+        "baseline",
+        "plain step, bf16 PrecisionConfig + torch.compile",
+        precision="bf16",
+        compile=True,
+        gpu_only=True,
+    ),
+)
+# Available through --variants only: compile without channels_last, as section 6 measured it.
+EXTRA_VARIANTS: tuple[Variant, ...] = (
+    Variant(
+        "ckd-bf16-compile-nchw",
+        "ckd",
+        "run.precision=bf16, run.compile=true, NCHW",
+        {"run.precision": "bf16", "run.channels_last": False, "run.compile": True},
+        gpu_only=True,
+    ),
+    Variant(
+        "base-bf16", "baseline", "plain step, bf16 PrecisionConfig, eager", precision="bf16", gpu_only=True
+    ),
+)
+
+
+@dataclass
+class Row:
+    variant: str
+    batch: int
+    timesteps: int
+    size: int
+    pairs_per_s: float | None = None
+    ms_per_step: float | None = None
+    peak_gib: float | None = None
+    warmup_s: float | None = None
+    status: str = "ok"  # ok, OOM or error
+
+    def cells(self) -> list[str]:
+        if self.status != "ok":
+            return [
+                self.variant,
+                str(self.batch),
+                str(self.timesteps),
+                str(self.size),
+                self.status,
+                "-",
+                fmt(self.peak_gib, 2),
+                "-",
+            ]
+        return [
+            self.variant,
+            str(self.batch),
+            str(self.timesteps),
+            str(self.size),
+            fmt(self.pairs_per_s),
+            fmt(self.ms_per_step, 2),
+            fmt(self.peak_gib, 2),
+            fmt(self.warmup_s, 2),
+        ]
+
+
+@dataclass
+class Result:
+    rows: list[Row]
+    notes: list[str]
+    scaling: list[Row]
+    ratio: float | None
+
+
+def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="step_throughput", description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=int, default=None, help="pairs per step (default 120; smoke 8)")
+    p.add_argument("--timesteps", type=int, default=None, help="T (default 10; smoke 2)")
+    p.add_argument("--size", type=int, default=None, help="input size S (default 48; smoke 16)")
+    p.add_argument("--width", type=float, default=None, help="channel multiplier (default 1.0; smoke 0.0625)")
+    p.add_argument("--classes", type=int, default=None, help="classes C (default 101; smoke 10)")
+    p.add_argument("--steps", type=int, default=None, help="timed steps (default 20; smoke 3)")
+    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; smoke 1)")
+    p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto; smoke cpu)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument(
+        "--variants",
+        default=None,
+        help="comma-separated variant names (default: all of "
+        f"{', '.join(v.name for v in VARIANTS)}; extra: "
+        f"{', '.join(v.name for v in EXTRA_VARIANTS)})",
+    )
+    p.add_argument(
+        "--scaling",
+        action="store_true",
+        help="also time the fastest CKD variant over T in (4,6,8,10) x size in (48,128)",
+    )
+    p.add_argument(
+        "--source",
+        action="store_true",
+        help="CKD rows draw batches from the engine's BatchSource (gather + augmentation) "
+        "inside the timed step instead of cycling resident batches",
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true", help="tiny CPU run (CI): B 8, T 2, 16x16, width 1/16")
+    args = p.parse_args(argv)
+    smoke = {
+        "batch": 8,
+        "timesteps": 2,
+        "size": 16,
+        "width": 0.0625,
+        "classes": 10,
+        "steps": 3,
+        "warmup": 1,
+        "device": "cpu",
+    }
+    full = {
+        "batch": 120,
+        "timesteps": 10,
+        "size": 48,
+        "width": 1.0,
+        "classes": 101,
+        "steps": 20,
+        "warmup": 5,
+        "device": "auto",
+    }
+    for key, value in (smoke if args.smoke else full).items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    return args
+
+
+def resolve(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def ckd_config(
+    args: argparse.Namespace, overrides: dict[str, Any], timesteps: int, size: int, device: torch.device
+) -> Config:
+    values = {
+        "data.timesteps": timesteps,
+        "data.size": size,
+        "model.width": args.width,
+        "optim.batch_size": args.batch,
+        "run.device": str(device),
+        "run.seed": args.seed,
+        **overrides,
+    }
+    return Config.from_dict(values)
+
+
+def frame_dtype(cfg: Config, device: torch.device) -> torch.dtype:
+    """The dtype the engine's batch source hands out for this config (bf16 only on CUDA)."""
+    return torch.bfloat16 if cfg.run.precision == "bf16" and device.type == "cuda" else torch.float32
+
+
+def _time_ckd(args: argparse.Namespace, cfg: Config, device: torch.device) -> Timing:
+    from ckd_search.engine import Trainer
+
+    torch.manual_seed(args.seed)
+    prepared = synthetic_prepared(cfg, args.classes, n_train=2 * args.batch, n_test=16, seed=args.seed)
+    trainer = Trainer(cfg, prepared, device)
+    trainer.model.train()
+    batches = device_batches(prepared, args.batch, RESIDENT_BATCHES, device, frame_dtype(cfg, device))
+    # Mid-run schedule values: half the hybrid samples replaced, KD on (all four losses).
+    p = torch.tensor(0.5, device=device)
+    gamma = torch.tensor(1.0, device=device)
+    source: Iterator[Batch] = iter(())
+
+    def step(i: int) -> None:
+        nonlocal source
+        b: Batch | StepBatch | None
+        if args.source:  # the engine's batch source (gather + augmentation) inside the timed step
+            b = next(source, None)
+            if b is None:
+                source = iter(trainer.train_source)
+                b = next(source)
+        else:
+            b = batches[i % len(batches)]
+        trainer.step(b.frames, b.labels, b.index, p, gamma)
+
+    return time_steps(step, steps=args.steps, warmup=args.warmup, device=device)
+
+
+def _time_baseline(args: argparse.Namespace, variant: Variant, cfg: Config, device: torch.device) -> Timing:
+    from ckd_search.perf.baseline import BaselineStep
+
+    torch.manual_seed(args.seed)
+    prepared = synthetic_prepared(cfg, args.classes, n_train=2 * args.batch, n_test=1, seed=args.seed)
+    runner = BaselineStep(
+        args.width, args.classes, cfg.data.size, device, precision=variant.precision, compile=variant.compile
+    )
+    batches = device_batches(prepared, args.batch, RESIDENT_BATCHES + 1, device, frame_dtype(cfg, device))
+    del prepared
+
+    def step(i: int) -> None:
+        # Two different batches stand in for the hybrid and the DVS stream.
+        hybrid, dvs = batches[i % RESIDENT_BATCHES], batches[i % RESIDENT_BATCHES + 1]
+        runner(hybrid.frames, dvs.frames, dvs.labels)
+
+    return time_steps(step, steps=args.steps, warmup=args.warmup, device=device)
+
+
+def bench(args: argparse.Namespace, variant: Variant, timesteps: int, size: int, device: torch.device) -> Row:
+    """Time one variant at (T, size); running out of device memory becomes an OOM row."""
+    row = Row(
+        variant.name + ("+source" if args.source and variant.kind == "ckd" else ""),
+        args.batch,
+        timesteps,
+        size,
+    )
+    overrides = variant.overrides if variant.kind == "ckd" else {"run.precision": variant.precision}
+    cfg = ckd_config(args, overrides, timesteps, size, device)
+    reset_peak(device)
+    try:
+        if variant.kind == "ckd":
+            timing = _time_ckd(args, cfg, device)
+        else:
+            timing = _time_baseline(args, variant, cfg, device)
+    except torch.OutOfMemoryError:
+        row.status = "OOM"
+        return row
+    except Exception:  # noqa: BLE001 - one broken variant (say, a compile failure) must not lose the rest
+        log.exception("variant %s failed", row.variant)
+        row.status = "error"
+        return row
+    finally:
+        reset_peak(device)  # the trainer is gone with the helper's frame: free its memory now
+    row.pairs_per_s = timing.per_second(args.batch)
+    row.ms_per_step = timing.median_ms
+    row.peak_gib = timing.peak_gib
+    row.warmup_s = timing.warmup_s
+    return row
+
+
+def select_variants(spec: str | None) -> list[Variant]:
+    known = {v.name: v for v in (*VARIANTS, *EXTRA_VARIANTS)}
+    if spec is None:
+        return list(VARIANTS)
+    names = [s.strip() for s in spec.split(",") if s.strip()]
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise SystemExit(f"step_throughput: unknown variant(s) {unknown}; known: {sorted(known)}")
+    return [known[n] for n in names]
+
+
+def header(args: argparse.Namespace, device: torch.device) -> list[str]:
+    from importlib.metadata import version
+
+    from spikingjelly.activation_based import functional
+
+    lines = [f"# CKD step throughput (ckd_search.perf.step_bench){' [smoke]' if args.smoke else ''}"]
+    if device.type == "cuda":
+        lines.append(f"device: {torch.cuda.get_device_name(device)} ({device})")
+    else:
+        lines.append(
+            f"device: CPU {platform.processor() or platform.machine()}, "
+            f"{torch.get_num_threads()} torch threads"
+        )
+    impl = functional.neuron_implementation("lif", device).get("implementation")
+    lines.append(f"torch {torch.__version__}, spikingjelly {version('spikingjelly')}, LIF kernel: {impl}")
+    lines.append(
+        f"inputs: RANDOM frames, labels, images and teacher logits (throughput only, not accuracy); "
+        f"B={args.batch} pairs, T={args.timesteps}, {args.size}x{args.size}, width {args.width:g}, "
+        f"C={args.classes}"
+    )
+    lines.append(f"load average {os.getloadavg()[0]:.2f} (other processes on this machine skew CPU timings)")
+    lines.append(
+        f"timing: median of {args.steps} steps after {args.warmup} warm-up steps "
+        f"({'CUDA events' if device.type == 'cuda' else 'perf_counter'}); pairs/s = B / median step"
+    )
+    return lines
+
+
+def run(args: argparse.Namespace) -> Result:
+    """Time every selected variant (and the scaling grid); nothing is printed here."""
+    device = resolve(args.device)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if device.type == "cuda":
+        # As the engine and section 6: cuDNN autotuning, TF32 for the fp32 convolutions.
+        torch.backends.cudnn.benchmark = True
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    rows: list[Row] = []
+    notes: list[str] = []
+    for variant in select_variants(args.variants):
+        if variant.gpu_only and device.type != "cuda":
+            notes.append(f"skipped {variant.name}: needs a CUDA device")
+            continue
+        log.info("timing %s", variant.name)
+        row = bench(args, variant, args.timesteps, args.size, device)
+        if row.status == "OOM":
+            notes.append(f"{variant.name}: out of device memory at B={args.batch}")
+        elif row.status == "error":
+            notes.append(f"{variant.name}: failed (traceback on stderr)")
+        rows.append(row)
+    scaling: list[Row] = []
+    ckd_rows = [r for r in rows if r.pairs_per_s is not None and r.variant.startswith("ckd")]
+    if args.scaling and ckd_rows:
+        best = max(ckd_rows, key=lambda r: r.pairs_per_s or 0.0)
+        variant = next(
+            v for v in (*VARIANTS, *EXTRA_VARIANTS) if v.name == best.variant.removesuffix("+source")
+        )
+        ts, sizes = (SMOKE_SCALING_T, SMOKE_SCALING_SIZE) if args.smoke else (SCALING_T, SCALING_SIZE)
+        for size in sizes:
+            for t in ts:
+                log.info("scaling %s T=%d size=%d", variant.name, t, size)
+                scaling.append(bench(args, variant, t, size, device))
+    base_rows = [r for r in rows if r.pairs_per_s is not None and r.variant.startswith("base")]
+    ratio = None
+    if ckd_rows and base_rows:
+        ratio = max(r.pairs_per_s or 0.0 for r in ckd_rows) / max(r.pairs_per_s or 0.0 for r in base_rows)
+    return Result(rows=rows, notes=notes, scaling=scaling, ratio=ratio)
+
+
+def report(args: argparse.Namespace, result: Result) -> str:
+    device = resolve(args.device)
+    out = header(args, device)
+    out += ["", format_table(COLUMNS, [r.cells() for r in result.rows]), ""]
+    for variant in select_variants(args.variants):
+        out.append(f"  {variant.name}: {variant.about}")
+    out += [f"note: {n}" for n in result.notes]
+    if args.scaling:
+        name = result.scaling[0].variant if result.scaling else "-"
+        out += ["", f"# scaling of the fastest CKD variant ({name})", ""]
+        out.append(
+            format_table(COLUMNS, [r.cells() for r in result.scaling])
+            if result.scaling
+            else "(no CKD variant ran)"
+        )
+    out.append("")
+    ckd = [r for r in result.rows if r.variant.startswith("ckd") and r.pairs_per_s]
+    base = [r for r in result.rows if r.variant.startswith("base") and r.pairs_per_s]
+    if ckd and base:
+        bc = max(ckd, key=lambda r: r.pairs_per_s or 0.0)
+        bb = max(base, key=lambda r: r.pairs_per_s or 0.0)
+        out.append(
+            f"best CKD {bc.variant} {fmt(bc.pairs_per_s)} pairs/s; best baseline {bb.variant} "
+            f"{fmt(bb.pairs_per_s)} pairs/s"
+        )
+    out.append(f"ratio CKD/best-baseline = {'n/a' if result.ratio is None else f'{result.ratio:.2f}'}")
+    return "\n".join(out)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = run(args)
+    print(report(args, result), flush=True)
+    failed = any(r.status == "error" for r in (*result.rows, *result.scaling))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Candidate speed-ups of the CKD step, tried here on copies without touching the engine.
+
+Each is exact (same losses and gradients up to float rounding) unless its docstring says not:
+
+* :class:`FusedMembraneTap`: the membrane sequence from spikingjelly's own LIF op
+  (``store_v_seq=True``) instead of rebuilding it with a Python loop over T.
+* :func:`fused_stream_losses`: both streams through the backbone as one batch of 2B (one conv,
+  pool and LIF call per layer instead of two), BatchNorm still per stream so its batch
+  statistics and running averages match the engine's two sequential passes.
+* ``joint_bn=True``: the same with one BatchNorm over both streams (NOT exact: it changes the
+  batch statistics; an upper bound on what fusing can give).
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from spikingjelly.activation_based import layer
+from torch import Tensor
+
+from ckd_search import losses
+from ckd_search.config import Config
+from ckd_search.models.snn import VGGSNN
+from ckd_search.models.snn import MembraneTap
+from ckd_search.models.snn import StudentOutput
+from ckd_search.step import CKDModel
+from ckd_search.step import StepInputs
+from ckd_search.step import ckd_losses
+from ckd_search.step import hybrid_stream
+
+log = logging.getLogger(__name__)
+
+
+class FusedMembraneTap(MembraneTap):
+    """A :class:`MembraneTap` that reads the post-reset membrane from the LIF op itself.
+
+    spikingjelly 2.0's ``LIFNode`` with ``store_v_seq=True`` in step mode 'm' calls the same
+    ``lif_multi_step`` op (Torch reference on CPU, Triton on CUDA) and returns the voltage
+    trace, which is differentiable (the op's backward takes its gradient). That is the
+    membrane the engine's tap rebuilds with T extra elementwise steps in Python.
+    """
+
+    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        self.lif.store_v_seq = True
+        spikes = self.lif(x)
+        membrane = self.lif.v_seq
+        assert membrane is not None
+        return spikes, membrane
+
+
+def use_fused_tap(student: VGGSNN) -> None:
+    """Swap the student's membrane tap for :class:`FusedMembraneTap` in place (same LIF module)."""
+    for i, block in enumerate(student.features):
+        if isinstance(block, MembraneTap) and not isinstance(block, FusedMembraneTap):
+            student.features[i] = FusedMembraneTap(block.lif)
+
+
+def _split_bn(bn: layer.BatchNorm2d, x: Tensor, batch: int) -> Tensor:
+    """BatchNorm per stream on a [T, 2B, ...] batch: first the hybrid half, then the DVS half.
+
+    Same order as the engine's sequential passes, so the running statistics update identically.
+    """
+    return torch.cat([bn(x[:, :batch]), bn(x[:, batch:])], dim=1)
+
+
+def fused_forward(
+    student: VGGSNN, hybrid: Tensor, dvs: Tensor, joint_bn: bool = False
+) -> tuple[StudentOutput, StudentOutput]:
+    """Both streams ([T, B, 2, S, S] each) through the backbone at once; heads per stream."""
+    batch = hybrid.shape[1]
+    x = torch.cat([hybrid, dvs.to(hybrid.dtype)], dim=1)
+    membrane: Tensor | None = None
+    for block in student.features:
+        if isinstance(block, MembraneTap):
+            x, membrane = block(x)
+        elif isinstance(block, layer.BatchNorm2d) and not joint_bn:
+            x = _split_bn(block, x, batch)
+        else:
+            x = block(x)
+    assert membrane is not None
+    feats = x.flatten(2)
+    membrane = membrane.flatten(2)
+    static = StudentOutput(student.static_head(feats[:, :batch]), membrane[:, :batch], None)
+    dvs_out = StudentOutput(student.dvs_head(feats[:, batch:]), membrane[:, batch:], None)
+    return static, dvs_out
+
+
+def fused_stream_losses(
+    model: CKDModel, inputs: StepInputs, cfg: Config, joint_bn: bool = False
+) -> dict[str, Tensor]:
+    """:func:`ckd_search.step.ckd_losses` with the two streams fused into one backbone pass."""
+    student, lc, kc = model.student, cfg.loss, cfg.kd
+    if lc.method == "dvs_only":
+        return ckd_losses(model, inputs, cfg)
+    hybrid = hybrid_stream(inputs.dvs, inputs.static, inputs.replace_mask)
+    student.reset_state()
+    static_out, dvs_out = fused_forward(student, hybrid, inputs.dvs, joint_bn=joint_bn)
+    student.reset_state()
+    sig = torch.sigmoid(model.theta)
+    cls_s = losses.tet_loss(static_out.logits, inputs.labels, lc.tet_lambda, lc.tet_phi)
+    cls_e = losses.tet_loss(dvs_out.logits, inputs.labels, lc.tet_lambda, lc.tet_phi, step_weights=1.0 - sig)
+    cka = losses.linear_cka(static_out.membrane, dvs_out.membrane)
+    da = (sig * (1.0 - cka.abs())).mean()
+    total = cls_s + cls_e + lc.beta * da
+    out: dict[str, Tensor] = {}
+    if kc.enabled and inputs.teacher_logits is not None:
+        student_kd = static_out.logits if kc.target == "per_step" else static_out.logits.mean(0)
+        if kc.mask_replaced:
+            kd = losses.masked_kd_loss(
+                student_kd, inputs.teacher_logits, kc.temperature, ~inputs.replace_mask
+            )
+        else:
+            kd = losses.kd_loss(student_kd, inputs.teacher_logits, kc.temperature)
+        total = total + kc.alpha * inputs.gamma * kd
+        out["loss_kd"] = kd
+    out.update(loss=total, loss_cls_s=cls_s, loss_cls_e=cls_e, loss_da=da, cka=cka.detach())
+    out["dvs_logits"] = dvs_out.logits.detach()
+    return out
+
+
+def joint_bn_losses(model: CKDModel, inputs: StepInputs, cfg: Config) -> dict[str, Tensor]:
+    """Fused streams with ONE BatchNorm over both (changes the statistics: not exact)."""
+    return fused_stream_losses(model, inputs, cfg, joint_bn=True)

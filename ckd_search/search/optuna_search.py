@@ -1,0 +1,211 @@
+"""Optuna as the Ray Tune searcher: seeded samplers, a journal file, ASHA stops recorded as PRUNED.
+
+Storage (pitfall 3). The study lives in an Optuna ``JournalStorage`` file (``RUN_DIR/optuna.journal``):
+one append-only file, no SQLite locking, NFS-safe, and ``optuna-dashboard RUN_DIR/optuna.journal``
+opens it live. Like an RDB it is written outside Tune's experiment snapshot, so after a driver crash
+a restored searcher (the snapshot's copy) can try to tell a trial that the journal already records
+as finished; Ray's ``OptunaSearch`` then raises ``UpdateFinishedTrialError`` (pitfall 3). This
+subclass makes every write idempotent instead: it reads the trial's state from storage first and
+keeps the first record (``tell(skip_if_finished=True)``, intermediate values reported once per
+step), and on restore marks journal trials that the snapshot never heard of (asked after the last
+snapshot, so no Tune trial will ever finish them) as FAIL with the system attribute
+``ckd:orphaned``. In-memory storage would restore cleanly too, but nobody could open it while a
+search runs, and a crash would lose it.
+
+Pruning (pitfall 1). Ray's ``OptunaSearch`` tells COMPLETE whenever the last result has the metric,
+so trials that ASHA stopped after one epoch look finished. Here each epoch's metric is reported as
+an intermediate value at ``step=epoch``, and a trial that stopped before its budget
+(:func:`ckd_search.search.outcome.classify`) is told PRUNED (its value is then the last
+intermediate value, as Optuna does), a trial that raised is told FAIL.
+
+Metric and mode come from ``TuneConfig`` (house style); a multi-objective study passes its metric
+and mode lists to the searcher itself (Tune's ``TuneConfig`` takes one metric).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.storages import JournalStorage
+from optuna.storages.journal import JournalFileBackend
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from ckd_search.search.outcome import COMPLETED
+from ckd_search.search.outcome import EPOCH_KEY
+from ckd_search.search.outcome import FAILED
+from ckd_search.search.outcome import classify
+from ckd_search.search.outcome import finite
+from ckd_search.search.space import SearchSpace
+from ckd_search.search.space import SpaceSampler
+
+log = logging.getLogger(__name__)
+ORPHAN_ATTR = "ckd:orphaned"
+RAY_TRIAL_ATTR = "ray_trial_id"
+
+
+def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
+    """The sampler named in ``searcher``, seeded with ``study.seed``.
+
+    TPE is Optuna 5's default (multivariate, constant liar: parallel ``ask()`` calls see running
+    trials as bad, so concurrent trials spread out); with conditions it groups the conditional
+    sub-spaces (``group=True``) so multivariate TPE still models them.
+    """
+    seed = space.study.seed
+    opts = dict(space.searcher.options)
+    kind = space.searcher.type
+    if kind == "tpe":
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=int(opts.get("n_startup_trials", 10)),
+            group=space.has_conditions,
+            constant_liar=True,
+        )
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    if kind == "grid":
+        grid = {p.key: list(p.values) for p in space.params}
+        return optuna.samplers.GridSampler(grid, seed=seed)
+    if kind == "cmaes":
+        return optuna.samplers.CmaEsSampler(
+            seed=seed,
+            n_startup_trials=int(opts.get("n_startup_trials", 1)),
+            sigma0=float(opts["sigma0"]) if "sigma0" in opts else None,
+            warn_independent_sampling=False,
+        )
+    if kind == "nsga2":
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=int(opts.get("population_size", 50)))
+    raise ValueError(f"unknown searcher {kind!r}")  # load_space rejects it first
+
+
+def journal_storage(path: str | Path) -> JournalStorage:
+    """A journal-file storage; ``optuna-dashboard PATH`` opens it."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    return JournalStorage(JournalFileBackend(str(path)))
+
+
+class StudySearch(OptunaSearch):
+    """``OptunaSearch`` over a :class:`SearchSpace` that records ASHA stops as PRUNED.
+
+    Args:
+        space: the validated search space (its define-by-run sampler honours conditions).
+        study_name: unique per search (pitfall 3: the default name merges sweeps sharing a storage).
+        journal_path: the study's journal file.
+        max_t: ASHA's ``max_t`` (None without ASHA): the budget that counts as complete.
+    """
+
+    def __init__(
+        self, space: SearchSpace, study_name: str, journal_path: str | Path, max_t: int | None
+    ) -> None:
+        multi = space.study.multi_objective
+        super().__init__(
+            space=None,
+            metric=list(space.study.metrics) if multi else None,
+            mode=list(space.study.modes) if multi else None,
+            sampler=make_sampler(space),
+            study_name=study_name,
+            storage=journal_storage(journal_path),
+        )
+        self._space = SpaceSampler(space.params)
+        self._max_t = max_t
+        self._journal_path = str(journal_path)
+
+    # -- set-up -------------------------------------------------------------------------------
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        """Take metric/mode from ``TuneConfig`` (single objective) and open the study."""
+        if not isinstance(self._metric, list):
+            self._metric = metric or self._metric
+            self._mode = mode or self._mode
+        if self._ot_study is None:
+            self._setup_study(self._mode)
+        return True
+
+    @property
+    def study(self) -> optuna.Study:
+        return self._ot_study
+
+    def suggest(self, trial_id: str) -> dict | None:
+        params = super().suggest(trial_id)
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is not None and RAY_TRIAL_ATTR not in ot_trial.user_attrs:
+            ot_trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        return params
+
+    # -- results ------------------------------------------------------------------------------
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """Report the metric as an intermediate value at ``step=epoch`` (once per step)."""
+        if isinstance(self._metric, list) or trial_id in self._completed_trials:
+            return  # Optuna keeps no intermediate values for multi-objective studies
+        ot_trial = self._ot_trials.get(trial_id)
+        value = finite(result.get(self._metric))
+        if ot_trial is None or value is None or EPOCH_KEY not in result:
+            return
+        step = int(result[EPOCH_KEY])
+        frozen = self._stored(ot_trial)
+        if frozen.state.is_finished() or step in frozen.intermediate_values:
+            return  # replayed after a restore: the journal already has it
+        ot_trial.report(value, step)
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Tell COMPLETE, PRUNED (stopped before the budget) or FAIL; never twice."""
+        if trial_id in self._completed_trials:
+            return
+        ot_trial = self._ot_trials.get(trial_id)
+        if ot_trial is None:
+            return
+        self._completed_trials.add(trial_id)
+        frozen = self._stored(ot_trial)
+        if frozen.state.is_finished():
+            log.info(
+                "Optuna trial %d of %s is already %s; keeping that record",
+                frozen.number,
+                trial_id,
+                frozen.state.name,
+            )
+            return
+        outcome = classify(result, error=error, max_t=self._max_t)
+        values: list[float] | float | None = None
+        if outcome == COMPLETED:
+            assert result is not None
+            metrics = self._metric if isinstance(self._metric, list) else [self._metric]
+            found = [finite(result.get(m)) for m in metrics]
+            if any(v is None for v in found):
+                log.warning("trial %s finished without a finite %s; recorded as FAIL", trial_id, metrics)
+                outcome = FAILED
+            else:
+                values = [float(v) for v in found if v is not None]
+                values = values if isinstance(self._metric, list) else values[0]
+        state = {COMPLETED: TrialState.COMPLETE, FAILED: TrialState.FAIL}.get(outcome, TrialState.PRUNED)
+        if state == TrialState.PRUNED and isinstance(self._metric, list):
+            state = TrialState.FAIL if error else TrialState.PRUNED
+        try:
+            if result and EPOCH_KEY in result:
+                ot_trial.set_user_attr("epochs_run", int(result[EPOCH_KEY]))
+            self._ot_study.tell(ot_trial, values, state=state, skip_if_finished=True)
+        except (ValueError, RuntimeError) as exc:  # e.g. a value Optuna refuses
+            log.warning("could not record trial %s in Optuna: %s", trial_id, exc)
+
+    def _stored(self, ot_trial: optuna.Trial) -> optuna.trial.FrozenTrial:
+        return self._ot_study._storage.get_trial(ot_trial._trial_id)
+
+    # -- restore ------------------------------------------------------------------------------
+    def restore(self, checkpoint_path: str) -> None:
+        """Restore the snapshot, then FAIL journal trials the snapshot cannot finish (orphans)."""
+        super().restore(checkpoint_path)
+        if self._ot_study is None:
+            return
+        known = {t._trial_id for t in self._ot_trials.values()}
+        storage = self._ot_study._storage
+        for frozen in self._ot_study.get_trials(
+            deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)
+        ):
+            if frozen._trial_id in known:
+                continue
+            storage.set_trial_system_attr(frozen._trial_id, ORPHAN_ATTR, True)
+            storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+            log.info(
+                "Optuna trial %d was asked after the last snapshot; marked FAIL (orphaned)", frozen.number
+            )

@@ -1,0 +1,141 @@
+"""Ray cluster start/join and per-trial resources: how many trials fit, failing fast when none can.
+
+``--gpus N`` is the search's GPU budget: with a per-trial share ``f`` at most ``N / f`` trials run at
+once (Ray's fractions are bookkeeping, pitfall 10; :mod:`trainables.ckd` caps each trial's memory).
+``--gpus 0`` or ``resources.gpu: 0`` runs CPU trials. A request no node can satisfy would stay
+PENDING forever in Ray (pitfall 9), so it is a UserError before any trial starts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+import sys
+from dataclasses import dataclass
+
+from ckd_search.errors import UserError
+from ckd_search.search.space import Resources
+from ckd_search.search.space import Study
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Cluster:
+    """What the connected Ray cluster offers."""
+
+    started_here: bool
+    nodes: tuple[tuple[float, float], ...]  # (CPUs, GPUs) of each alive node
+
+    @property
+    def cpus(self) -> float:
+        return sum(c for c, _ in self.nodes)
+
+    @property
+    def gpus(self) -> float:
+        return sum(g for _, g in self.nodes)
+
+
+@dataclass(frozen=True)
+class Plan:
+    """Per-trial resources and the concurrency cap of a search."""
+
+    trial: Resources
+    max_concurrent: int
+    gpu_budget: float
+
+    def describe(self) -> str:
+        kind = f"{self.trial.gpu:g} GPU" if self.trial.gpu else "no GPU"
+        return f"{self.trial.cpu:g} CPU + {kind} per trial, up to {self.max_concurrent} at once" + (
+            f" (GPU budget {self.gpu_budget:g})" if self.trial.gpu else ""
+        )
+
+
+def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -> Cluster:
+    """Join ``address``, reuse an initialised Ray, or start a local one on 127.0.0.1.
+
+    A local Ray gets ``num_cpus=--cpus or os.cpu_count()`` and ``num_gpus=--gpus`` (logical GPUs
+    are fine: they only count), no dashboard, and loopback addresses only.
+    """
+    if address is None and "ray" not in sys.modules:
+        # Read by Ray at import time: a single-machine Ray then uses 127.0.0.1, not the LAN address.
+        os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+    import ray
+
+    started = False
+    if ray.is_initialized():
+        log.info("using the Ray instance already initialised in this process")
+    elif address is not None:
+        try:
+            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+        except (ConnectionError, ValueError, RuntimeError) as err:
+            raise UserError(f"--address {address}: cannot join the Ray cluster ({err})") from None
+    else:
+        num_gpus = None if gpus is None else int(math.ceil(gpus))
+        ray.init(
+            num_cpus=int(cpus) if cpus else os.cpu_count(),
+            num_gpus=num_gpus,
+            include_dashboard=False,
+            _node_ip_address="127.0.0.1",
+            logging_level=logging.WARNING,
+        )
+        started = True
+    return Cluster(started, _alive_nodes())
+
+
+def _alive_nodes() -> tuple[tuple[float, float], ...]:
+    import ray
+
+    nodes = []
+    for node in ray.nodes():
+        if node.get("Alive") or node.get("alive"):
+            res = node.get("Resources", {})
+            nodes.append((float(res.get("CPU", 0.0)), float(res.get("GPU", 0.0))))
+    return tuple(nodes)
+
+
+def plan_trials(
+    wanted: Resources, study: Study, num_trials: int, cluster: Cluster, gpus: float | None, cpus: float | None
+) -> Plan:
+    """Resolve per-trial resources and concurrency; raise UserError for requests that cannot run."""
+    if gpus is not None and gpus < 0:
+        raise UserError(f"--gpus {gpus:g} must be >= 0")
+    share = 0.0 if gpus == 0 else wanted.gpu
+    trial = Resources(wanted.cpu, share)
+    if not cluster.nodes:
+        raise UserError("the Ray cluster has no alive nodes")
+    max_node_cpus = max(c for c, _ in cluster.nodes)
+    if trial.cpu > max_node_cpus:
+        raise UserError(
+            f"resources.cpu={trial.cpu:g} per trial, but the largest Ray node has {max_node_cpus:g} CPUs: "
+            "the trials would stay PENDING forever; lower resources.cpu or add a bigger node"
+        )
+    budget = 0.0
+    if share > 0:
+        if cluster.gpus == 0:
+            raise UserError(
+                f"resources.gpu={share:g} per trial, but the Ray cluster has no GPUs; "
+                "pass --gpus 0 for CPU trials"
+            )
+        if max(g for _, g in cluster.nodes) < share:
+            raise UserError(f"resources.gpu={share:g} per trial, but no Ray node has that much of a GPU")
+        budget = cluster.gpus if gpus is None else gpus
+        if budget > cluster.gpus + 1e-9:
+            raise UserError(f"--gpus {budget:g} is more than the {cluster.gpus:g} GPUs of the Ray cluster")
+        if budget < share - 1e-9:
+            raise UserError(f"--gpus {budget:g} is less than one trial's share (resources.gpu={share:g})")
+    fits = 0
+    for node_cpus, node_gpus in cluster.nodes:
+        by_cpu = math.floor(node_cpus / trial.cpu + 1e-9)
+        by_gpu = math.floor(node_gpus / share + 1e-9) if share > 0 else by_cpu
+        fits += min(by_cpu, by_gpu)
+    limits = [fits, num_trials]
+    if share > 0:
+        limits.append(math.floor(budget / share + 1e-9))
+    if cpus is not None:
+        limits.append(max(1, math.floor(cpus / trial.cpu + 1e-9)))
+    if study.max_concurrent:
+        limits.append(study.max_concurrent)
+    max_concurrent = max(1, min(limits))
+    return Plan(trial, max_concurrent, budget)

@@ -1,0 +1,122 @@
+"""The run directory of a search and the resolved settings saved in it (so resume needs only the dir).
+
+Layout of ``RUN_DIR``::
+
+    search.yaml          resolved settings (this module): study name, budgets, URIs, paths
+    space.yaml           copy of the search-space file as given
+    optuna.journal       the Optuna study (``optuna-dashboard RUN_DIR/optuna.journal``)
+    asha_state.json      ASHA rungs (restored on --resume)
+    mlflow.db            MLflow tracking store (default; ``ckd-search ui RUN_DIR``)
+    mlartifacts/         MLflow artifacts of the SQLite store
+    <study name>/        Ray Tune experiment (unless --storage puts it elsewhere)
+    export/              ``ckd-search export`` output
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from ckd_search.config import load_yaml_mapping
+from ckd_search.errors import UserError
+from ckd_search.storage import atomic_write_text
+
+SETTINGS_FILE = "search.yaml"
+SPACE_FILE = "space.yaml"
+JOURNAL_FILE = "optuna.journal"
+ASHA_FILE = "asha_state.json"
+MLFLOW_DB = "mlflow.db"
+MLFLOW_ARTIFACTS = "mlartifacts"
+DONE_FILE = "search_done.json"
+FORMAT = 1
+
+
+@dataclass
+class SearchSettings:
+    """Everything a search needs besides the space file; saved as ``RUN_DIR/search.yaml``."""
+
+    run_dir: str
+    study_name: str
+    experiment_name: str
+    num_trials: int
+    storage_path: str
+    mlflow_uri: str
+    address: str | None = None
+    cpus: float | None = None
+    gpus: float | None = None
+    overrides: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    format: int = FORMAT
+
+    # -- paths --------------------------------------------------------------------------------
+    @property
+    def root(self) -> Path:
+        return Path(self.run_dir)
+
+    @property
+    def space_file(self) -> Path:
+        return self.root / SPACE_FILE
+
+    @property
+    def journal_path(self) -> Path:
+        return self.root / JOURNAL_FILE
+
+    @property
+    def asha_path(self) -> Path:
+        return self.root / ASHA_FILE
+
+    @property
+    def experiment_path(self) -> str:
+        """Ray Tune's experiment directory (local path or URI)."""
+        return f"{self.storage_path.rstrip('/')}/{self.study_name}"
+
+    # -- io -----------------------------------------------------------------------------------
+    def save(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        text = "# ckd-search: resolved settings of this search (read by --resume and export)\n"
+        text += yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
+        return atomic_write_text(self.root / SETTINGS_FILE, text)
+
+    @classmethod
+    def load(cls, run_dir: str | Path, *, for_resume: bool = False) -> SearchSettings:
+        """Read ``RUN_DIR/search.yaml``; a moved directory is fine except for ``--resume``."""
+        root = Path(run_dir).expanduser().resolve()
+        path = root / SETTINGS_FILE
+        if not path.is_file():
+            raise UserError(f"{root}: not a search run directory (no {SETTINGS_FILE})")
+        data = load_yaml_mapping(path)
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise UserError(f"{path}: unknown settings {unknown} (written by a newer ckd-search?)")
+        settings = cls(**data)
+        old = settings.run_dir
+        if Path(old).resolve() != root:
+            if for_resume:
+                # Ray's tuner.pkl and the searcher snapshot hold absolute paths into the run directory.
+                raise UserError(f"{root}: this search ran in {old}; move it back there to resume it")
+            settings.run_dir = str(root)
+            settings.storage_path = settings.storage_path.replace(old, str(root), 1)
+            settings.mlflow_uri = settings.mlflow_uri.replace(old, str(root), 1)
+        return settings
+
+
+def unique_study_name(name: str) -> str:
+    """``name-YYYYmmdd-HHMMSS-xxxxxx``: unique per search (pitfall 3: never merge two sweeps)."""
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    return f"{name}-{stamp}-{uuid.uuid4().hex[:6]}"
+
+
+def default_mlflow_uri(run_dir: Path) -> str:
+    return f"sqlite:///{(run_dir / MLFLOW_DB).resolve()}"
+
+
+def is_uri(path: str) -> bool:
+    return "://" in path

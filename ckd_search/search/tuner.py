@@ -1,0 +1,312 @@
+"""Run or resume a search: Ray Tune + Optuna (:mod:`.optuna_search`) + ASHA (:mod:`.asha`) + MLflow.
+
+:func:`create_search` validates the space, makes the run directory and saves the resolved settings;
+:func:`run_search` starts or joins Ray, prepares data once per ``prepare_key`` on the driver, and runs
+(or, with ``resume=True``, ``Tuner.restore``-s) the Tune experiment. The outcome is read back from the
+Optuna journal, which records every trial as COMPLETE, PRUNED or FAIL.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from collections.abc import Mapping
+from collections.abc import Sequence
+from dataclasses import dataclass
+from dataclasses import field
+from pathlib import Path
+from typing import Any
+
+from ckd_search.errors import UserError
+from ckd_search.search.settings import DONE_FILE
+from ckd_search.search.settings import MLFLOW_ARTIFACTS
+from ckd_search.search.settings import SETTINGS_FILE
+from ckd_search.search.settings import SearchSettings
+from ckd_search.search.settings import default_mlflow_uri
+from ckd_search.search.settings import is_uri
+from ckd_search.search.settings import unique_study_name
+from ckd_search.search.space import Resources
+from ckd_search.search.space import SearchSpace
+from ckd_search.search.space import load_space
+from ckd_search.storage import atomic_write_text
+
+log = logging.getLogger(__name__)
+#: Driver-side Tune settings (pitfall 9: a per-epoch checkpoint with ``num_to_keep`` forces a snapshot
+#: often, which is what keeps restore consistent; the warning about it is noise here).
+DRIVER_ENV = {
+    "TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S": "0",
+    "RAY_DEDUP_LOGS": "1",
+    "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0: no experiment tables; ProgressCallback reports instead
+}
+
+
+@dataclass
+class SearchOutcome:
+    """What a search produced, read from the Optuna journal."""
+
+    settings: SearchSettings
+    finished: bool
+    counts: dict[str, int] = field(default_factory=dict)
+    best_value: float | list[float] | None = None
+    best_trial: str | None = None
+    best_config: dict[str, Any] | None = None
+    pareto: list[dict[str, Any]] = field(default_factory=list)
+
+
+def create_search(
+    space_path: str | Path,
+    *,
+    out: str | Path | None = None,
+    storage: str | None = None,
+    mlflow_uri: str | None = None,
+    num_trials: int | None = None,
+    address: str | None = None,
+    cpus: float | None = None,
+    gpus: float | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> SearchSettings:
+    """Validate the space, create the run directory, copy the space and save ``search.yaml``."""
+    from ckd_search.search.tracking import check_tracking_uri
+
+    space = load_space(space_path, overrides)
+    run_dir = Path(out or Path("runs") / space.study.name).expanduser().resolve()
+    if (run_dir / SETTINGS_FILE).exists():
+        raise UserError(
+            f"{run_dir} already holds a search; continue it with --resume {run_dir} or pick another --out"
+        )
+    if num_trials is not None and num_trials < 1:
+        raise UserError(f"--num-trials {num_trials} must be >= 1")
+    trials = num_trials or space.study.num_trials
+    if space.searcher.type == "grid":
+        if num_trials is None or trials > space.grid_size():
+            trials = space.grid_size()
+    uri = mlflow_uri or default_mlflow_uri(run_dir)
+    check_tracking_uri(uri)
+    storage_path = storage or str(run_dir)
+    if not is_uri(storage_path):
+        storage_path = str(Path(storage_path).expanduser().resolve())
+        if address is not None:
+            log.warning(
+                "--address with a local storage path (%s): it must be a shared file system (NFS) "
+                "mounted at the same path on every node (pitfall 8), or use s3://",
+                storage_path,
+            )
+    run_dir.mkdir(parents=True, exist_ok=True)
+    settings = SearchSettings(
+        run_dir=str(run_dir),
+        study_name=unique_study_name(space.study.name),
+        experiment_name=space.study.name,
+        num_trials=trials,
+        storage_path=storage_path,
+        mlflow_uri=uri,
+        address=address,
+        cpus=cpus,
+        gpus=gpus,
+        overrides=dict(overrides or {}),
+        created=_now(),
+    )
+    shutil.copyfile(Path(space_path).expanduser(), settings.space_file)
+    settings.save()
+    return settings
+
+
+def run_search(
+    settings: SearchSettings, *, resume: bool = False, extra_callbacks: Sequence[Any] = ()
+) -> SearchOutcome:
+    """Run (or resume) the search described by ``settings``; Ray is shut down if started here."""
+    for key, value in DRIVER_ENV.items():
+        os.environ.setdefault(key, value)
+    space = load_space(settings.space_file, settings.overrides)
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from ckd_search.search.resources import plan_trials
+    from ckd_search.search.resources import start_or_join
+
+    cluster = start_or_join(settings.address, settings.cpus, settings.gpus)
+    try:
+        plan = plan_trials(
+            space.resources, space.study, settings.num_trials, cluster, settings.gpus, settings.cpus
+        )
+        log.info("search %s: %d trials, %s", settings.study_name, settings.num_trials, plan.describe())
+        from ckd_search.search.preparation import prepare_all
+
+        registry = prepare_all(space, plan.trial)
+        trainable = _trainable(registry, plan.trial.cpu, plan.trial.gpu)
+        tuner = (
+            _restore(settings, trainable)
+            if resume
+            else _new_tuner(settings, space, plan, trainable, extra_callbacks)
+        )
+        tuner.fit()
+    finally:
+        if cluster.started_here:
+            import ray
+
+            ray.shutdown()
+    outcome = read_outcome(settings, space)
+    if outcome.finished:
+        atomic_write_text(settings.root / DONE_FILE, _json({"finished": _now(), "counts": outcome.counts}))
+    return outcome
+
+
+def _trainable(registry: Any, cpus: float, gpus: float) -> Any:
+    from ray import tune
+
+    from trainables.ckd import train_ckd
+
+    return tune.with_resources(tune.with_parameters(train_ckd, prepared=registry), {"cpu": cpus, "gpu": gpus})
+
+
+def _new_tuner(
+    settings: SearchSettings, space: SearchSpace, plan: Any, trainable: Any, extra: Sequence[Any]
+) -> Any:
+    from ray import tune
+
+    from ckd_search.search.asha import PersistentASHA
+    from ckd_search.search.optuna_search import StudySearch
+    from ckd_search.search.progress import ProgressCallback
+    from ckd_search.search.tracking import MlflowTrackingCallback
+
+    study = space.study
+    max_t = space.scheduler.max_t if space.scheduler else None
+    searcher = StudySearch(space, settings.study_name, settings.journal_path, max_t)
+    scheduler = None
+    if space.scheduler is not None:
+        scheduler = PersistentASHA(
+            settings.asha_path,
+            max_t=space.scheduler.max_t,
+            grace_period=space.scheduler.grace_period,
+            reduction_factor=space.scheduler.reduction_factor,
+        )
+    sqlite_default = settings.mlflow_uri == default_mlflow_uri(settings.root)
+    tracking = MlflowTrackingCallback(
+        settings.mlflow_uri,
+        settings.experiment_name,
+        settings.study_name,
+        settings.run_dir,
+        study.metrics,
+        study.modes,
+        max_t=max_t,
+        search_params=_search_params(settings, space, plan),
+        space_file=settings.space_file,
+        artifact_location=str(settings.root / MLFLOW_ARTIFACTS) if sqlite_default else None,
+    )
+    progress = ProgressCallback(study.metric, study.mode, max_t, settings.num_trials)
+    tune_config = tune.TuneConfig(
+        metric=None if study.multi_objective else study.metric,
+        mode=None if study.multi_objective else study.mode,
+        search_alg=searcher,
+        scheduler=scheduler,
+        num_samples=settings.num_trials,
+        max_concurrent_trials=plan.max_concurrent,  # pitfall 2: TPE must see finished trials
+        trial_name_creator=trial_name,
+        trial_dirname_creator=trial_name,
+    )
+    run_config = tune.RunConfig(
+        name=settings.study_name,
+        storage_path=settings.storage_path,
+        callbacks=[tracking, progress, *extra],
+        verbose=0,
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+        failure_config=tune.FailureConfig(max_failures=study.max_failures),
+    )
+    param_space = space.trial_config({}, plan.trial)
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def _restore(settings: SearchSettings, trainable: Any) -> Any:
+    from ray import tune
+
+    path = settings.experiment_path
+    if not tune.Tuner.can_restore(path):
+        raise UserError(f"{settings.run_dir}: no Ray Tune experiment state at {path} to resume")
+    log.info("resuming search %s from %s", settings.study_name, path)
+    return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+
+
+def trial_name(trial: Any) -> str:
+    """Short, stable trial names and folders (default names embed the config and grow too long)."""
+    return f"trial_{trial.trial_id}"
+
+
+def _search_params(settings: SearchSettings, space: SearchSpace, plan: Any) -> dict[str, Any]:
+    params: dict[str, Any] = {
+        "study": settings.study_name,
+        "metric": ",".join(space.study.metrics),
+        "mode": ",".join(space.study.modes),
+        "num_trials": settings.num_trials,
+        "searcher": space.searcher.type,
+        "seed": space.study.seed,
+        "scheduler": "asha" if space.scheduler else "fifo",
+        "trial_cpu": plan.trial.cpu,
+        "trial_gpu": plan.trial.gpu,
+        "max_concurrent": plan.max_concurrent,
+        "gpu_budget": plan.gpu_budget,
+        "space": ",".join(space.keys),
+    }
+    if space.scheduler:
+        params.update(
+            {f"asha.{k}": getattr(space.scheduler, k) for k in ("max_t", "grace_period", "reduction_factor")}
+        )
+    params.update({f"fixed.{k}": v for k, v in space.fixed.items()})
+    return params
+
+
+def read_outcome(settings: SearchSettings, space: SearchSpace | None = None) -> SearchOutcome:
+    """Counts and best trial of a search, from its Optuna journal (no Ray needed)."""
+    import optuna
+    from optuna.trial import TrialState
+
+    from ckd_search.search.optuna_search import ORPHAN_ATTR
+    from ckd_search.search.optuna_search import RAY_TRIAL_ATTR
+    from ckd_search.search.optuna_search import journal_storage
+
+    space = space or load_space(settings.space_file, settings.overrides)
+    resources = Resources(space.resources.cpu, 0.0 if settings.gpus == 0 else space.resources.gpu)
+    outcome = SearchOutcome(settings, finished=False)
+    if not settings.journal_path.is_file():
+        return outcome
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=settings.study_name, storage=journal_storage(settings.journal_path))
+    trials = [t for t in study.get_trials(deepcopy=False) if not t.system_attrs.get(ORPHAN_ATTR)]
+    counts = {
+        s.name.lower(): 0
+        for s in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL, TrialState.RUNNING)
+    }
+    for t in trials:
+        counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
+    outcome.counts = counts
+    finished = sum(1 for t in trials if t.state.is_finished())
+    outcome.finished = finished >= settings.num_trials
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    if not complete:
+        return outcome
+    if space.study.multi_objective:
+        for t in study.best_trials:
+            outcome.pareto.append(
+                {
+                    "trial": t.user_attrs.get(RAY_TRIAL_ATTR),
+                    "values": list(t.values),
+                    "config": space.trial_config(t.params, resources),
+                }
+            )
+        return outcome
+    best = study.best_trial
+    outcome.best_value = best.value
+    outcome.best_trial = best.user_attrs.get(RAY_TRIAL_ATTR)
+    outcome.best_config = space.trial_config(best.params, resources)
+    return outcome
+
+
+def _now() -> str:
+    import datetime as dt
+
+    return dt.datetime.now().isoformat(timespec="seconds")
+
+
+def _json(value: Any) -> str:
+    import json
+
+    return json.dumps(value, indent=1)

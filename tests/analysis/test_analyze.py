@@ -1,0 +1,144 @@
+"""``ckd-search analyze`` on a real (tiny) search run directory."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import shutil
+
+import pytest
+
+from ckd_search.analysis.importance import compute_importances
+from ckd_search.analysis.importance import infer_distribution
+from ckd_search.analysis.results import load_run
+from ckd_search.cli import main
+
+
+def test_loader_builds_trial_and_epoch_tables(search_run, trial_specs):
+    run = load_run(search_run)
+    t = run.trials
+    assert sorted(t["trial_id"]) == [tid for tid, _ in trial_specs]
+    assert run.max_epoch == 3
+    status = dict(zip(t["trial_id"], t["status"]))
+    assert status["t0006"] == "pruned"
+    assert all(status[tid] == "complete" for tid, _ in trial_specs[:5])
+    assert {"kd.e_th", "kd.k", "loss.beta", "kd.schedule", "run.epochs"} <= set(t.columns)
+    assert t["best_test_acc"].between(0, 1).all()
+    assert len(run.epochs) == 5 * 3 + 1
+    assert {"trial_id", "epoch", "test_acc", "gamma", "p_replace"} <= set(run.epochs.columns)
+    assert "trial_id" not in run.epochs.columns.drop("trial_id")  # Ray fields dropped, id kept once
+    assert "pid" not in run.epochs.columns
+    assert run.name == "digits_dvs"
+    assert run.descriptors["classes"] == 10
+    assert 0.0 <= run.descriptors["cka_rgb_dvs"] <= 1.0
+
+
+def test_loader_skips_cut_lines_and_keeps_the_last_replayed_epoch(search_run, tmp_path):
+    run_dir = tmp_path / "run"
+    shutil.copytree(search_run, run_dir)
+    result = next(run_dir.rglob("result.json"))
+    lines = result.read_text().splitlines()
+    replay = json.loads(lines[-1])
+    replay["test_acc"] = 0.999  # a restored trial reports its last epoch again
+    result.write_text("\n".join(lines + [json.dumps(replay), '{"epoch": 4, "test_a']) + "\n")
+    run = load_run(run_dir)
+    tid = replay["trial_id"]
+    rows = run.epochs[run.epochs["trial_id"] == tid]
+    assert list(rows["epoch"]) == [1, 2, 3]
+    assert rows["test_acc"].iloc[-1] == 0.999
+    assert any("unreadable line" in n for n in run.notes)
+
+
+def test_importances_are_normalised(search_run):
+    run = load_run(search_run)
+    imp = compute_importances(run.trials, epochs=run.epochs)
+    assert {"kd.e_th", "kd.k", "loss.beta"} <= set(imp.params)
+    assert set(imp.by_method) == {"PED-ANOVA", "fANOVA"}
+    for values in imp.by_method.values():
+        assert sum(values.values()) == pytest.approx(1.0, abs=1e-6)
+        assert all(v >= 0 for v in values.values())
+
+
+def test_kd_k_distribution_is_log_scale(search_run):
+    run = load_run(search_run)
+    assert infer_distribution("kd.k", run.trials["kd.k"]).log
+    assert not infer_distribution("loss.beta", run.trials["loss.beta"]).log
+
+
+def test_analyze_command_writes_self_contained_report(search_run_with_mlflow, tmp_path, capsys):
+    run_dir, parent_id = search_run_with_mlflow
+    fidelity = {
+        "settings": {"full_epochs": 4, "low_epochs": 1, "metric": "best_test_acc"},
+        "rows": [
+            {
+                "params": {"kd.e_th": 1.0, "kd.k": 1.0, "loss.beta": 0.5},
+                "full": 0.1 * i,
+                "truncate": 0.05 * i,
+                "compress": 0.3 - 0.1 * i,
+            }
+            for i in range(3)
+        ],
+        "spearman": {"truncate": {"rho": 1.0, "p": 0.0}, "compress": {"rho": -1.0, "p": 0.0}},
+        "regret": {"truncate": 0.0, "compress": 0.2},
+    }
+    (run_dir / "fidelity.json").write_text(json.dumps(fidelity))
+    out = tmp_path / "report"
+    assert main(["analyze", str(run_dir), "--out", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    for title in (
+        "hyperparameter importance",
+        "(e_th, log10 k) plane",
+        "gamma(e) and P_replace",
+        "learning curves",
+        "parallel coordinates",
+        "schedule kinds",
+        "Best configs",
+        "Data sets: descriptors and best switch",
+        "Fidelity: truncate vs compress",
+    ):
+        assert title in html and title in md, title
+    images = re.findall(r"src='data:image/png;base64,([A-Za-z0-9+/=]+)'", html)
+    assert len(images) >= 7
+    assert all(len(img) > 1000 for img in images)
+    assert "<img" in html and "src='figures/" not in html  # nothing linked from outside
+    figures = sorted(p.name for p in (out / "figures").glob("*.png"))
+    assert len(figures) >= 7
+    for name in figures:
+        assert f"figures/{name}" in md
+    summary = json.loads((out / "summary.json").read_text())
+    imp = summary["runs"]["digits_dvs"]["importance"]
+    for values in imp.values():
+        assert math.isclose(sum(values.values()), 1.0, abs_tol=1e-6)
+    assert "adaptive" in md and "phased" in md
+    printed = capsys.readouterr().out
+    assert parent_id in printed
+
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    logged = {a.path for a in client.list_artifacts(parent_id, "analysis")}
+    assert {"analysis/report.html", "analysis/report.md"} <= logged
+
+
+def test_analyze_two_runs_side_by_side(search_run, tmp_path):
+    other = tmp_path / "other"
+    shutil.copytree(search_run, other)
+    desc = json.loads((other / "descriptors.json").read_text())
+    desc["name"] = "digits_dvs_copy"
+    (other / "descriptors.json").write_text(json.dumps(desc))
+    out = tmp_path / "report"
+    assert main(["analyze", str(search_run), str(other), "--out", str(out)]) == 0
+    md = (out / "report.md").read_text()
+    table = md.split("## Data sets: descriptors and best switch", 1)[1]
+    assert "digits_dvs_copy" in table and "best e_th" in table and "cka_rgb_dvs" in table
+
+
+def test_analyze_bad_input_is_a_one_line_error(tmp_path, capsys):
+    assert main(["analyze", str(tmp_path / "missing"), "--out", str(tmp_path / "o")]) == 2
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["analyze", str(empty), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert "no such run directory" in err and "no trial results" in err

@@ -1,0 +1,168 @@
+"""Arrow IPC frame cache: round trip, memory map, atomic writes, invalid caches rebuilt."""
+
+from __future__ import annotations
+
+import logging
+import os
+import threading
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ckd_search.config import DataConfig
+from ckd_search.data import cache
+from ckd_search.data import load_paired
+from ckd_search.data.built import SplitArrays
+from ckd_search.data.built import limit_indices
+
+PARAMS = {"dataset": "unit", "timesteps": 3, "size": 4, "image_size": 5, "x": [1, 2]}
+
+
+def tiny_split(n: int = 6, seed: int = 0) -> SplitArrays:
+    rng = np.random.default_rng(seed)
+    return SplitArrays(
+        frames=rng.random((n, 3, 2, 4, 4)).astype(np.float16),
+        labels=rng.integers(0, 3, n),
+        images=rng.integers(0, 256, (n, 3, 5, 5), dtype=np.uint8),
+        image_labels=rng.integers(0, 3, n),
+        pair_index=np.arange(n),
+        n_events=rng.integers(0, 1000, n),
+        sensor_hw=np.full((n, 2), 34),
+    )
+
+
+def written(tmp_path: Path, data: SplitArrays | None = None) -> Path:
+    path = cache.split_path(tmp_path, PARAMS, "train")
+    cache.write_split(path, data or tiny_split(), PARAMS, {"class_names": ["a", "b", "c"]})
+    return path
+
+
+def test_round_trip_is_exact_and_memory_mapped_copy_on_write(tmp_path: Path) -> None:
+    data = tiny_split()
+    path = written(tmp_path, data)
+    assert path.parent == tmp_path / "data" / "unit"
+    assert path.name.startswith("train-T3-S4-I5-") and path.suffix == ".arrow"
+    loaded, info = cache.read_split(path, PARAMS)
+    assert info == {"class_names": ["a", "b", "c"]}
+    for name, arr in data.arrays().items():
+        got = getattr(loaded, name)
+        assert got.dtype == arr.dtype and got.shape == arr.shape
+        np.testing.assert_array_equal(got, arr)
+    assert loaded.frames.flags.writeable and not loaded.frames.flags.owndata
+    before = path.read_bytes()
+    loaded.frames[:] = 0  # private mapping: the file is untouched
+    assert path.read_bytes() == before
+    cache.read_split(path, PARAMS)  # still verifies
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_empty_split_round_trips(tmp_path: Path) -> None:
+    empty = SplitArrays(
+        np.zeros((0, 3, 2, 4, 4), np.float16),
+        np.zeros(0, np.int64),
+        np.zeros((0, 3, 5, 5), np.uint8),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros(0, np.int64),
+        np.zeros((0, 2), np.int64),
+    )
+    loaded, _ = cache.read_split(written(tmp_path, empty), PARAMS)
+    assert loaded.frames.shape == (0, 3, 2, 4, 4)
+
+
+def test_other_params_give_another_file_and_are_refused(tmp_path: Path) -> None:
+    path = written(tmp_path)
+    other = {**PARAMS, "x": [1, 3]}
+    assert cache.split_path(tmp_path, other, "train") != path
+    with pytest.raises(cache.CacheInvalid, match="other parameters"):
+        cache.read_split(path, other)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip_byte", "empty", "garbage"])
+def test_damaged_files_are_detected(tmp_path: Path, damage: str) -> None:
+    path = written(tmp_path)
+    blob = bytearray(path.read_bytes())
+    if damage == "truncate":
+        blob = blob[: len(blob) // 2]
+    elif damage == "flip_byte":
+        frames = tiny_split().frames.tobytes()
+        at = bytes(blob).find(frames[:64])
+        assert at > 0
+        blob[at + 10] ^= 0xFF
+    elif damage == "empty":
+        blob = bytearray()
+    else:
+        blob = bytearray(b"not an arrow file" * 10)
+    path.write_bytes(bytes(blob))
+    with pytest.raises(cache.CacheInvalid):
+        cache.read_split(path, PARAMS)
+
+
+def test_missing_file_is_file_not_found(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError):
+        cache.read_split(tmp_path / "nope.arrow", PARAMS)
+
+
+def test_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = cache.split_path(tmp_path, PARAMS, "train")
+
+    def boom(src: str, dst: str) -> None:
+        raise OSError("disk full")
+
+    monkeypatch.setattr(os, "replace", boom)
+    with pytest.raises(OSError, match="disk full"):
+        cache.write_split(path, tiny_split(), PARAMS, {})
+    assert not path.exists()
+    assert not list(path.parent.glob("*.tmp"))
+
+
+def test_corrupt_cache_is_rebuilt_with_a_warning(
+    data_cfg: Callable[..., DataConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = data_cfg(limit=10)
+    first = load_paired(cfg, 28)
+    path = Path(first.descriptors["cache_files"]["test"])
+    path.write_bytes(path.read_bytes()[:-100])  # truncated
+    with caplog.at_level(logging.WARNING, logger="ckd_search.data"):
+        again = load_paired(cfg, 28)
+    assert any("unusable cache" in r.getMessage() and str(path) in r.getMessage() for r in caplog.records)
+    assert np.array_equal(again.test.frames.numpy(), first.test.frames.numpy())
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="ckd_search.data"):
+        load_paired(cfg, 28)
+    assert not caplog.records  # healthy now
+
+
+def test_concurrent_builders_get_the_same_data(data_cfg: Callable[..., DataConfig]) -> None:
+    cfg = data_cfg(limit=8)
+    results: list[object] = []
+
+    def run() -> None:
+        results.append(load_paired(cfg, 28))
+
+    threads = [threading.Thread(target=run) for _ in range(3)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) == 3
+    frames = [r.train.frames.numpy() for r in results]  # type: ignore[attr-defined]
+    assert all(np.array_equal(frames[0], f) for f in frames[1:])
+    folder = Path(cfg.cache_dir) / "data" / "digits_dvs"
+    assert sorted(p.suffix for p in folder.iterdir()) == [".arrow", ".arrow", ".lock"]
+
+
+def test_limit_indices_round_robin() -> None:
+    labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(limit_indices(labels, 4), [0, 1, 4, 6])
+    np.testing.assert_array_equal(limit_indices(labels, None), np.arange(9))
+    np.testing.assert_array_equal(limit_indices(labels, 100), np.arange(9))
+
+
+def test_bad_image_size_is_a_user_error(data_cfg: Callable[..., DataConfig]) -> None:
+    from ckd_search.errors import UserError
+
+    with pytest.raises(UserError, match="image_size=0 must be >= 1"):
+        load_paired(data_cfg(), 0)

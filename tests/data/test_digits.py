@@ -1,0 +1,113 @@
+"""Embedded Digits-DVS (and the SYNTHETIC shapes set): build, split, pairs, events."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ckd_search.config import Config
+from ckd_search.config import DataConfig
+from ckd_search.data import PairedData
+from ckd_search.data import load_paired
+from ckd_search.data.digits import digits_images
+from ckd_search.data.digits import split_indices
+from ckd_search.data.frames import resize_images
+
+
+@pytest.fixture(scope="module")
+def full(tmp_path_factory: pytest.TempPathFactory) -> tuple[PairedData, float, DataConfig]:
+    cache_dir = tmp_path_factory.mktemp("digits_cache")
+    cfg = Config.from_dict({"data.cache_dir": str(cache_dir), "data.timesteps": 4, "data.size": 34}).data
+    start = time.perf_counter()
+    data = load_paired(cfg, 32)
+    return data, time.perf_counter() - start, cfg
+
+
+def test_builds_quickly_with_ten_classes_and_the_stratified_split(
+    full: tuple[PairedData, float, DataConfig],
+) -> None:
+    data, seconds, _ = full
+    assert seconds < 60  # ~3-5 s on an idle 2-core CPU; generous for loaded CI machines
+    assert data.name == "digits_dvs" and data.num_classes == 10
+    assert data.class_names == tuple("0123456789")
+    assert (len(data.train), len(data.test)) == (1437, 360)
+    train_counts = np.bincount(data.train.labels.numpy(), minlength=10)
+    test_counts = np.bincount(data.test.labels.numpy(), minlength=10)
+    ratio = test_counts / (train_counts + test_counts)
+    assert np.all(np.abs(ratio - 0.2) < 0.02)  # stratified
+
+
+def test_shapes_and_dtypes(full: tuple[PairedData, float, DataConfig]) -> None:
+    data, _, _ = full
+    assert data.timesteps == 4 and data.size == 34
+    for split in (data.train, data.test):
+        n = len(split)
+        assert split.frames.shape == (n, 4, 2, 34, 34) and str(split.frames.dtype) == "torch.float16"
+        assert split.images.shape == (n, 3, 32, 32) and str(split.images.dtype) == "torch.uint8"
+        assert str(split.labels.dtype) == "torch.int64"
+
+
+def test_pairs_are_the_same_image(full: tuple[PairedData, float, DataConfig]) -> None:
+    data, _, cfg = full
+    images, labels = digits_images()
+    train_idx, test_idx = split_indices(labels, cfg.split_seed)
+    for split, idx in ((data.train, train_idx), (data.test, test_idx)):
+        pair = split.pair_index.numpy()
+        np.testing.assert_array_equal(split.image_labels.numpy()[pair], split.labels.numpy())
+        np.testing.assert_array_equal(split.images.numpy()[pair], resize_images(images[idx], 32))
+        np.testing.assert_array_equal(split.labels.numpy(), labels[idx])
+        rgb = split.images.numpy()
+        assert (rgb[:, 0] == rgb[:, 1]).all() and (rgb[:, 1] == rgb[:, 2]).all()  # gray on 3 channels
+
+
+def test_events_are_non_trivial(full: tuple[PairedData, float, DataConfig]) -> None:
+    data, _, _ = full
+    frames = data.train.frames.float()
+    per_sample = frames.sum(dim=(1, 2, 3, 4))
+    assert per_sample.min() > 1000
+    per_bin_pol = frames.sum(dim=(3, 4))  # [N, T, 2]
+    assert (per_bin_pol > 0).all()  # every bin, both polarities, every sample
+    d = data.descriptors
+    assert d["mean_events_per_sample"] > 3000
+    assert d["event_density"] == pytest.approx(d["mean_events_per_sample"] / 34**2)
+    assert d["sensor_size"] == [34, 34]
+    assert d["classes"] == 10 and d["train_samples"] == 1437 and d["test_samples"] == 360
+    assert d["synthetic_events"] and not d["synthetic_images"]
+    # the digit identity is visible in the events: class means differ
+    labels = data.train.labels.numpy()
+    means = np.stack([frames.numpy()[labels == c].sum(axis=(1, 2)).mean(0) for c in range(10)])
+    assert np.corrcoef(means.reshape(10, -1)).min() < 0.9
+
+
+def test_second_load_uses_the_cache(full: tuple[PairedData, float, DataConfig]) -> None:
+    data, build_seconds, cfg = full
+    start = time.perf_counter()
+    again = load_paired(cfg, 32)
+    assert time.perf_counter() - start < max(1.0, build_seconds / 3)
+    assert np.array_equal(again.train.frames.numpy(), data.train.frames.numpy())
+
+
+def test_limit_and_parameters_key_the_cache(data_cfg: Callable[..., DataConfig]) -> None:
+    small = load_paired(data_cfg(limit=20), 28)
+    assert (len(small.train), len(small.test)) == (20, 20)
+    assert set(small.train.labels.tolist()) == set(range(10))  # round-robin over classes
+    other = load_paired(data_cfg(limit=20, **{"simulator.contrast": 0.3}), 28)
+    assert other.descriptors["cache_files"] != small.descriptors["cache_files"]
+    assert other.descriptors["mean_events_per_sample"] < small.descriptors["mean_events_per_sample"]
+    assert len(list(Path(data_cfg().cache_dir, "data", "digits_dvs").glob("*.arrow"))) == 4
+
+
+def test_shapes_dvs_is_labelled_synthetic_and_coloured(data_cfg: Callable[..., DataConfig]) -> None:
+    from ckd_search.data import shapes
+
+    assert "SYNTHETIC" in (shapes.__doc__ or "")
+    data = load_paired(data_cfg(dataset="shapes_dvs", limit=30), 28)
+    assert data.num_classes == 6 and len(data.train) == 30
+    assert "SYNTHETIC" in data.descriptors["source"] and data.descriptors["synthetic_images"]
+    rgb = data.train.images.numpy().astype(int)
+    assert np.abs(rgb[:, 0] - rgb[:, 2]).mean() > 10  # not gray
+    assert data.train.frames.float().sum(dim=(1, 2, 3, 4)).min() > 100

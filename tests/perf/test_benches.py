@@ -1,0 +1,108 @@
+"""Every benchmark's --smoke mode runs and prints the table it promises (no timing thresholds)."""
+
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from ckd_search.perf.timing import cell_number
+from ckd_search.perf.timing import format_table
+from ckd_search.perf.timing import parse_tables
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def positive(cell: str) -> bool:
+    value = cell_number(cell)
+    return math.isfinite(value) and value > 0
+
+
+def test_table_round_trip():
+    text = "intro\n" + format_table(("a", "b"), [["x", "1,234.5"], ["y", "2.0"]]) + "\ntail\n"
+    (rows,) = parse_tables(text)
+    assert rows == [{"a": "x", "b": "1,234.5"}, {"a": "y", "b": "2.0"}]
+    assert cell_number(rows[0]["b"]) == 1234.5
+
+
+def test_step_bench_smoke_prints_variants_scaling_and_ratio(capsys):
+    from ckd_search.perf.step_bench import COLUMNS
+    from ckd_search.perf.step_bench import main
+
+    assert main(["--smoke", "--scaling"]) == 0
+    out = capsys.readouterr().out
+    assert "RANDOM" in out  # the header says the inputs are random
+    main_rows, scaling_rows = parse_tables(out)
+    assert [r["variant"] for r in main_rows] == ["ckd-fp32", "base-fp32"]  # CPU: GPU-only ones skipped
+    for variant in ("ckd-fp32-cl", "ckd-bf16", "ckd-bf16-compile", "base-bf16-compile"):
+        assert re.search(rf"note: skipped {variant}\b.*needs a CUDA device", out)
+    for row in main_rows + scaling_rows:
+        assert tuple(row) == COLUMNS
+        assert (row["B"], row["T"]) == ("8", row["T"])
+        assert positive(row["pairs/s"]) and positive(row["ms/step"]) and positive(row["warm-up s"])
+        assert row["peak GiB"] == "-"  # CPU
+        # pairs/s and ms/step describe the same median step
+        assert cell_number(row["pairs/s"]) == pytest.approx(8e3 / cell_number(row["ms/step"]), rel=0.01)
+    assert [(r["T"], r["size"]) for r in scaling_rows] == [("2", "16"), ("3", "16"), ("2", "32"), ("3", "32")]
+    last = out.strip().splitlines()[-1]
+    match = re.fullmatch(r"ratio CKD/best-baseline = (\d+\.\d\d)", last)
+    assert match and float(match.group(1)) > 0
+
+
+def test_cli_bench_step_passes_smoke_and_extra_args(capsys):
+    from ckd_search.cli import main
+
+    assert main(["bench", "step", "--smoke", "--variants", "ckd-fp32", "--steps", "1"]) == 0
+    (rows,) = parse_tables(capsys.readouterr().out)
+    assert [r["variant"] for r in rows] == ["ckd-fp32"]
+
+
+def test_cpu_epoch_smoke(capsys):
+    from ckd_search.perf.cpu_epoch import COLUMNS
+    from ckd_search.perf.cpu_epoch import main
+
+    assert main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    (rows,) = parse_tables(out)
+    assert len(rows) == 1 and tuple(rows[0]) == COLUMNS
+    row = rows[0]
+    for key in ("train s", "steps", "pairs", "pairs/s", "ms/step", "eval s", "train loss"):
+        assert positive(row[key]), key
+    assert 0 <= cell_number(row["test acc"]) <= 1
+    assert re.search(r"teacher prep s = \d+\.\d\d", out)
+    assert re.search(r"epoch seconds = [\d.]+; pairs/s = [\d.,]+", out)
+
+
+def test_profile_smoke_variants_match_the_engine(capsys):
+    from ckd_search.perf.profile_step import main
+
+    assert main(["--smoke"]) == 0
+    out = capsys.readouterr().out
+    phases, ops, variants = parse_tables(out)
+    assert [r["phase"] for r in phases] == ["inputs", "forward+losses", "backward", "optimizer", "total"]
+    assert all(positive(r["ms"]) for r in phases)
+    assert len(ops) >= 5 and all(positive(r["self ms/step"]) for r in ops)
+    by_name = {r["variant"]: r for r in variants}
+    assert list(by_name)[0] == "engine"
+    for name, row in by_name.items():
+        assert positive(row["ms/step"]) and positive(row["pairs/s"]) and positive(row["speedup"])
+        if name != "tap+streams-jointBN":  # the one variant documented as not exact
+            assert float(row["dloss"]) < 1e-4 and float(row["rel dgrad"]) < 1e-4, name
+
+
+def test_packing_smoke_subprocess():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "packing.py"), "--smoke", "--trials", "1,2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=REPO,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (rows,) = parse_tables(proc.stdout)
+    assert [r["trials"] for r in rows] == ["1", "2"]
+    for row in rows:
+        assert positive(row["pairs/s"]) and positive(row["pairs/s per trial"]) and positive(row["ms/step"])
+    assert rows[0]["speedup"] == "1.00" and positive(rows[1]["speedup"])
