@@ -171,6 +171,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("analyze", help="HTML + Markdown report answering the switching question")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more search run directories")
     p.add_argument("--out", required=True, help="report directory")
+    p.add_argument("--fidelity", default=None, help="fidelity.json from bench/fidelity.py to include")
     p.set_defaults(handler=_cmd_analyze)
 
     p = sub.add_parser("reproduce", help="the paper's ablation table as mean +- std over seeds")

@@ -232,7 +232,7 @@ def learning_curves(
         return _save(fig, path)
     df = epochs.dropna(subset=[metric])
     for _, grp in df.groupby("trial_id"):
-        ax.plot(grp["epoch"], grp[metric], color="0.8", lw=0.8, zorder=1)
+        ax.plot(grp["epoch"], grp[metric], color="0.75", lw=0.8, marker=".", ms=4, zorder=1)
     for i, (trial_id, label) in enumerate(top):
         grp = df[df["trial_id"] == trial_id]
         ax.plot(grp["epoch"], grp[metric], color=f"C{i % 10}", lw=2, marker="o", ms=3, label=label, zorder=3)

@@ -158,7 +158,7 @@ def run_ablation(
         status = "FINISHED"
     finally:
         summary = summarise(rows, variants)
-        result_doc = {
+        result_doc: dict[str, Any] = {
             "dataset": base.data.dataset,
             "seeds": list(seeds),
             "runs": rows,
@@ -172,12 +172,13 @@ def run_ablation(
         }
         json_path = atomic_write_text(out / "ablation.json", json.dumps(result_doc, indent=1, default=str))
         md_path = atomic_write_text(out / "ablation.md", ablation_markdown(result_doc, variants))
-        result_doc["files"] = {"json": str(json_path), "markdown": str(md_path)}
+        files = {"json": str(json_path), "markdown": str(md_path)}
+        result_doc["files"] = files
         if tracker is not None:
             metrics = {f"{name}.{k}": v for name, s in summary.items() for k, v in s.items() if k != "n"}
             extra = [p for p in (out / "descriptors.json",) if p.is_file()]
             tracker.finish(metrics, [json_path, md_path, *extra], status=status)
-            result_doc["files"]["mlflow"] = tracker.uri
+            files["mlflow"] = tracker.uri
     return result_doc
 
 
@@ -209,7 +210,7 @@ def ablation_markdown(doc: Mapping[str, Any], variants: Sequence[Variant] = VARI
         f"Best test top-1 over epochs (He et al.'s protocol), mean +- sample std over seeds, in percent. "
         f"run.epochs={base.get('run.epochs')}, data.timesteps={base.get('data.timesteps')}, "
         f"data.size={base.get('data.size')}, model.width={base.get('model.width')}, "
-        f"kd.e_th={base.get('kd.e_th')}, kd.k={base.get('kd.k')}.",
+        f"kd.e_th={_e_th(base.get('kd.e_th'))}, kd.k={base.get('kd.k')}.",
         "",
         "| variant | description | best top-1 (%) | final top-1 (%) | seeds | per seed (best, %) |",
         "|---|---|---|---|---|---|",
@@ -230,3 +231,7 @@ def ablation_markdown(doc: Mapping[str, Any], variants: Sequence[Variant] = VARI
         m, s = mean_std(teacher)
         lines += ["", f"Teacher test top-1: {100 * m:.2f} ± {100 * s:.2f} % (one teacher per seed)."]
     return "\n".join(lines) + "\n"
+
+
+def _e_th(value: Any) -> str:
+    return "run.epochs/2 (default)" if value is None else str(value)

@@ -51,7 +51,11 @@ RAY_FIELDS = frozenset(
 # Base-config files a run directory may hold; trial configs are laid over them.
 BASE_CONFIG_FILES = ("base_config.yaml", "config.yaml")
 SPACE_FILE = "space.yaml"  # the search-space copy; its ``fixed`` section is a base config too
-SETTINGS_FILE = "search.yaml"  # resolved search settings (``storage_path``, ``study_name``)
+SETTINGS_FILE = "search.yaml"
+PARQUET_FILES = (
+    "trials.parquet",
+    "export/trials.parquet",
+)  # ``ckd-search export`` output  # resolved search settings (``storage_path``, ``study_name``)
 
 
 @dataclass
@@ -105,7 +109,7 @@ def load_runs(run_dirs: Iterable[str | Path]) -> list[SearchRun]:
 
 
 def load_run(run_dir: str | Path) -> SearchRun:
-    """Load one run directory (``**/result.json``, else ``trials.parquet``)."""
+    """Load one run directory (``**/result.json``, else ``[export/]trials.parquet``)."""
     root = Path(run_dir).expanduser()
     if not root.is_dir():
         raise UserError(f"{root}: not a directory")
@@ -117,8 +121,8 @@ def load_run(run_dir: str | Path) -> SearchRun:
         _read_trial(path, records, notes)
     if records:
         trials, epochs = _tables(records, base, notes)
-    elif (root / "trials.parquet").is_file():
-        trials, epochs = _from_parquet(root / "trials.parquet", base, notes)
+    elif parquet := next((p for p in PARQUET_FILES if (root / p).is_file()), None):
+        trials, epochs = _from_parquet(root / parquet, base, notes)
     else:
         raise UserError(f"{root}: no trial results (no **/result.json with records, no trials.parquet)")
     descriptors = _read_json(root / "descriptors.json") or {}
@@ -235,7 +239,7 @@ def _epoch_rows(trial_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any
             e = int(float(epoch))
         except (TypeError, ValueError):
             continue
-        metrics = {
+        metrics: dict[str, Any] = {
             k: float(v)
             for k, v in row.items()
             if k not in RAY_FIELDS and isinstance(v, int | float) and not isinstance(v, bool)
@@ -280,6 +284,7 @@ def _tables(
         bests = [r["best_test_acc"] for r in rows if _finite(r.get("best_test_acc"))]
         best = max(accs + bests) if accs or bests else math.nan
         final = accs[-1] if accs else math.nan
+        budgets = [r["budget_epochs"] for r in rows if _finite(r.get("budget_epochs"))]
         row = {
             "trial_id": trial_id,
             "epochs_run": int(rows[-1]["epoch"]),
@@ -287,6 +292,7 @@ def _tables(
             "final_test_acc": final,
             "error": entry["error"],
             "trial_dir": entry["dir"],
+            "budget_epochs": budgets[-1] if budgets else math.nan,
         }
         row.update(full_config(entry["config"], base))
         trial_rows.append(row)
@@ -302,36 +308,56 @@ def _tables(
 
 
 def _from_parquet(path: Path, base: dict[str, Any], notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Best effort: the ``ckd-search export`` table (``config/`` prefixes are dropped)."""
+    """The ``ckd-search export`` table: ``config/<key>``, ``final/<metric>``, ``best/<metric>`` columns,
+    ``status`` completed / pruned / failed / incomplete (no per-epoch results)."""
     raw = pd.read_parquet(path)
-    raw = raw.rename(columns={c: c.removeprefix("config/") for c in raw.columns})
-    notes.append(f"trials read from {path.name} (no per-epoch results)")
+    notes.append(f"trials read from {path.relative_to(path.parents[1])} (no per-epoch results)")
     rows = []
     for i, rec in enumerate(raw.to_dict("records")):
-        flat = {k: v for k, v in rec.items() if "." in k}
-        best = rec.get("best_test_acc", rec.get("test_acc", math.nan))
-        epochs_run = rec.get("epochs_run", rec.get("epoch", rec.get("training_iteration", 0)))
+        flat = {k.removeprefix("config/"): _scalar(v) for k, v in rec.items() if k.startswith("config/")}
+        final = {k.removeprefix("final/"): v for k, v in rec.items() if k.startswith("final/")}
+        best_of = {k.removeprefix("best/"): v for k, v in rec.items() if k.startswith("best/")}
+        candidates = [best_of.get(METRIC), final.get(METRIC), rec.get(METRIC)]
+        best = max((float(v) for v in candidates if _finite(v)), default=math.nan)
+        status = str(rec.get("status", "")).lower()
         row = {
             "trial_id": str(rec.get("trial_id", i)),
-            "best_test_acc": float(best),
-            "final_test_acc": float(rec.get("final_test_acc", rec.get("test_acc", math.nan))),
-            "epochs_run": int(epochs_run or 0),
-            "error": str(rec.get("status", "")).lower() == "error",
+            "best_test_acc": best,
+            "final_test_acc": float(final.get("test_acc", rec.get("final_test_acc", math.nan))),
+            "epochs_run": int(rec.get("epochs_run") or final.get("epoch") or 0),
+            "error": status in ("failed", "error"),
             "trial_dir": str(path.parent),
+            "budget_epochs": final.get("budget_epochs", math.nan),
+            "export_status": status,
         }
         row.update(full_config(flat, base))
         rows.append(row)
     if not rows:
         raise UserError(f"{path}: no trials")
-    return _finish_trials(pd.DataFrame(rows), notes), pd.DataFrame(columns=["trial_id", "epoch"])
+    trials = _finish_trials(pd.DataFrame(rows), notes)
+    known = trials["export_status"].isin(["completed", "pruned", "failed"])  # the search's own verdict
+    trials.loc[known, "status"] = trials.loc[known, "export_status"].map(
+        {"completed": "complete", "pruned": "pruned", "failed": "error"}
+    )
+    return trials.drop(columns=["export_status"]), pd.DataFrame(columns=["trial_id", "epoch"])
+
+
+def _scalar(value: Any) -> Any:
+    """Parquet hands back NumPy scalars; the config wants plain Python values."""
+    return value.item() if hasattr(value, "item") and callable(value.item) else value
 
 
 def _finish_trials(trials: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     """Infer the status, fill the implicit switch point, order columns."""
     max_epoch = int(trials["epochs_run"].max())
+    # A trial is complete when it reached its budget: the ``budget_epochs`` it reported (the search
+    # trainable adds it; run.epochs may be searched), capped by the longest trial of the search (an
+    # ASHA max_t below the budget); without a reported budget, the longest trial's epoch count.
+    budget = trials["budget_epochs"] if "budget_epochs" in trials else pd.Series(math.inf, index=trials.index)
+    target = budget.fillna(math.inf).clip(upper=max_epoch)
     status = [
-        "complete" if n >= max_epoch else ("error" if err else "pruned")
-        for n, err in zip(trials["epochs_run"], trials["error"])
+        "complete" if n >= t else ("error" if err else "pruned")
+        for n, t, err in zip(trials["epochs_run"], target, trials["error"])
     ]
     trials.insert(1, "status", status)
     trials = trials.drop(columns=["error"])

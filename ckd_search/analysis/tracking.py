@@ -16,6 +16,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 PARENT_TAG = "ckd.role"
+PARENT_ROLES = ("parent", "search")  # ckd.role of a parent run: ours, the search layer's
 PARENT_ID_TAG = "mlflow.parentRunId"
 DB_NAME = "mlflow.db"
 MAX_PARAMS = 100  # MLflow's limit per log_batch call
@@ -27,22 +28,23 @@ def sqlite_uri(db: Path) -> str:
 
 
 def find_parent_run(client: Any) -> str | None:
-    """The search's parent run: tagged ``ckd.role=parent``; else the one top-level run that has
-    children; else the only top-level run. None when there is none or it is ambiguous."""
-    experiments = client.search_experiments()
-    ids = [e.experiment_id for e in experiments]
+    """The search's parent run: tagged ``ckd.role=parent`` or ``ckd.role=search`` (the search layer's
+    tag; newest first); else the one top-level run that has children; else the only top-level run.
+    None when there is none or it is ambiguous."""
+    ids = [e.experiment_id for e in client.search_experiments()]
     if not ids:
         return None
-    tagged = client.search_runs(
-        ids,
-        filter_string=f"tags.`{PARENT_TAG}` = 'parent'",
-        order_by=["attributes.start_time DESC"],
-        max_results=10,
-    )
-    if tagged:
-        if len(tagged) > 1:
-            log.info("%d runs tagged as parents; using the newest", len(tagged))
-        return str(tagged[0].info.run_id)
+    for role in PARENT_ROLES:
+        tagged = client.search_runs(
+            ids,
+            filter_string=f"tags.`{PARENT_TAG}` = '{role}'",
+            order_by=["attributes.start_time DESC"],
+            max_results=10,
+        )
+        if tagged:
+            if len(tagged) > 1:
+                log.info("%d runs tagged %s=%s; using the newest", len(tagged), PARENT_TAG, role)
+            return str(tagged[0].info.run_id)
     runs = client.search_runs(ids, max_results=5000)
     parents = {r.data.tags.get(PARENT_ID_TAG) for r in runs} - {None}
     top = [r for r in runs if PARENT_ID_TAG not in r.data.tags]

@@ -60,7 +60,8 @@ def run_analyze(args: argparse.Namespace) -> int:
         best = run.ranked().iloc[0]
         print(
             f"{run.name}: {len(run.trials)} trials, best test top-1 {best['best_test_acc']:.4f} "
-            f"(trial {best['trial_id']}, e_th={best.get('kd.e_th')}, k={best.get('kd.k')})"
+            f"(trial {best['trial_id']}, {best.get('kd.schedule', 'phased')}, "
+            f"e_th={_short(best.get('kd.e_th'))}, k={_short(best.get('kd.k'))})"
         )
     logged = [rid for rid in (log_report(d, out) for d in run_dirs) if rid]
     print(f"wrote {report.html} ({len(report.figures)} figures inlined), {report.markdown}, {report.summary}")
@@ -109,3 +110,7 @@ def _file_dataset(path: str | None) -> Any:
     if isinstance(section, dict) and "dataset" in section:
         return section["dataset"]
     return raw.get("data.dataset")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)

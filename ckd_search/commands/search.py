@@ -87,8 +87,6 @@ def run_search_command(args: argparse.Namespace) -> int:
     else:
         if not args.space:
             raise UserError("give --space FILE (a search-space YAML) or --resume RUN_DIR")
-        if args.warm_start_from:
-            raise UserError("--warm-start-from is not supported yet")
         settings = create_search(
             args.space,
             out=args.out,
@@ -99,6 +97,7 @@ def run_search_command(args: argparse.Namespace) -> int:
             cpus=args.cpus,
             gpus=args.gpus,
             overrides=parse_overrides(args.set),
+            warm_start_from=args.warm_start_from or (),
         )
         print(f"search {settings.study_name}: run directory {settings.run_dir}")
         outcome = run_search(settings)

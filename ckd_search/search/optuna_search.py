@@ -95,16 +95,23 @@ class StudySearch(OptunaSearch):
         study_name: unique per search (pitfall 3: the default name merges sweeps sharing a storage).
         journal_path: the study's journal file.
         max_t: ASHA's ``max_t`` (None without ASHA): the budget that counts as complete.
+        warm_start: parameter sets enqueued before the sampler's own (``--warm-start-from``).
     """
 
     def __init__(
-        self, space: SearchSpace, study_name: str, journal_path: str | Path, max_t: int | None
+        self,
+        space: SearchSpace,
+        study_name: str,
+        journal_path: str | Path,
+        max_t: int | None,
+        warm_start: list[dict[str, Any]] | None = None,
     ) -> None:
         multi = space.study.multi_objective
         super().__init__(
             space=None,
             metric=list(space.study.metrics) if multi else None,
             mode=list(space.study.modes) if multi else None,
+            points_to_evaluate=list(warm_start or []),
             sampler=make_sampler(space),
             study_name=study_name,
             storage=journal_storage(journal_path),
@@ -120,12 +127,18 @@ class StudySearch(OptunaSearch):
             self._metric = metric or self._metric
             self._mode = mode or self._mode
         if self._ot_study is None:
-            self._setup_study(self._mode)
+            storage = self._storage
+            assert storage is not None
+            if self._study_name in optuna.get_all_study_names(storage):
+                self._points_to_evaluate = []  # a restore: the warm-start points are queued already
+            self._setup_study(self._mode or "max")
         return True
 
     @property
     def study(self) -> optuna.Study:
-        return self._ot_study
+        study = self._ot_study
+        assert study is not None, "the study is opened by set_search_properties"
+        return study
 
     def suggest(self, trial_id: str) -> dict | None:
         params = super().suggest(trial_id)
@@ -166,6 +179,11 @@ class StudySearch(OptunaSearch):
                 frozen.state.name,
             )
             return
+        if result:
+            # Tune hands the last result (stopped or done) to on_trial_complete, not on_trial_result.
+            self._completed_trials.discard(trial_id)
+            self.on_trial_result(trial_id, result)
+            self._completed_trials.add(trial_id)
         outcome = classify(result, error=error, max_t=self._max_t)
         values: list[float] | float | None = None
         if outcome == COMPLETED:
@@ -184,12 +202,12 @@ class StudySearch(OptunaSearch):
         try:
             if result and EPOCH_KEY in result:
                 ot_trial.set_user_attr("epochs_run", int(result[EPOCH_KEY]))
-            self._ot_study.tell(ot_trial, values, state=state, skip_if_finished=True)
+            self.study.tell(ot_trial, values, state=state, skip_if_finished=True)
         except (ValueError, RuntimeError) as exc:  # e.g. a value Optuna refuses
             log.warning("could not record trial %s in Optuna: %s", trial_id, exc)
 
     def _stored(self, ot_trial: optuna.Trial) -> optuna.trial.FrozenTrial:
-        return self._ot_study._storage.get_trial(ot_trial._trial_id)
+        return self.study._storage.get_trial(ot_trial._trial_id)
 
     # -- restore ------------------------------------------------------------------------------
     def restore(self, checkpoint_path: str) -> None:
@@ -198,10 +216,8 @@ class StudySearch(OptunaSearch):
         if self._ot_study is None:
             return
         known = {t._trial_id for t in self._ot_trials.values()}
-        storage = self._ot_study._storage
-        for frozen in self._ot_study.get_trials(
-            deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)
-        ):
+        storage = self.study._storage
+        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
             if frozen._trial_id in known:
                 continue
             storage.set_trial_system_attr(frozen._trial_id, ORPHAN_ATTR, True)

@@ -57,14 +57,13 @@ def prepare_sensitive_params(
     space: SearchSpace, resources: Resources | None = None, key_fn: Callable[[Config], str] | None = None
 ) -> list[Param]:
     """The searched parameters whose value changes ``prepare_key`` (probed over random draws)."""
-    if key_fn is None:
-        from ckd_search.engine import prepare_key as key_fn
+    key_of = key_fn or _engine_prepare_key()
     rng = random.Random(0)
     sensitive: list[Param] = []
     bases = [space.draw(rng) for _ in range(PROBE_DRAWS)]
     for p in space.params:
         alternatives = p.probe_values() + [p.draw(rng) for _ in range(2)]
-        if _changes_key(space, p, bases, alternatives, resources, key_fn):
+        if _changes_key(space, p, bases, alternatives, resources, key_of):
             if not p.discrete:
                 raise UserError(
                     f"{space.path}: space.{p.key} changes the prepared data/teacher (engine.prepare_key); "
@@ -100,9 +99,8 @@ def prepare_variants(
     space: SearchSpace, resources: Resources | None = None, key_fn: Callable[[Config], str] | None = None
 ) -> dict[str, tuple[Config, str]]:
     """``prepare_key -> (config, label)`` for every distinct preparation the space can ask for."""
-    if key_fn is None:
-        from ckd_search.engine import prepare_key as key_fn
-    sensitive = prepare_sensitive_params(space, resources, key_fn)
+    key_of = key_fn or _engine_prepare_key()
+    sensitive = prepare_sensitive_params(space, resources, key_of)
     base: dict[str, Any] = {}
     for p in space.params:
         if p.applies(base):
@@ -122,7 +120,7 @@ def prepare_variants(
             cfg = space.build_config(drawn, resources)
         except ConfigError:
             continue
-        key = key_fn(cfg)
+        key = key_of(cfg)
         label = ", ".join(f"{k}={v}" for k, v in combo.items()) or "all trials"
         variants.setdefault(key, (cfg, label))
         if len(variants) > MAX_VARIANTS:
@@ -131,6 +129,12 @@ def prepare_variants(
                 f"({', '.join(p.key for p in sensitive)}); search fewer data.*/teacher.* values"
             )
     return variants
+
+
+def _engine_prepare_key() -> Callable[[Config], str]:
+    from ckd_search.engine import prepare_key
+
+    return prepare_key
 
 
 def _combinations(sensitive: list[Param], base: Mapping[str, Any]) -> Iterator[dict[str, Any]]:

@@ -64,6 +64,14 @@ class ProgressCallback(Callback):
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._emit(trials, "search ended")
 
+    def get_state(self) -> dict[str, Any] | None:
+        return {"outcomes": dict(self._outcomes), "best": self._best}
+
+    def set_state(self, state: dict) -> None:
+        self._outcomes = dict(state.get("outcomes", {}))
+        best = state.get("best")
+        self._best = (float(best[0]), str(best[1])) if best else None
+
     def status(self, trials: list) -> str:
         running = sum(1 for t in trials if t.status == "RUNNING")
         pending = sum(1 for t in trials if t.status == "PENDING")

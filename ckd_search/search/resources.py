@@ -70,7 +70,12 @@ def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -
         try:
             ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
         except (ConnectionError, ValueError, RuntimeError) as err:
-            raise UserError(f"--address {address}: cannot join the Ray cluster ({err})") from None
+            hint = (
+                ""
+                if os.environ.get("RAY_AUTH_MODE")
+                else "; with token authentication set RAY_AUTH_MODE=token"
+            )
+            raise UserError(f"--address {address}: cannot join the Ray cluster ({err}){hint}") from None
     else:
         num_gpus = None if gpus is None else int(math.ceil(gpus))
         ray.init(

@@ -52,6 +52,7 @@ class SearchSettings:
     cpus: float | None = None
     gpus: float | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
+    warm_start: list[dict[str, Any]] = field(default_factory=list)
     created: str = ""
     format: int = FORMAT
 

@@ -88,7 +88,10 @@ ENGINE_METRICS = frozenset(
     {
         "test_acc",
         "best_test_acc",
+        "train_acc",
         "train_loss",
+        "loss_cls_s",
+        "loss_cls_e",
         "loss_kd",
         "loss_da",
         "gamma",
@@ -99,6 +102,7 @@ ENGINE_METRICS = frozenset(
         "pairs_per_s",
         "lr",
         "epoch",
+        "teacher_test_acc",
     }
 )
 #: Prefixes of config keys whose values change ``engine.prepare_key`` (data and teacher).

@@ -65,6 +65,7 @@ def create_search(
     cpus: float | None = None,
     gpus: float | None = None,
     overrides: Mapping[str, Any] | None = None,
+    warm_start_from: Sequence[str | Path] = (),
 ) -> SearchSettings:
     """Validate the space, create the run directory, copy the space and save ``search.yaml``."""
     from ckd_search.search.tracking import check_tracking_uri
@@ -104,6 +105,7 @@ def create_search(
         cpus=cpus,
         gpus=gpus,
         overrides=dict(overrides or {}),
+        warm_start=warm_start_points(space, warm_start_from),
         created=_now(),
     )
     shutil.copyfile(Path(space_path).expanduser(), settings.space_file)
@@ -171,7 +173,7 @@ def _new_tuner(
 
     study = space.study
     max_t = space.scheduler.max_t if space.scheduler else None
-    searcher = StudySearch(space, settings.study_name, settings.journal_path, max_t)
+    searcher = StudySearch(space, settings.study_name, settings.journal_path, max_t, settings.warm_start)
     scheduler = None
     if space.scheduler is not None:
         scheduler = PersistentASHA(
@@ -201,6 +203,7 @@ def _new_tuner(
         scheduler=scheduler,
         num_samples=settings.num_trials,
         max_concurrent_trials=plan.max_concurrent,  # pitfall 2: TPE must see finished trials
+        reuse_actors=True,  # no new worker process (and torch import) per trial
         trial_name_creator=trial_name,
         trial_dirname_creator=trial_name,
     )
@@ -214,6 +217,34 @@ def _new_tuner(
     )
     param_space = space.trial_config({}, plan.trial)
     return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+
+
+def warm_start_points(space: SearchSpace, run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
+    """Best configs of earlier searches, restricted to this space's parameters, as Optuna points.
+
+    A value outside this space (a bound, a choice) is dropped, so Optuna samples that parameter.
+    """
+    points: list[dict[str, Any]] = []
+    for run_dir in run_dirs:
+        earlier = read_outcome(SearchSettings.load(run_dir))
+        configs = [earlier.best_config] if earlier.best_config else [p["config"] for p in earlier.pareto]
+        if not configs:
+            raise UserError(f"--warm-start-from {run_dir}: that search has no completed trial")
+        for config in configs:
+            point: dict[str, Any] = {}
+            for p in space.params:
+                value = config.get(p.key)
+                if value is None:
+                    continue
+                if p.discrete:
+                    if value in p.values:
+                        point[p.key] = value
+                elif isinstance(value, int | float) and (p.low or 0) <= value <= (p.high or 0):
+                    point[p.key] = value
+            if point and point not in points:
+                points.append(point)
+                log.info("warm start from %s: %s", run_dir, point)
+    return points
 
 
 def _restore(settings: SearchSettings, trainable: Any) -> Any:

@@ -102,7 +102,8 @@ def search_run(tmp_path_factory, cache_dir) -> Path:
 
 @pytest.fixture(scope="session")
 def search_run_with_mlflow(search_run: Path, tmp_path_factory) -> tuple[Path, str]:
-    """A copy of ``search_run`` with an MLflow store holding a parent run and one child."""
+    """A copy of ``search_run`` with an MLflow store holding a parent run (tagged as the search layer
+    tags it) and one child."""
     import shutil
 
     import mlflow
@@ -111,6 +112,6 @@ def search_run_with_mlflow(search_run: Path, tmp_path_factory) -> tuple[Path, st
     shutil.copytree(search_run, run_dir)
     client = mlflow.MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     exp = client.create_experiment("search", artifact_location=(run_dir / "mlartifacts").as_uri())
-    parent = client.create_run(exp, run_name="search", tags={"ckd.role": "parent"})
+    parent = client.create_run(exp, run_name="search", tags={"ckd.role": "search"})
     client.create_run(exp, run_name="trial", tags={"mlflow.parentRunId": parent.info.run_id})
     return run_dir, parent.info.run_id

@@ -50,6 +50,36 @@ def test_loader_skips_cut_lines_and_keeps_the_last_replayed_epoch(search_run, tm
     assert any("unreadable line" in n for n in run.notes)
 
 
+def test_status_follows_the_reported_budget(tmp_path):
+    """run.epochs searched: a trial that reached its own (smaller) budget is complete, not pruned."""
+
+    def write(trial_id, budget, epochs):
+        folder = tmp_path / "run" / f"trial_{trial_id}"
+        folder.mkdir(parents=True)
+        cfg = {"run.epochs": budget, "kd.k": 1.0}
+        lines = [
+            {
+                "epoch": e,
+                "test_acc": 0.1 * e,
+                "budget_epochs": float(budget),
+                "trial_id": trial_id,
+                "config": cfg,
+            }
+            for e in range(1, epochs + 1)
+        ]
+        (folder / "result.json").write_text("".join(json.dumps(x) + "\n" for x in lines))
+
+    write("a", 2, 2)
+    write("b", 4, 4)
+    write("c", 4, 1)
+    (tmp_path / "run" / "trial_c" / "error.txt").write_text("boom")
+    write("d", 4, 2)
+    t = load_run(tmp_path / "run").trials.set_index("trial_id")
+    assert dict(t["status"]) == {"a": "complete", "b": "complete", "c": "error", "d": "pruned"}
+    assert t.loc["b", "best_test_acc"] == pytest.approx(0.4)
+    assert t.loc["a", "kd.e_th"] == 1.0  # implicit switch point: half the run
+
+
 def test_importances_are_normalised(search_run):
     run = load_run(search_run)
     imp = compute_importances(run.trials, epochs=run.epochs)
@@ -142,3 +172,33 @@ def test_analyze_bad_input_is_a_one_line_error(tmp_path, capsys):
     assert main(["analyze", str(empty), "--out", str(tmp_path / "o")]) == 2
     err = capsys.readouterr().err
     assert "no such run directory" in err and "no trial results" in err
+
+
+def test_export_parquet_is_read_when_no_result_json(search_run, tmp_path):
+    """A run directory holding only ``export/trials.parquet`` (``ckd-search export`` layout)."""
+    import pandas as pd
+
+    source = load_run(search_run).trials
+    rows = []
+    for rec in source.to_dict("records"):
+        row = {
+            "trial_id": rec["trial_id"],
+            "status": "completed" if rec["status"] == "complete" else "pruned",
+            "epochs_run": rec["epochs_run"],
+            "best/best_test_acc": rec["best_test_acc"],
+            "final/test_acc": rec["final_test_acc"],
+        }
+        row.update(
+            {f"config/{k}": rec[k] for k in ("kd.e_th", "kd.k", "loss.beta", "kd.schedule", "run.epochs")}
+        )
+        rows.append(row)
+    run_dir = tmp_path / "exported"
+    (run_dir / "export").mkdir(parents=True)
+    pd.DataFrame(rows).to_parquet(run_dir / "export" / "trials.parquet")
+    run = load_run(run_dir)
+    assert list(run.trials.sort_values("trial_id")["status"]) == list(
+        source.sort_values("trial_id")["status"]
+    )
+    assert run.epochs.empty
+    assert main(["analyze", str(run_dir), "--out", str(tmp_path / "report")]) == 0
+    assert "hyperparameter importance" in (tmp_path / "report" / "report.md").read_text()
