@@ -47,6 +47,7 @@ class Experiment:
     about: str
     setup: Callable[[Trainer], None]  # receives the Trainer
     threads: int | None = None
+    cpu_only: bool = False
 
 
 def _engine(trainer: Trainer) -> None:
@@ -75,6 +76,20 @@ def _channels_last(trainer: Trainer) -> None:
     trainer.model.to(memory_format=torch.channels_last)
 
 
+def _fast_lif(trainer: Trainer) -> None:
+    variants.use_fast_cpu_lif(trainer.model.student)
+
+
+def _fast_lif_tap(trainer: Trainer) -> None:
+    variants.use_fast_cpu_lif(trainer.model.student)
+    _tap(trainer)
+
+
+def _fast_lif_tap_cl(trainer: Trainer) -> None:
+    _fast_lif_tap(trainer)
+    _channels_last(trainer)
+
+
 def _compile(trainer: Trainer) -> None:
     trainer.loss_fn = torch.compile(trainer.loss_fn, options={"layout_optimization": False})
 
@@ -86,6 +101,11 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("tap+streams", "both of the above", _tap_fused),
     Experiment("tap+streams-jointBN", "as tap+streams with one BN over both streams (NOT exact)", _joint),
     Experiment("channels_last", "model in channels_last (the engine does this on CUDA only)", _channels_last),
+    Experiment(
+        "fast-lif", "every LIF as one autograd function (perf.variants.FastCpuLIF)", _fast_lif, cpu_only=True
+    ),
+    Experiment("fast-lif+tap", "fast-lif, membrane from its v_seq", _fast_lif_tap, cpu_only=True),
+    Experiment("fast-lif+tap+cl", "fast-lif+tap in channels_last", _fast_lif_tap_cl, cpu_only=True),
 )
 COMPILE = Experiment(
     "compile", "torch.compile(ckd_losses) (run.compile=true), warm-up includes compiling", _compile
@@ -285,6 +305,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         chosen.append(
             Experiment("engine-1thread", "engine with torch.set_num_threads(1)", _engine, threads=1)
         )
+    if device.type != "cpu":
+        chosen = [e for e in chosen if not e.cpu_only]
     if args.only:
         names = {n.strip() for n in args.only.split(",")}
         chosen = [e for e in chosen if e.name in names or e.name == "engine"]
