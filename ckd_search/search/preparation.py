@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 from ckd_search.config import Config
@@ -150,17 +151,29 @@ def _combinations(sensitive: list[Param], base: Mapping[str, Any]) -> Iterator[d
         yield combo
 
 
-def prepare_all(space: SearchSpace, resources: Resources | None = None) -> PreparedRegistry:
-    """Prepare every variant on the driver and ``ray.put`` each (Ray must be initialised)."""
+def prepare_all(
+    space: SearchSpace, resources: Resources | None = None, run_dir: Path | None = None
+) -> PreparedRegistry:
+    """Prepare every variant on the driver and ``ray.put`` each (Ray must be initialised).
+
+    With ``run_dir``, the data-set descriptors of the first variant (classes, events per sample,
+    RGB<->DVS gap) are stored there once as ``descriptors.json`` for ``ckd-search analyze``.
+    """
     import ray
 
+    from ckd_search.analysis.descriptors import FILE_NAME
+    from ckd_search.analysis.descriptors import dataset_descriptors
+    from ckd_search.analysis.descriptors import write_descriptors
     from ckd_search.engine import prepare
 
     refs: dict[str, Any] = {}
     labels: dict[str, str] = {}
     for key, (cfg, label) in prepare_variants(space, resources).items():
         start = time.monotonic()
-        refs[key] = ray.put(prepare(cfg))
+        prepared = prepare(cfg)
+        refs[key] = ray.put(prepared)
         labels[key] = label
         log.info("prepared data and teacher for %s (key %s) in %.1f s", label, key, time.monotonic() - start)
+        if run_dir is not None and not (run_dir / FILE_NAME).is_file():
+            write_descriptors(run_dir, dataset_descriptors(prepared, cfg))
     return PreparedRegistry(refs, labels)

@@ -134,7 +134,7 @@ def run_search(
         log.info("search %s: %d trials, %s", settings.study_name, settings.num_trials, plan.describe())
         from ckd_search.search.preparation import prepare_all
 
-        registry = prepare_all(space, plan.trial)
+        registry = prepare_all(space, plan.trial, settings.root)
         trainable = _trainable(registry, plan.trial.cpu, plan.trial.gpu)
         tuner = (
             _restore(settings, trainable)
