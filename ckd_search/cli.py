@@ -198,8 +198,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=_cmd_data)
 
-    p = sub.add_parser("bench", help="benchmarks: step throughput")
-    p.add_argument("what", choices=["step"])
+    p = sub.add_parser("bench", help="benchmarks: step throughput, trial packing, CPU epoch, profile")
+    p.add_argument("what", choices=["step", "packing", "epoch", "profile"])
     p.add_argument("--smoke", action="store_true", help="tiny CPU run (CI)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="passed to the benchmark script")
     p.set_defaults(handler=_cmd_bench)

@@ -225,7 +225,7 @@ class RunConfig:
         one_of("fp32", "bf16"),
     )
     compile: bool = f(False, "torch.compile the student (CUDA)")
-    channels_last: bool = f(True, "channels_last memory format on CUDA")
+    channels_last: bool = f(True, "channels_last memory format (exact; faster on CUDA and CPU)")
     threads: int | None = f(None, "torch CPU threads (None = leave as is)", opt(ge(1)))
     checkpoint_every: int = f(1, "write a full checkpoint every N epochs (0 = never)", ge(0))
     eval_every: int = f(1, "evaluate on the test split every N epochs (and at the end)", ge(1))

@@ -8,4 +8,5 @@ Modules:
     packing: 1..n CKD trials packed on one device as processes (``bench/packing.py``).
     cpu_epoch: one Digits-DVS epoch on the CPU with the default config (``bench/cpu_epoch.py``).
     profile_step: torch.profiler breakdown of the CKD step and A/B tries of faster variants.
+    variants: the candidate speed-ups (fused membrane tap, fused streams, fast CPU LIF), as copies.
 """

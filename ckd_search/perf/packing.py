@@ -77,7 +77,8 @@ def _trial(rank: int, n: int, spec: TrialSpec, barrier: Any) -> dict[str, Any]:
     if spec.threads:
         torch.set_num_threads(spec.threads)
     if device.type == "cuda":
-        torch.cuda.set_device(device)
+        if device.index is not None:
+            torch.cuda.set_device(device)
         torch.cuda.set_per_process_memory_fraction(1.0 / n, device)
     cfg = Config.from_dict(
         {
@@ -107,14 +108,13 @@ def _trial(rank: int, n: int, spec: TrialSpec, barrier: Any) -> dict[str, Any]:
     for i in range(spec.warmup):
         step(i)
     synchronize(device)
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
     barrier.wait()  # all trials start timing together
     start = time.time()
     for i in range(spec.steps):
         step(spec.warmup + i)
     synchronize(device)
     end = time.time()
+    # over the whole trial, warm-up and compilation included: what has to fit in the 1/n share
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
     return {"status": "ok", "start": start, "end": end, "pairs": spec.steps * spec.batch, "peak_gib": peak}
 
