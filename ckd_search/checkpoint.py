@@ -29,19 +29,34 @@ def has_checkpoint(folder: str | Path | None) -> bool:
     return folder is not None and (Path(folder) / STATE_FILE).is_file()
 
 
-def load_checkpoint(folder: str | Path) -> dict[str, Any]:
-    """Load and verify a checkpoint; a damaged one is refused with a message naming the file."""
+def verify_checkpoint(folder: str | Path) -> str | None:
+    """None when FOLDER holds an intact checkpoint, else what is wrong (one line, names the file).
+
+    Checks the SHA-256 sidecar; a checkpoint without one (older runs) is only checked for size.
+    """
     path = Path(folder) / STATE_FILE
     digest_path = Path(folder) / DIGEST_FILE
     if not path.is_file():
-        raise UserError(f"{path}: no checkpoint here")
-    if digest_path.is_file():
-        try:
-            expected = json.loads(digest_path.read_text())["sha256"]
-        except (ValueError, KeyError):
-            raise UserError(f"{digest_path}: unreadable checkpoint digest") from None
-        if sha256_file(path) != expected:
-            raise UserError(f"{path}: checkpoint is corrupt or truncated (SHA-256 mismatch)")
+        return f"{path}: no checkpoint here"
+    if path.stat().st_size == 0:
+        return f"{path}: checkpoint is empty (truncated)"
+    if not digest_path.is_file():
+        return None
+    try:
+        expected = json.loads(digest_path.read_text())["sha256"]
+    except (ValueError, KeyError, TypeError):
+        return f"{digest_path}: unreadable checkpoint digest"
+    if sha256_file(path) != expected:
+        return f"{path}: checkpoint is corrupt or truncated (SHA-256 mismatch)"
+    return None
+
+
+def load_checkpoint(folder: str | Path) -> dict[str, Any]:
+    """Load and verify a checkpoint; a damaged one is refused with a message naming the file."""
+    path = Path(folder) / STATE_FILE
+    problem = verify_checkpoint(folder)
+    if problem is not None:
+        raise UserError(problem)
     try:
         return torch.load(path, map_location="cpu", weights_only=True)  # type: ignore[no-any-return]
     except Exception as err:  # noqa: BLE001 - any unpickling failure means a damaged file

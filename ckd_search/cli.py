@@ -235,7 +235,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return int(args.handler(args) or 0)
     except UserError as err:
-        print(f"ckd-search: error: {err}", file=sys.stderr)
+        print(f"ckd-search: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("ckd-search: interrupted", file=sys.stderr)

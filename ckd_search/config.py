@@ -287,16 +287,32 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     if not p.is_file():
         raise UserError(f"{p}: no such file")
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as err:
+        raise UserError(f"{p}: not a UTF-8 text file (byte {err.start})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""
-        raise UserError(f"{p}:{where} invalid YAML ({getattr(err, 'problem', err)})") from None
+        problem = " ".join(str(getattr(err, "problem", None) or err).split())
+        raise UserError(f"{p}:{where} invalid YAML ({problem})") from None
     if data is None:
         return {}
     if not isinstance(data, dict):
         raise UserError(f"{p}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def check_local_paths(cfg: Config) -> None:
+    """``data.root`` must be an existing folder and ``teacher.weights`` an existing file, if set."""
+    for key, value, is_dir in (
+        ("data.root", cfg.data.root, True),
+        ("teacher.weights", cfg.teacher.weights, False),
+    ):
+        if value is None:
+            continue
+        path = Path(value).expanduser()
+        if not (path.is_dir() if is_dir else path.is_file()):
+            raise ConfigError(key, value, f"is not an existing {'folder' if is_dir else 'file'}")
 
 
 def field_docs(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, Any, str]]:

@@ -6,6 +6,14 @@ reported with ``ray.tune.report(metrics, checkpoint=...)``: the engine's metrics
 finished one). A retried or restored trial copies ``ray.tune.get_checkpoint()`` into a fresh folder
 and calls ``fit(resume=True)``, which continues exactly from it. Data and teacher logits come from
 the driver through ``tune.with_parameters`` (object store), never from a shared file system.
+
+A checkpoint is verified (SHA-256) before ``fit`` sees it: a corrupt or truncated one is logged and
+the trial falls back to the newest intact older checkpoint of the same trial (Tune keeps two), or
+starts again from epoch 1; it never dies on, or retries forever with, a damaged file. A
+:class:`ckd_search.errors.TrialFailure` (non-finite loss) propagates: the driver ends that trial
+without retrying it (:mod:`ckd_search.search.faults`). The test-only fault-injection hook
+(``CKD_SEARCH_FAULT_INJECT``, see :mod:`ckd_search.search.faults`) runs after each epoch, before the
+epoch is reported.
 """
 
 from __future__ import annotations
@@ -18,7 +26,10 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from ckd_search.checkpoint import verify_checkpoint
 from ckd_search.config import Config
+from ckd_search.search.faults import inject
+from ckd_search.search.faults import trial_index
 from ckd_search.search.outcome import BUDGET_KEY
 from ckd_search.search.outcome import budget_epochs
 from ckd_search.search.preparation import PreparedRegistry
@@ -44,8 +55,12 @@ def train_ckd(config: dict[str, Any], prepared: PreparedRegistry) -> None:
     ckpt_root.mkdir()
     resume = restore_checkpoint(tune.get_checkpoint(), ckpt_root)
     budget = float(budget_epochs(cfg))
+    context = tune.get_context()
+    experiment, trial_id = context.get_experiment_name(), context.get_trial_id()
+    index = trial_index(context.get_trial_name())
 
     def on_epoch_end(metrics: dict[str, float], ckpt_dir: Path | None) -> None:
+        inject(experiment, trial_id, index, int(metrics.get("epoch", 0)))
         report = {k: float(v) for k, v in metrics.items() if _is_number(v)}
         report[BUDGET_KEY] = budget
         checkpoint = None
@@ -84,15 +99,56 @@ def configure_process(cpus: float, gpus: float) -> bool:
 
 
 def restore_checkpoint(checkpoint: Any, ckpt_root: Path) -> bool:
-    """Copy a Tune checkpoint to where ``fit`` wrote it; True when there is one to resume from."""
+    """Copy a Tune checkpoint to where ``fit`` wrote it; True when there is one to resume from.
+
+    A damaged checkpoint (SHA-256 mismatch, truncated, unreadable) is replaced by the newest intact
+    older one of the trial; with none, the trial starts again (False).
+    """
     if checkpoint is None:
         return False
-    relpath = (checkpoint.get_metadata() or {}).get(RELPATH_KEY, ".")
-    target = (ckpt_root / relpath).resolve()
-    with checkpoint.as_directory() as folder:
-        shutil.copytree(folder, target, dirs_exist_ok=True)
-    log.info("resuming from checkpoint %s", checkpoint.path)
-    return True
+    for candidate in [checkpoint, *older_checkpoints(checkpoint)]:
+        try:
+            relpath = (candidate.get_metadata() or {}).get(RELPATH_KEY, ".")
+            target = (ckpt_root / relpath).resolve()
+            _clear(ckpt_root)
+            with candidate.as_directory() as folder:
+                shutil.copytree(folder, target, dirs_exist_ok=True)
+            problem = verify_checkpoint(target)
+        except Exception as err:  # noqa: BLE001 - an unreadable checkpoint is a damaged one
+            problem = f"{candidate.path}: checkpoint cannot be read ({type(err).__name__}: {err})"
+        if problem is None:
+            if candidate is not checkpoint:
+                log.warning("resuming from the older checkpoint %s instead", candidate.path)
+            log.info("resuming from checkpoint %s", candidate.path)
+            return True
+        log.warning("damaged trial checkpoint, not used: %s", problem)
+    _clear(ckpt_root)
+    log.warning("no intact checkpoint left for this trial; it starts again from epoch 1")
+    return False
+
+
+def older_checkpoints(checkpoint: Any) -> list[Any]:
+    """The trial's other ``checkpoint_NNNNNN`` folders older than ``checkpoint``, newest first."""
+    import pyarrow.fs as pafs
+    from ray import tune
+
+    try:
+        fs = checkpoint.filesystem
+        parent, _, name = str(checkpoint.path).rstrip("/").rpartition("/")
+        infos = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+    except Exception:  # noqa: BLE001 - no listing (e.g. a remote store without it): nothing older
+        return []
+    folders = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
+    names = sorted((n for n in folders if n.startswith("checkpoint_")), reverse=True)
+    return [tune.Checkpoint(f"{parent}/{n}", filesystem=fs) for n in names if n < name]
+
+
+def _clear(folder: Path) -> None:
+    for child in folder.iterdir():
+        if child.is_dir() and not child.is_symlink():
+            shutil.rmtree(child)
+        else:
+            child.unlink()
 
 
 def _relpath(ckpt_dir: Path, root: Path) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import subprocess
@@ -17,11 +18,13 @@ def run_check_space(args: argparse.Namespace) -> int:
     """Validate a space file and build ``--draws`` random configs; no Ray, a few seconds."""
     from ckd_search.search.outcome import budget_epochs
     from ckd_search.search.space import check_draws
+    from ckd_search.search.space import check_paths
     from ckd_search.search.space import load_space
 
     if args.draws < 0:
         raise UserError(f"--draws {args.draws} must be >= 0")
     space = load_space(args.space)
+    check_paths(space)
     configs = check_draws(space, args.draws, seed=space.study.seed)
     print(describe_space(space))
     variants = _prepare_variants(space)
@@ -100,9 +103,28 @@ def run_search_command(args: argparse.Namespace) -> int:
             warm_start_from=args.warm_start_from or (),
         )
         print(f"search {settings.study_name}: run directory {settings.run_dir}")
-        outcome = run_search(settings)
+        try:
+            outcome = run_search(settings)
+        except UserError:
+            _remove_unstarted(settings)
+            raise
     print_outcome(outcome)
     return 0 if outcome.finished else 130
+
+
+#: What ``create_search`` (and the driver lock) write before a search starts.
+_SETUP_FILES = frozenset({"search.yaml", "space.yaml", "driver.lock"})
+
+
+def _remove_unstarted(settings: Any) -> None:
+    """Remove what a new search wrote when it was refused before its first trial (bad input)."""
+    root = Path(settings.run_dir)
+    if not root.is_dir() or not set(os.listdir(root)) <= _SETUP_FILES:
+        return  # the search started (journal, Tune experiment, MLflow store): keep it for --resume
+    for name in _SETUP_FILES:
+        (root / name).unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        root.rmdir()
 
 
 def print_outcome(outcome: Any) -> None:

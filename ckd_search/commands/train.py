@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ckd_search.cli import parse_overrides
 from ckd_search.config import Config
+from ckd_search.config import check_local_paths
 from ckd_search.errors import UserError
 from ckd_search.storage import atomic_write_text
 
@@ -23,6 +24,7 @@ def load_config(config_path: str | None, overrides: list[str] | None) -> Config:
 
 def run_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.set)
+    check_local_paths(cfg)
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
     saved = out / "config.yaml"
     if args.resume:

@@ -10,6 +10,9 @@ One job per module:
 - :mod:`.asha`: ASHA on ``epoch`` with rungs persisted across ``Tuner.restore``;
 - :mod:`.tracking`: driver-side MLflow parent/child runs (the only module importing mlflow);
 - :mod:`.progress`: one compact log line per trial event;
+- :mod:`.ledger`: every result and trial event as the driver saw it (``RUN_DIR/epochs.jsonl``);
+- :mod:`.faults`: final (not retried) errors, one-line trial errors, the test-only fault injection;
+- :mod:`.chaos`: local multi-node clusters, a node killer and the epoch audit (tests, ``make soak``);
 - :mod:`.outcome`: completed / pruned / failed, one rule for all of the above;
 - :mod:`.tuner`: create, run and resume a search;
 - :mod:`.export`: best configs as YAML, all trials as Parquet.

@@ -5,7 +5,10 @@ empty rungs and lets every resumed trial through the next milestone. :class:`Per
 its rungs (milestone -> {trial id: score}) to a JSON file in the run directory whenever they change
 and reloads that file when Tune hands it the metric (``set_search_properties`` runs at the start of
 every ``fit``, fresh or restored). The file is written atomically; trial ids are kept by Tune across
-restores, so a resumed trial meets the rungs it was judged against.
+restores, so a resumed trial meets the rungs it was judged against. The file can be ahead of Tune's
+snapshot (a driver killed between a result and the next snapshot): a replayed result does not enter
+a rung twice (ASHA records a trial once per rung), and results of a trial Tune never resumes stay,
+as real observations of that configuration.
 """
 
 from __future__ import annotations

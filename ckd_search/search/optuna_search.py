@@ -7,16 +7,22 @@ a restored searcher (the snapshot's copy) can try to tell a trial that the journ
 as finished; Ray's ``OptunaSearch`` then raises ``UpdateFinishedTrialError`` (pitfall 3). This
 subclass makes every write idempotent instead: it reads the trial's state from storage first and
 keeps the first record (``tell(skip_if_finished=True)``, intermediate values reported once per
-step), and on restore marks journal trials that the snapshot never heard of (asked after the last
-snapshot, so no Tune trial will ever finish them) as FAIL with the system attribute
-``ckd:orphaned``. In-memory storage would restore cleanly too, but nobody could open it while a
-search runs, and a crash would lose it.
+step). Journal trials that the snapshot never heard of (asked after the last snapshot; Tune will
+never resume them, since a restored search gives its new trials new ids) are *adopted*: the next
+trials the restored search asks for reuse them, parameters and all (Optuna returns a stored
+parameter instead of sampling it again), so the study holds exactly one Optuna trial per Tune trial
+and no sampled configuration is lost. The ids a trial had are kept in the system attribute
+``ckd:ray_trial_ids``. An orphan nobody adopts by the end of the search is marked FAIL with the
+system attribute ``ckd:orphaned`` (:func:`fail_orphans`). Enqueued warm-start points (WAITING) are
+left alone. In-memory storage would restore cleanly too, but nobody could open it while a search
+runs, and a crash would lose it.
 
 Pruning (pitfall 1). Ray's ``OptunaSearch`` tells COMPLETE whenever the last result has the metric,
 so trials that ASHA stopped after one epoch look finished. Here each epoch's metric is reported as
 an intermediate value at ``step=epoch``, and a trial that stopped before its budget
 (:func:`ckd_search.search.outcome.classify`) is told PRUNED (its value is then the last
-intermediate value, as Optuna does), a trial that raised is told FAIL.
+intermediate value, as Optuna does), a trial that raised is told FAIL with its one-line error in the
+user attribute ``error``.
 
 Metric and mode come from ``TuneConfig`` (house style); a multi-objective study passes its metric
 and mode lists to the searcher itself (Tune's ``TuneConfig`` takes one metric).
@@ -44,7 +50,9 @@ from ckd_search.search.space import SpaceSampler
 
 log = logging.getLogger(__name__)
 ORPHAN_ATTR = "ckd:orphaned"
+IDS_ATTR = "ckd:ray_trial_ids"
 RAY_TRIAL_ATTR = "ray_trial_id"
+ERROR_ATTR = "error"
 
 
 def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
@@ -119,6 +127,7 @@ class StudySearch(OptunaSearch):
         self._space = SpaceSampler(space.params)
         self._max_t = max_t
         self._journal_path = str(journal_path)
+        self._orphans: list[int] = []  # journal trial ids (storage ids) waiting to be adopted
 
     # -- set-up -------------------------------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
@@ -129,9 +138,12 @@ class StudySearch(OptunaSearch):
         if self._ot_study is None:
             storage = self._storage
             assert storage is not None
-            if self._study_name in optuna.get_all_study_names(storage):
-                self._points_to_evaluate = []  # a restore: the warm-start points are queued already
+            existing = self._study_name in optuna.get_all_study_names(storage)
+            if existing:
+                self._points_to_evaluate = []  # a restart: the warm-start points are queued already
             self._setup_study(self._mode or "max")
+            if existing:  # the Tune experiment starts again (no snapshot): every RUNNING trial is stale
+                self._collect_orphans()
         return True
 
     @property
@@ -141,11 +153,32 @@ class StudySearch(OptunaSearch):
         return study
 
     def suggest(self, trial_id: str) -> dict | None:
+        adopted = trial_id not in self._ot_trials and self._adopt(trial_id)
         params = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
-        if ot_trial is not None and RAY_TRIAL_ATTR not in ot_trial.user_attrs:
+        if ot_trial is not None and (adopted or RAY_TRIAL_ATTR not in ot_trial.user_attrs):
             ot_trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+            ids = list(self._stored(ot_trial).system_attrs.get(IDS_ATTR, []))
+            self.study._storage.set_trial_system_attr(ot_trial._trial_id, IDS_ATTR, [*ids, trial_id])
         return params
+
+    def _adopt(self, trial_id: str) -> bool:
+        """Hand the oldest orphan (still RUNNING) to the new Tune trial ``trial_id``."""
+        storage = self.study._storage
+        while self._orphans:
+            orphan = self._orphans.pop(0)
+            frozen = storage.get_trial(orphan)
+            if frozen.state != TrialState.RUNNING:
+                continue
+            self._ot_trials[trial_id] = optuna.Trial(self.study, orphan)
+            log.info(
+                "Optuna trial %d (asked before the driver stopped, never run to the end) is adopted by "
+                "trial %s with the same parameters",
+                frozen.number,
+                trial_id,
+            )
+            return True
+        return False
 
     # -- results ------------------------------------------------------------------------------
     def on_trial_result(self, trial_id: str, result: dict) -> None:
@@ -202,26 +235,64 @@ class StudySearch(OptunaSearch):
         try:
             if result and EPOCH_KEY in result:
                 ot_trial.set_user_attr("epochs_run", int(result[EPOCH_KEY]))
+            if state == TrialState.FAIL:
+                from ckd_search.search.faults import last_error
+
+                message = last_error(trial_id) or "failed without a finite metric"
+                ot_trial.set_user_attr(ERROR_ATTR, message)
             self.study.tell(ot_trial, values, state=state, skip_if_finished=True)
         except (ValueError, RuntimeError) as exc:  # e.g. a value Optuna refuses
-            log.warning("could not record trial %s in Optuna: %s", trial_id, exc)
+            if self._stored(ot_trial).state.is_finished():
+                # GridSampler.after_trial calls study.stop() once the grid is used up, which
+                # raises outside study.optimize; tell has stored the state regardless.
+                log.debug("Optuna trial of %s recorded; sampler hook said: %s", trial_id, exc)
+            else:
+                log.warning("could not record trial %s in Optuna: %s", trial_id, exc)
 
     def _stored(self, ot_trial: optuna.Trial) -> optuna.trial.FrozenTrial:
         return self.study._storage.get_trial(ot_trial._trial_id)
 
     # -- restore ------------------------------------------------------------------------------
     def restore(self, checkpoint_path: str) -> None:
-        """Restore the snapshot, then FAIL journal trials the snapshot cannot finish (orphans)."""
+        """Restore the snapshot, then collect the journal trials it does not know (orphans)."""
         super().restore(checkpoint_path)
         if self._ot_study is None:
             return
+        self._collect_orphans()
+
+    def _collect_orphans(self) -> None:
         known = {t._trial_id for t in self._ot_trials.values()}
-        storage = self.study._storage
-        for frozen in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-            if frozen._trial_id in known:
-                continue
-            storage.set_trial_system_attr(frozen._trial_id, ORPHAN_ATTR, True)
-            storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+        self._orphans = [
+            t._trial_id
+            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
+            if t._trial_id not in known
+        ]
+        if self._orphans:
             log.info(
-                "Optuna trial %d was asked after the last snapshot; marked FAIL (orphaned)", frozen.number
+                "%d Optuna trial(s) were asked after the last snapshot; the next trials adopt them",
+                len(self._orphans),
             )
+
+    @property
+    def orphans(self) -> int:
+        return len(self._orphans)
+
+
+def fail_orphans(journal_path: str | Path, study_name: str, keep: frozenset[str] = frozenset()) -> int:
+    """Mark unfinished journal trials whose Tune trial is not in ``keep`` FAIL (``ckd:orphaned``).
+
+    Called when a search has ended with every Tune trial finished: a RUNNING Optuna trial then
+    belongs to no live Tune trial, and a WAITING one (a queued warm-start point) will never run.
+    Returns how many were marked.
+    """
+    storage = journal_storage(journal_path)
+    study = optuna.load_study(study_name=study_name, storage=storage)
+    marked = 0
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        if frozen.user_attrs.get(RAY_TRIAL_ATTR) in keep:
+            continue
+        storage.set_trial_system_attr(frozen._trial_id, ORPHAN_ATTR, True)
+        storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+        log.info("Optuna trial %d belongs to no Tune trial; marked FAIL (orphaned)", frozen.number)
+        marked += 1
+    return marked

@@ -58,8 +58,26 @@ class ProgressCallback(Callback):
         self._emit(trials, f"trial {trial.trial_id} {verb} after {epochs} epochs")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        from ckd_search.search.faults import is_final_trial
+        from ckd_search.search.faults import last_error
+
         self._outcomes[trial.trial_id] = FAILED
-        self._emit(trials, f"trial {trial.trial_id} FAILED (see its error.txt)")
+        why = "not retried: a retry would fail the same way"
+        if not is_final_trial(trial.trial_id):
+            why = "no retries left"
+        message = last_error(trial.trial_id) or "see its error.txt"
+        self._emit(trials, f"trial {trial.trial_id} FAILED ({why}): {message}")
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        from ckd_search.search.faults import last_error
+
+        limit = getattr(trial, "max_failures", None)
+        of = "" if limit is None or limit < 0 else f" of {limit}"
+        self._emit(
+            trials,
+            f"trial {trial.trial_id} failed ({last_error(trial.trial_id) or 'see its error.txt'}); "
+            f"retry {trial.num_failures}{of} from its latest checkpoint",
+        )
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         self._emit(trials, "search ended")

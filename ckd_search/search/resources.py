@@ -56,7 +56,8 @@ def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -
     """Join ``address``, reuse an initialised Ray, or start a local one on 127.0.0.1.
 
     A local Ray gets ``num_cpus=--cpus or os.cpu_count()`` and ``num_gpus=--gpus`` (logical GPUs
-    are fine: they only count), no dashboard, and loopback addresses only.
+    are fine: they only count), no dashboard, and loopback addresses only (the node and the
+    dashboard agent bind 127.0.0.1).
     """
     if address is None and "ray" not in sys.modules:
         # Read by Ray at import time: a single-machine Ray then uses 127.0.0.1, not the LAN address.
@@ -67,8 +68,17 @@ def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -
     if ray.is_initialized():
         log.info("using the Ray instance already initialised in this process")
     elif address is not None:
+        # Trials on other nodes do not inherit this process's environment: forward the test-only
+        # fault-injection settings (ckd_search.search.faults) when they are set, nothing otherwise.
+        from ckd_search.search.faults import FAULT_DIR_ENV
+        from ckd_search.search.faults import FAULT_ENV
+
+        forwarded = {k: os.environ[k] for k in (FAULT_ENV, FAULT_DIR_ENV) if os.environ.get(k)}
+        runtime_env = {"env_vars": forwarded} if forwarded else None
         try:
-            ray.init(address=address, logging_level=logging.WARNING, log_to_driver=True)
+            ray.init(
+                address=address, logging_level=logging.WARNING, log_to_driver=True, runtime_env=runtime_env
+            )
         except (ConnectionError, ValueError, RuntimeError) as err:
             hint = (
                 ""
@@ -82,6 +92,7 @@ def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -
             num_cpus=int(cpus) if cpus else os.cpu_count(),
             num_gpus=num_gpus,
             include_dashboard=False,
+            dashboard_host="127.0.0.1",  # even the minimal dashboard agent binds loopback only
             _node_ip_address="127.0.0.1",
             logging_level=logging.WARNING,
         )

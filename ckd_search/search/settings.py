@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
-from ckd_search.config import load_yaml_mapping
 from ckd_search.errors import UserError
+from ckd_search.search.space import read_mapping
 from ckd_search.storage import atomic_write_text
 
 SETTINGS_FILE = "search.yaml"
@@ -35,7 +35,24 @@ ASHA_FILE = "asha_state.json"
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 DONE_FILE = "search_done.json"
+DRIVER_LOCK = "driver.lock"
 FORMAT = 1
+#: search.yaml fields: (accepted types, required).
+_FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
+    "run_dir": ((str,), True),
+    "study_name": ((str,), True),
+    "experiment_name": ((str,), True),
+    "num_trials": ((int,), True),
+    "storage_path": ((str,), True),
+    "mlflow_uri": ((str,), True),
+    "address": ((str, type(None)), False),
+    "cpus": ((int, float, type(None)), False),
+    "gpus": ((int, float, type(None)), False),
+    "overrides": ((dict,), False),
+    "warm_start": ((list,), False),
+    "created": ((str,), False),
+    "format": ((int,), False),
+}
 
 
 @dataclass
@@ -92,11 +109,14 @@ class SearchSettings:
         path = root / SETTINGS_FILE
         if not path.is_file():
             raise UserError(f"{root}: not a search run directory (no {SETTINGS_FILE})")
-        data = load_yaml_mapping(path)
+        data = read_mapping(path)
         names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
+        unknown = sorted(str(k) for k in set(data) - names)
         if unknown:
-            raise UserError(f"{path}: unknown settings {unknown} (written by a newer ckd-search?)")
+            raise UserError(
+                f"{path}: unknown settings {unknown} (corrupt, or written by a newer ckd-search?)"
+            )
+        _check_fields(path, data)
         settings = cls(**data)
         old = settings.run_dir
         if Path(old).resolve() != root:
@@ -107,6 +127,23 @@ class SearchSettings:
             settings.storage_path = settings.storage_path.replace(old, str(root), 1)
             settings.mlflow_uri = settings.mlflow_uri.replace(old, str(root), 1)
         return settings
+
+
+def _check_fields(path: Path, data: dict[str, Any]) -> None:
+    """One-line UserError for a missing or mistyped field of a (damaged) search.yaml."""
+    missing = sorted(k for k, (_, required) in _FIELD_TYPES.items() if required and k not in data)
+    if missing:
+        raise UserError(f"{path}: missing settings {missing} (the file is truncated or damaged)")
+    for key, (types, _) in _FIELD_TYPES.items():
+        if key not in data:
+            continue
+        value = data[key]
+        if isinstance(value, bool) or not isinstance(value, types):
+            raise UserError(f"{path}: {key}={value!r} has the wrong type (the file is damaged)")
+        if isinstance(value, str) and types == (str,) and key != "created" and not value:
+            raise UserError(f"{path}: {key} is empty (the file is damaged)")
+    if data["num_trials"] < 1:
+        raise UserError(f"{path}: num_trials={data['num_trials']} must be >= 1 (the file is damaged)")
 
 
 def unique_study_name(name: str) -> str:

@@ -29,6 +29,7 @@ naming the file, the key and the value (``space.kd.k.low=-1.0 must be > 0 for a 
 
 Rules checked by :func:`load_space` (before Ray starts):
 
+- ``space`` lists at least one parameter;
 - every key in ``fixed`` and ``space`` is a leaf of the engine config (``leaf_keys()``); a key is
   not both fixed and searched; ``resources.*`` is set in the ``resources`` section only;
 - ``uniform``/``loguniform`` need a float config field, ``int`` an int or float one; ``low < high``;
@@ -41,7 +42,11 @@ Rules checked by :func:`load_space` (before Ray starts):
 - a list of metrics needs ``searcher: tpe`` or ``nsga2``; ``nsga2`` needs a list of metrics;
 - ``resources.cpu > 0``; ``0 <= resources.gpu <= 1`` (0 = CPU trial, else ``0 < gpu <= 1``);
 - ``data.*``/``teacher.*`` parameters change the prepared data and teacher, which a search prepares
-  once per distinct setting on the driver: they must be ``choice`` (or ``grid``).
+  once per distinct setting on the driver: they must be ``choice`` (or ``grid``);
+- the file is UTF-8 text with a mapping at the top level.
+
+:func:`check_paths` (``check-space`` and ``search`` run it before anything is written or Ray starts)
+checks that every ``data.root`` is an existing folder and every ``teacher.weights`` an existing file.
 """
 
 from __future__ import annotations
@@ -282,8 +287,51 @@ def load_space(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
     ``overrides`` (``--set KEY=VALUE``) replace or add ``fixed`` values before validation.
     """
     p = Path(path).expanduser()
-    raw = load_yaml_mapping(p)
+    if p.is_file():
+        try:
+            p.read_bytes().decode("utf-8")
+        except UnicodeDecodeError as err:
+            raise UserError(
+                f"{p}: not a UTF-8 text file (byte {err.start}); expected a YAML search space"
+            ) from None
+        except OSError as err:
+            raise UserError(f"{p}: cannot be read ({err.strerror or err})") from None
+    raw = read_mapping(p)
     return parse_space(raw, str(p), default_name=p.stem, overrides=overrides)
+
+
+def read_mapping(path: Path) -> dict[str, Any]:
+    """``load_yaml_mapping`` with its error on one line (PyYAML's reader errors span two)."""
+    try:
+        return load_yaml_mapping(path)
+    except UnicodeDecodeError as err:
+        raise UserError(f"{path}: not a UTF-8 text file (byte {err.start})") from None
+    except UserError as err:
+        raise UserError(" ".join(str(err).split())) from None
+
+
+#: Config keys naming local paths: (key, must be a folder).
+PATH_KEYS = (("data.root", True), ("teacher.weights", False))
+
+
+def check_paths(space: SearchSpace) -> None:
+    """Every ``data.root`` (fixed or a choice) is a folder and every ``teacher.weights`` a file."""
+    err = _Errors(space.path)
+    for key, folder in PATH_KEYS:
+        if key in space.fixed:
+            candidates = [("fixed", space.fixed[key])]
+        elif key in space.keys:
+            candidates = [("space", v) for v in space.param(key).values]
+        else:
+            continue
+        for where, value in candidates:
+            if value is None:
+                continue
+            path = Path(str(value)).expanduser()
+            ok = path.is_dir() if folder else path.is_file()
+            if not ok:
+                kind = "folder" if folder else "file"
+                err.fail(f"{where}.{key}", value, f"is not an existing {kind} ({path.resolve()})")
 
 
 def parse_space(
@@ -304,6 +352,12 @@ def parse_space(
         _check_key(key, "--set", value, err, _leaf_types())
         fixed[key] = value
     params = _parse_params(_mapping(raw, "space", err), fixed, err)
+    if not params:
+        err.fail(
+            "space",
+            raw.get("space"),
+            "must list at least one parameter to search (one fixed config: use `ckd-search train`)",
+        )
     scheduler = _parse_scheduler(raw.get("scheduler"), study, err)
     searcher = _parse_searcher(raw.get("searcher", "tpe"), study, params, err)
     resources = _parse_resources(_mapping(raw, "resources", err), err)

@@ -13,12 +13,18 @@ one writer, experiment created once on the driver: pitfall 7):
 
 Resume (pitfall 5): ``get_state``/``set_state`` keep ``trial_id -> run_id``, so a resumed trial logs into
 its old run; a run is also found by its ``ckd.trial_id`` tag before one is created, epochs already
-logged are not logged again, and after a restore runs of trials the snapshot never knew are KILLED
-(``ckd.status=orphaned``).
+logged are not logged again, and after a restore runs of trials the snapshot never knew (Tune will
+never resume them; their Optuna trial is adopted by a new Tune trial) are KILLED with
+``ckd.status=orphaned``. Every Tune trial has exactly one child run; orphans belong to none.
+
+A failed trial's run is FAILED with its one-line error in the tag ``ckd.error``
+(:func:`ckd_search.search.faults.last_error`).
 
 Outages: every MLflow call is queued; a failing call stops the flush, the queue is kept (and is part
 of the callback state) and retried every ``retry_s`` seconds, with one warning when the gap starts
-and one line when it closes. Trials never wait on MLflow beyond one short attempt.
+and one line when it closes. Trials never wait on MLflow beyond one short attempt (MLflow's own
+HTTP retries are off). When the search ends during an outage the callback keeps retrying for up to
+``end_wait_s`` seconds, then saves the queue to ``RUN_DIR/mlflow_pending.json``; ``--resume`` sends it.
 """
 
 from __future__ import annotations
@@ -72,6 +78,9 @@ class MlflowTrackingCallback(Callback):
         space_file: the space YAML, logged as an artifact of the parent run.
         artifact_location: experiment artifact root when the experiment is created (None = server's).
         retry_s: seconds between retries while MLflow is unreachable.
+        end_wait_s: at the end of the search, how long to wait for an unreachable MLflow.
+        restart: the Tune experiment starts again in an existing search (``--resume`` before Tune's
+            first snapshot): child runs of the earlier attempt are reconciled as orphans.
     """
 
     def __init__(
@@ -87,6 +96,8 @@ class MlflowTrackingCallback(Callback):
         space_file: str | Path | None = None,
         artifact_location: str | None = None,
         retry_s: float = 15.0,
+        restart: bool = False,
+        end_wait_s: float = 60.0,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
@@ -99,6 +110,7 @@ class MlflowTrackingCallback(Callback):
         self.space_file = str(space_file) if space_file else None
         self.artifact_location = artifact_location
         self.retry_s = retry_s
+        self.end_wait_s = end_wait_s
         self._client: Any = None
         self._experiment_id: str | None = None
         self._parent_run_id: str | None = None
@@ -107,7 +119,7 @@ class MlflowTrackingCallback(Callback):
         self._logged_upto: dict[str, int] = {}
         self._pending: list[dict[str, Any]] = []
         self._restored = False
-        self._reconciled = True
+        self._reconciled = not restart
         self._verified: set[str] = set()
         self._gap_since: float | None = None
         self._next_try = 0.0
@@ -122,7 +134,9 @@ class MlflowTrackingCallback(Callback):
     def setup(
         self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any
     ) -> None:
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")
+        # No retries inside MLflow's client (each would block the driver loop for its backoff):
+        # a failed call stays queued and this callback retries it every retry_s seconds.
+        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
         os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
         for name in ("alembic", "mlflow.store", "mlflow.tracking"):
             logging.getLogger(name).setLevel(logging.WARNING)
@@ -177,7 +191,9 @@ class MlflowTrackingCallback(Callback):
         self._finish_trial(trial, "FINISHED", outcome)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        tags = {}
+        from ckd_search.search.faults import last_error
+
+        tags = {"ckd.error": last_error(trial.trial_id) or "unknown error"}
         error_file = getattr(getattr(trial, "run_metadata", None), "error_filename", None)
         if error_file:
             tags["ckd.error_file"] = str(error_file)
@@ -203,10 +219,16 @@ class MlflowTrackingCallback(Callback):
         else:
             self._queue(self._summary_op(trials))
             self._queue({"op": "parent_status", "status": "FINISHED", "tags": {"ckd.status": "finished"}})
-        for attempt in range(3):
-            if self._flush(force=True):
-                break
-            time.sleep(1.0 + attempt)
+        wait = float(getattr(self, "end_wait_s", 60.0))
+        deadline = time.monotonic() + wait
+        if not self._flush(force=True):
+            log.warning(
+                "search ended with %d MLflow calls queued; retrying for up to %g s", len(self._pending), wait
+            )
+            while time.monotonic() < deadline:
+                time.sleep(max(0.1, min(self.retry_s, deadline - time.monotonic())))
+                if self._flush(force=True):
+                    break
         self._spill()
 
     def get_state(self) -> dict[str, Any] | None:
@@ -438,9 +460,11 @@ class MlflowTrackingCallback(Callback):
         elif kind == "reconcile":
             self._reconcile(set(op["known"]))
 
-    def _find_runs(self, filter_string: str) -> list:
+    def _find_runs(self, filter_string: str, max_results: int = 50) -> list:
         return list(
-            self._mlflow().search_runs([self._experiment()], filter_string=filter_string, max_results=50)
+            self._mlflow().search_runs(
+                [self._experiment()], filter_string=filter_string, max_results=max_results
+            )
         )
 
     def _start_run(self, op: dict[str, Any]) -> None:
@@ -454,6 +478,8 @@ class MlflowTrackingCallback(Callback):
             if found:
                 self._runs[trial_id] = found[0].info.run_id
                 self._verified.discard(trial_id)
+                if found[0].info.status != "RUNNING":
+                    _set_status(client, found[0].info.run_id, "RUNNING")
             else:
                 run = client.create_run(
                     self._experiment(),
@@ -506,13 +532,18 @@ class MlflowTrackingCallback(Callback):
         """KILL child runs whose trial the restored snapshot does not know (pitfall 5)."""
         parent = self._parent()
         client = self._mlflow()
-        for run in self._find_runs(f"tags.`mlflow.parentRunId` = '{parent}'"):
+        for run in self._find_runs(f"tags.`mlflow.parentRunId` = '{parent}'", max_results=10000):
             trial_id = run.data.tags.get("ckd.trial_id")
             if trial_id in known or run.info.status not in ("RUNNING", "SCHEDULED"):
                 continue
             client.set_tag(run.info.run_id, "ckd.status", "orphaned")
             _set_status(client, run.info.run_id, "KILLED")
-            log.info("MLflow run %s of unknown trial %s marked KILLED (orphaned)", run.info.run_id, trial_id)
+            log.info(
+                "MLflow run %s of trial %s (started after the last snapshot; Tune will not resume it) "
+                "marked KILLED (orphaned)",
+                run.info.run_id,
+                trial_id,
+            )
 
 
 def _set_status(client: Any, run_id: str, status: str) -> None:

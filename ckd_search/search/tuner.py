@@ -1,16 +1,35 @@
 """Run or resume a search: Ray Tune + Optuna (:mod:`.optuna_search`) + ASHA (:mod:`.asha`) + MLflow.
 
-:func:`create_search` validates the space, makes the run directory and saves the resolved settings;
-:func:`run_search` starts or joins Ray, prepares data once per ``prepare_key`` on the driver, and runs
-(or, with ``resume=True``, ``Tuner.restore``-s) the Tune experiment. The outcome is read back from the
-Optuna journal, which records every trial as COMPLETE, PRUNED or FAIL.
+:func:`create_search` validates the space (and that the paths it names exist), makes the run
+directory and saves the resolved settings; :func:`run_search` starts or joins Ray, prepares data
+once per ``prepare_key`` on the driver, and runs (or, with ``resume=True``, ``Tuner.restore``-s) the
+Tune experiment. The outcome is read back from the Optuna journal, which records every trial as
+COMPLETE, PRUNED or FAIL.
+
+Fault tolerance (what Ray Tune leaves to us):
+
+- one driver per run directory: ``RUN_DIR/driver.lock`` is ``flock``-ed while a driver runs (the
+  kernel drops it when the driver dies, even by SIGKILL);
+- ``--resume`` first repairs what a killed driver can leave: a journal record cut off mid-write is
+  removed, Optuna's journal lock file is removed (Optuna would wait 30 s for it), and a journal
+  that cannot be parsed is refused with one line; a driver killed before Tune's first experiment
+  snapshot is resumed by starting the Tune experiment again in the same study (trials asked by the
+  lost driver are adopted, see :mod:`.optuna_search`);
+- a ``TrialFailure`` (non-finite loss) ends its trial without retries; other errors (lost node,
+  CUDA out of memory) are retried ``study.max_failures`` times from the latest checkpoint
+  (:mod:`.faults`);
+- when every trial has ended, Optuna trials that no Tune trial owns are marked FAIL (orphaned).
 """
 
 from __future__ import annotations
 
+import contextlib
+import json
 import logging
 import os
 import shutil
+import socket
+from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -20,6 +39,7 @@ from typing import Any
 
 from ckd_search.errors import UserError
 from ckd_search.search.settings import DONE_FILE
+from ckd_search.search.settings import DRIVER_LOCK
 from ckd_search.search.settings import MLFLOW_ARTIFACTS
 from ckd_search.search.settings import SETTINGS_FILE
 from ckd_search.search.settings import SearchSettings
@@ -28,6 +48,7 @@ from ckd_search.search.settings import is_uri
 from ckd_search.search.settings import unique_study_name
 from ckd_search.search.space import Resources
 from ckd_search.search.space import SearchSpace
+from ckd_search.search.space import check_paths
 from ckd_search.search.space import load_space
 from ckd_search.storage import atomic_write_text
 
@@ -39,6 +60,10 @@ DRIVER_ENV = {
     "RAY_DEDUP_LOGS": "1",
     "RAY_AIR_NEW_OUTPUT": "0",  # with verbose=0: no experiment tables; ProgressCallback reports instead
 }
+#: Seconds between MLflow retries during an outage (default 15).
+MLFLOW_RETRY_ENV = "CKD_SEARCH_MLFLOW_RETRY_S"
+#: Seconds to wait at the end of a search for an unreachable MLflow before saving the queue (60).
+MLFLOW_END_WAIT_ENV = "CKD_SEARCH_MLFLOW_END_WAIT_S"
 
 
 @dataclass
@@ -71,6 +96,7 @@ def create_search(
     from ckd_search.search.tracking import check_tracking_uri
 
     space = load_space(space_path, overrides)
+    check_paths(space)
     run_dir = Path(out or Path("runs") / space.study.name).expanduser().resolve()
     if (run_dir / SETTINGS_FILE).exists():
         raise UserError(
@@ -123,34 +149,151 @@ def run_search(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from ckd_search.search.faults import install_failure_policy
     from ckd_search.search.resources import plan_trials
     from ckd_search.search.resources import start_or_join
 
-    cluster = start_or_join(settings.address, settings.cpus, settings.gpus)
-    try:
-        plan = plan_trials(
-            space.resources, space.study, settings.num_trials, cluster, settings.gpus, settings.cpus
-        )
-        log.info("search %s: %d trials, %s", settings.study_name, settings.num_trials, plan.describe())
-        from ckd_search.search.preparation import prepare_all
+    with driver_lock(settings.root):
+        restorable = False
+        if resume:
+            check_journal(settings.journal_path, settings.study_name)
+            restorable = _can_restore(settings)
+        install_failure_policy()
+        cluster = start_or_join(settings.address, settings.cpus, settings.gpus)
+        try:
+            plan = plan_trials(
+                space.resources, space.study, settings.num_trials, cluster, settings.gpus, settings.cpus
+            )
+            log.info("search %s: %d trials, %s", settings.study_name, settings.num_trials, plan.describe())
+            from ckd_search.search.preparation import prepare_all
 
-        registry = prepare_all(space, plan.trial, settings.root)
-        trainable = _trainable(registry, plan.trial.cpu, plan.trial.gpu)
-        tuner = (
-            _restore(settings, trainable)
-            if resume
-            else _new_tuner(settings, space, plan, trainable, extra_callbacks)
-        )
-        tuner.fit()
-    finally:
-        if cluster.started_here:
-            import ray
+            registry = prepare_all(space, plan.trial)
+            trainable = _trainable(registry, plan.trial.cpu, plan.trial.gpu)
+            if restorable:
+                tuner = _restore(settings, trainable)
+            else:
+                if resume:
+                    log.warning(
+                        "%s: the driver stopped before Ray Tune's first experiment snapshot; "
+                        "starting the Tune experiment again in the same study",
+                        settings.run_dir,
+                    )
+                tuner = _new_tuner(settings, space, plan, trainable, extra_callbacks, restart=resume)
+            results = tuner.fit()
+            _fail_orphans_if_done(settings, results)
+        finally:
+            if cluster.started_here:
+                import ray
 
-            ray.shutdown()
+                ray.shutdown()
     outcome = read_outcome(settings, space)
     if outcome.finished:
         atomic_write_text(settings.root / DONE_FILE, _json({"finished": _now(), "counts": outcome.counts}))
     return outcome
+
+
+@contextlib.contextmanager
+def driver_lock(root: Path) -> Iterator[None]:
+    """Hold ``ROOT/driver.lock`` (``flock``) while a driver runs this search; refuse a second one."""
+    import fcntl
+
+    root.mkdir(parents=True, exist_ok=True)
+    handle = open(root / DRIVER_LOCK, "a+")  # noqa: SIM115 - held for the whole run
+    try:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            handle.seek(0)
+            holder = handle.read().strip() or "unknown process"
+            raise UserError(
+                f"{root}: another ckd-search driver runs this search ({holder}); "
+                "wait for it to end or stop it first"
+            ) from None
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"pid {os.getpid()} on {socket.gethostname()} since {_now()}\n")
+        handle.flush()
+        yield
+    finally:
+        handle.close()  # releases the lock
+
+
+def check_journal(path: Path, study_name: str) -> None:
+    """Repair a journal a killed driver left behind, or refuse a damaged one (one-line UserError).
+
+    A record cut off mid-write (no final newline) is removed; a stale Optuna lock file is removed
+    (the caller holds the driver lock, so no other writer exists); any other damage is refused.
+    """
+    lock = path.with_name(path.name + ".lock")
+    if lock.is_symlink() or lock.exists():
+        lock.unlink()
+        log.warning("%s: removed the journal lock left by a stopped driver", lock)
+    if not path.exists():
+        return
+    data = path.read_bytes()
+    if data and not data.endswith(b"\n"):
+        keep = data.rfind(b"\n") + 1
+        log.warning(
+            "%s: the last journal record was cut off mid-write (%d bytes); removed it",
+            path,
+            len(data) - keep,
+        )
+        with open(path, "r+b") as handle:
+            handle.truncate(keep)
+        data = data[:keep]
+    for number, line in enumerate(data.splitlines(), 1):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict) or "op_code" not in record:
+            raise UserError(
+                f"{path}: record {number} is not an Optuna journal record (the file is corrupt); "
+                "restore it from a backup or start a new search"
+            )
+    if not data:
+        return
+    import optuna
+
+    from ckd_search.search.optuna_search import journal_storage
+
+    try:
+        names = optuna.get_all_study_names(journal_storage(path))
+    except Exception as err:  # noqa: BLE001 - a journal Optuna cannot replay is a corrupt journal
+        raise UserError(f"{path}: Optuna cannot read this journal ({type(err).__name__}: {err})") from None
+    if study_name not in names:
+        raise UserError(f"{path}: holds no study {study_name!r} (found {names}); wrong or damaged journal")
+
+
+def _can_restore(settings: SearchSettings) -> bool:
+    from ray import tune
+
+    try:
+        return bool(tune.Tuner.can_restore(settings.experiment_path))
+    except Exception as err:  # noqa: BLE001 - an unreachable storage is the user's to fix
+        raise UserError(f"{settings.experiment_path}: cannot read the Ray Tune experiment ({err})") from None
+
+
+def _fail_orphans_if_done(settings: SearchSettings, results: Any) -> None:
+    """When every Tune trial has ended, FAIL Optuna trials that belong to none of them."""
+    from ckd_search.search.optuna_search import fail_orphans
+
+    try:
+        ended = results.num_terminated + results.num_errors
+        total = len(results)
+    except Exception:  # noqa: BLE001 - no result grid: leave the journal as it is
+        return
+    if total < settings.num_trials or ended < total or not settings.journal_path.is_file():
+        return
+    keep = frozenset(_trial_id_of(r) for r in results)
+    marked = fail_orphans(settings.journal_path, settings.study_name, keep)
+    if marked:
+        log.warning("%d Optuna trial(s) belonged to no Tune trial; marked FAIL (orphaned)", marked)
+
+
+def _trial_id_of(result: Any) -> str:
+    name = Path(str(getattr(result, "path", "") or "")).name
+    return name.removeprefix("trial_")
 
 
 def _trainable(registry: Any, cpus: float, gpus: float) -> Any:
@@ -162,11 +305,18 @@ def _trainable(registry: Any, cpus: float, gpus: float) -> Any:
 
 
 def _new_tuner(
-    settings: SearchSettings, space: SearchSpace, plan: Any, trainable: Any, extra: Sequence[Any]
+    settings: SearchSettings,
+    space: SearchSpace,
+    plan: Any,
+    trainable: Any,
+    extra: Sequence[Any],
+    restart: bool = False,
 ) -> Any:
     from ray import tune
 
     from ckd_search.search.asha import PersistentASHA
+    from ckd_search.search.ledger import LEDGER_FILE
+    from ckd_search.search.ledger import EpochLedger
     from ckd_search.search.optuna_search import StudySearch
     from ckd_search.search.progress import ProgressCallback
     from ckd_search.search.tracking import MlflowTrackingCallback
@@ -194,6 +344,9 @@ def _new_tuner(
         search_params=_search_params(settings, space, plan),
         space_file=settings.space_file,
         artifact_location=str(settings.root / MLFLOW_ARTIFACTS) if sqlite_default else None,
+        retry_s=_seconds(MLFLOW_RETRY_ENV, 15.0, low=0.5),
+        end_wait_s=_seconds(MLFLOW_END_WAIT_ENV, 60.0, low=0.0),
+        restart=restart,
     )
     progress = ProgressCallback(study.metric, study.mode, max_t, settings.num_trials)
     tune_config = tune.TuneConfig(
@@ -205,12 +358,12 @@ def _new_tuner(
         max_concurrent_trials=plan.max_concurrent,  # pitfall 2: TPE must see finished trials
         reuse_actors=True,  # no new worker process (and torch import) per trial
         trial_name_creator=trial_name,
-        trial_dirname_creator=trial_name,
+        trial_dirname_creator=trial_dirname,
     )
     run_config = tune.RunConfig(
         name=settings.study_name,
         storage_path=settings.storage_path,
-        callbacks=[tracking, progress, *extra],
+        callbacks=[tracking, progress, EpochLedger(settings.root / LEDGER_FILE), *extra],
         verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=study.max_failures),
@@ -254,11 +407,34 @@ def _restore(settings: SearchSettings, trainable: Any) -> Any:
     if not tune.Tuner.can_restore(path):
         raise UserError(f"{settings.run_dir}: no Ray Tune experiment state at {path} to resume")
     log.info("resuming search %s from %s", settings.study_name, path)
-    return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    try:
+        return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
+    except (OSError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
+        raise UserError(
+            f"{path}: the Ray Tune experiment state cannot be read ({type(err).__name__}: "
+            f"{' '.join(str(err).split())[:200]})"
+        ) from None
+
+
+def _seconds(name: str, default: float, low: float) -> float:
+    raw = os.environ.get(name)
+    try:
+        return max(low, float(raw)) if raw else default
+    except ValueError:
+        raise UserError(f"{name}={raw!r} must be a number of seconds") from None
 
 
 def trial_name(trial: Any) -> str:
-    """Short, stable trial names and folders (default names embed the config and grow too long)."""
+    """``trial_<id>_<index>``: short and stable; the index (creation order, from 0) is what
+    ``CKD_SEARCH_FAULT_INJECT`` selects trials by (Tune's experiment tag is ``<index + 1>_<params>``)."""
+    tag = str(getattr(trial, "experiment_tag", "") or "")
+    head = tag.split("_", 1)[0]
+    index = f"_{int(head) - 1:03d}" if head.isdigit() and int(head) > 0 else ""
+    return f"trial_{trial.trial_id}{index}"
+
+
+def trial_dirname(trial: Any) -> str:
+    """Trial folders: ``trial_<id>`` (default names embed the config and grow too long)."""
     return f"trial_{trial.trial_id}"
 
 

@@ -1,0 +1,182 @@
+"""Fixtures of the reliability suite: tiny real configs, space files, driver subprocesses, and
+readers of what a search left behind (Optuna journal, MLflow store, Tune's per-trial results).
+
+Every search here runs the real training loop (``engine.fit`` on the embedded Digits-DVS set with
+tiny settings). Faults are real too: nodes are SIGKILLed (:mod:`ckd_search.search.chaos`), drivers
+SIGKILLed, NaN comes from a huge learning rate; only CUDA OOM (no GPU here) and slow epochs (so a
+kill lands mid-trial without burning CPU) come from the fault-injection hook
+(``CKD_SEARCH_FAULT_INJECT``, :mod:`ckd_search.search.faults`).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+#: A tiny real engine config: well under a second per epoch on one CPU thread.
+TINY = {
+    "data.limit": 200,
+    "data.size": 16,
+    "data.timesteps": 2,
+    "model.width": 0.0625,
+    "teacher.epochs": 1,
+    "run.epochs": 2,
+    "optim.batch_size": 32,
+}
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quiet_ray() -> None:
+    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+
+@pytest.fixture(scope="session")
+def tiny_fixed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """TINY with one data/teacher cache for the whole suite (built once)."""
+    return {**TINY, "data.cache_dir": str(tmp_path_factory.mktemp("reliability-cache"))}
+
+
+def write_space(folder: Path, fixed: dict[str, Any], name: str = "space.yaml", **sections: Any) -> Path:
+    """A search-space file: two searched keys, CPU trials, overridable sections."""
+    raw: dict[str, Any] = {
+        "study": {"name": "rel", "metric": "train_loss", "mode": "min", "num_trials": 3, "seed": 0},
+        "fixed": fixed,
+        "space": {
+            "loss.beta": {"type": "uniform", "low": 0.0, "high": 4.0},
+            "kd.temperature": {"type": "choice", "values": [2.0, 4.0]},
+        },
+        "resources": {"cpu": 1, "gpu": 0},
+    }
+    raw.update(sections)
+    path = folder / name
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    return path
+
+
+class Driver:
+    """A ``ckd-search`` driver subprocess in its own session (killable with everything it started)."""
+
+    def __init__(self, args: list[str], env: dict[str, str], log_path: Path) -> None:
+        self.log_path = log_path
+        self.handle = open(log_path, "a")  # noqa: SIM115 - closed in wait/kill
+        self.handle.write(f"\n=== ckd-search {' '.join(args)}\n")
+        self.handle.flush()
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "ckd_search.cli", *args],
+            cwd=REPO,
+            env=env,
+            stdout=self.handle,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+
+    def wait(self, timeout: float) -> int:
+        try:
+            return self.proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
+            raise AssertionError(f"driver ran over {timeout:g} s:\n{self.tail()}") from None
+        finally:
+            self.handle.close()
+
+    def kill(self) -> None:
+        """SIGKILL the driver and every process of its session (its local Ray, its trials)."""
+        from ckd_search.search.chaos import kill_session
+
+        kill_session(self.proc.pid)
+        try:
+            self.proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            pass
+        deadline = time.monotonic() + 30
+        from ckd_search.search.chaos import session_pids
+
+        while session_pids(self.proc.pid) and time.monotonic() < deadline:
+            kill_session(self.proc.pid)
+            time.sleep(0.2)
+        self.handle.close()
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def tail(self, chars: int = 6000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+
+@pytest.fixture
+def drivers() -> Iterator[list[Driver]]:
+    """Drivers started by a test; any still running at the end are killed with their sessions."""
+    started: list[Driver] = []
+    yield started
+    for driver in started:
+        if driver.alive() or driver.proc.returncode is None:
+            driver.kill()
+        else:
+            from ckd_search.search.chaos import kill_session
+
+            kill_session(driver.proc.pid, signal.SIGKILL)
+
+
+def start_driver(drivers: list[Driver], args: list[str], env: dict[str, str], log_path: Path) -> Driver:
+    driver = Driver(args, env, log_path)
+    drivers.append(driver)
+    return driver
+
+
+def journal_trials(settings: Any, *, orphans: bool = True) -> list:
+    import optuna
+    from optuna.storages import JournalStorage
+    from optuna.storages.journal import JournalFileBackend
+
+    from ckd_search.search.optuna_search import ORPHAN_ATTR
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = JournalStorage(JournalFileBackend(str(settings.journal_path)))
+    study = optuna.load_study(study_name=settings.study_name, storage=storage)
+    trials = study.get_trials()
+    return trials if orphans else [t for t in trials if not t.system_attrs.get(ORPHAN_ATTR)]
+
+
+def mlflow_runs(settings: Any) -> tuple[Any, list, list]:
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.mlflow_uri)
+    exp = client.get_experiment_by_name(settings.experiment_name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("ckd.role") == "search"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    return client, parents, children
+
+
+@pytest.fixture
+def helpers() -> SimpleNamespace:
+    return SimpleNamespace(
+        write_space=write_space,
+        start_driver=start_driver,
+        journal_trials=journal_trials,
+        mlflow_runs=mlflow_runs,
+        repo=REPO,
+    )
+
+
+@pytest.fixture
+def ray_cleanup() -> Iterator[None]:
+    yield
+    import ray
+
+    if ray.is_initialized():
+        ray.shutdown()

@@ -1,0 +1,119 @@
+"""Safe defaults: loopback-only services, weights-only checkpoints, safe YAML, no eval/pickle of input."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from ckd_search.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+SOURCES = sorted([*(REPO / "ckd_search").rglob("*.py"), *(REPO / "trainables").rglob("*.py")])
+FORBIDDEN = {
+    "yaml.load(": re.compile(r"\byaml\.load\("),
+    "yaml.unsafe_load": re.compile(r"\byaml\.unsafe_load\b|\bUnsafeLoader\b|Loader=yaml\.Loader\b"),
+    "eval(": re.compile(r"(?<![\w.])eval\("),
+    "exec(": re.compile(r"(?<![\w.])exec\("),
+    "pickle.load": re.compile(r"\b(c?pickle|cloudpickle|dill)\.loads?\("),
+    "weights_only=False": re.compile(r"weights_only\s*=\s*False"),
+    "shell=True": re.compile(r"shell\s*=\s*True"),
+}
+
+
+def test_package_source_has_no_unsafe_loading():
+    assert len(SOURCES) > 30
+    found = []
+    for path in SOURCES:
+        for number, line in enumerate(path.read_text().splitlines(), 1):
+            code = line.split("#", 1)[0]
+            for name, pattern in FORBIDDEN.items():
+                if pattern.search(code):
+                    found.append(f"{path.relative_to(REPO)}:{number}: {name}: {line.strip()}")
+    assert not found, "\n".join(found)
+
+
+def test_every_torch_load_is_weights_only():
+    calls = []
+    for path in SOURCES:
+        text = path.read_text()
+        for match in re.finditer(r"torch\.load\(", text):
+            call = text[match.start() : text.index(")", match.start()) + 1]
+            calls.append((path.name, call))
+            assert "weights_only=True" in call, (path, call)
+    assert calls  # checkpoints and teacher weights are loaded somewhere
+
+
+class Payload:
+    """Not a tensor: unpickling it would run arbitrary code in a less careful loader."""
+
+
+def test_a_checkpoint_holding_objects_is_refused(tmp_path):
+    from ckd_search.checkpoint import load_checkpoint
+    from ckd_search.checkpoint import save_checkpoint
+    from ckd_search.errors import UserError
+
+    save_checkpoint(tmp_path, {"model": {"w": torch.zeros(2)}, "payload": Payload()})
+    with pytest.raises(UserError, match="cannot be read"):
+        load_checkpoint(tmp_path)
+
+
+def test_yaml_tags_are_not_executed(tmp_path, capsys):
+    marker = tmp_path / "pwned"
+    space = tmp_path / "space.yaml"
+    space.write_text(f"study: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert main(["check-space", str(space)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("ckd-search: error:") and "invalid YAML" in err and "\n" not in err
+    config = tmp_path / "config.yaml"
+    config.write_text(f"kd: !!python/object/apply:os.system ['touch {marker}']\n")
+    assert main(["train", "--config", str(config), "--out", str(tmp_path / "out")]) == 2
+    assert not marker.exists()
+
+
+def test_ui_binds_loopback_unless_asked(tmp_path, monkeypatch, capsys):
+    import ckd_search.commands.search as commands
+
+    calls = []
+    monkeypatch.setattr(commands.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    (tmp_path / "mlflow.db").touch()
+    assert main(["ui", str(tmp_path)]) == 0
+    cmd = calls[-1]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and "0.0.0.0" not in cmd
+    assert "http://127.0.0.1:5000" in capsys.readouterr().out
+    assert main(["ui", str(tmp_path), "--host", "0.0.0.0", "--port", "5001"]) == 0  # explicit only
+    assert calls[-1][calls[-1].index("--host") + 1] == "0.0.0.0"
+
+
+def test_a_local_ray_binds_loopback_without_dashboard(monkeypatch):
+    import ray
+
+    from ckd_search.search import resources
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw) or SimpleNamespace())
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0}}])
+    cluster = resources.start_or_join(None, 2, 0)
+    assert cluster.started_here and cluster.cpus == 2
+    assert seen["_node_ip_address"] == "127.0.0.1"
+    assert seen["include_dashboard"] is False and seen["dashboard_host"] == "127.0.0.1"
+    assert seen["num_cpus"] == 2 and seen["num_gpus"] == 0
+
+
+def test_local_test_clusters_bind_loopback(tmp_path):
+    from ckd_search.search.chaos import LocalCluster
+
+    cluster = LocalCluster(tmp_path)  # nothing starts before start_head/add_worker
+    try:
+        head, worker = cluster.head_args(), cluster.worker_args()
+        assert head[head.index("--node-ip-address") + 1] == "127.0.0.1"
+        assert head[head.index("--dashboard-host") + 1] == "127.0.0.1"
+        assert head[head.index("--include-dashboard") + 1] == "false"
+        assert worker[worker.index("--node-ip-address") + 1] == "127.0.0.1"
+        assert cluster.address.startswith("127.0.0.1:")
+    finally:
+        cluster.shutdown()
