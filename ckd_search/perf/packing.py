@@ -26,6 +26,7 @@ from typing import Any
 
 import torch
 
+from ckd_search.perf.timing import SMOKE_SHAPE
 from ckd_search.perf.timing import fmt
 from ckd_search.perf.timing import format_table
 
@@ -179,17 +180,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny CPU run, 1 thread per trial (CI)")
     args = p.parse_args(argv)
-    smoke = {
-        "batch": 8,
-        "timesteps": 2,
-        "size": 16,
-        "width": 0.0625,
-        "classes": 10,
-        "steps": 3,
-        "warmup": 1,
-        "device": "cpu",
-        "threads_per_trial": 1,
-    }
+    smoke = {**SMOKE_SHAPE, "threads_per_trial": 1}
     full = {
         "batch": 64,
         "timesteps": 10,

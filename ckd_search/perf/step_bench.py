@@ -26,6 +26,7 @@ from ckd_search.data.batches import Batch
 from ckd_search.perf.synthetic import StepBatch
 from ckd_search.perf.synthetic import device_batches
 from ckd_search.perf.synthetic import synthetic_prepared
+from ckd_search.perf.timing import SMOKE_SHAPE
 from ckd_search.perf.timing import Timing
 from ckd_search.perf.timing import fmt
 from ckd_search.perf.timing import format_table
@@ -184,16 +185,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny CPU run (CI): B 8, T 2, 16x16, width 1/16")
     args = p.parse_args(argv)
-    smoke = {
-        "batch": 8,
-        "timesteps": 2,
-        "size": 16,
-        "width": 0.0625,
-        "classes": 10,
-        "steps": 3,
-        "warmup": 1,
-        "device": "cpu",
-    }
+    smoke = dict(SMOKE_SHAPE)
     full = {
         "batch": 120,
         "timesteps": 10,

@@ -12,6 +12,18 @@ from dataclasses import dataclass
 
 import torch
 
+# The tiny CPU setting every benchmark's --smoke mode uses (CI): B 8, T 2, 16x16, width 1/16.
+SMOKE_SHAPE: dict[str, object] = {
+    "batch": 8,
+    "timesteps": 2,
+    "size": 16,
+    "width": 0.0625,
+    "classes": 10,
+    "steps": 3,
+    "warmup": 1,
+    "device": "cpu",
+}
+
 
 @dataclass(frozen=True)
 class Timing:
