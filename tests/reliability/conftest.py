@@ -10,7 +10,6 @@ kill lands mid-trial without burning CPU) come from the fault-injection hook
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -24,30 +23,14 @@ import pytest
 import yaml
 
 REPO = Path(__file__).resolve().parents[2]
-#: A tiny real engine config: well under a second per epoch on one CPU thread.
-TINY = {
-    "data.limit": 200,
-    "data.size": 16,
-    "data.timesteps": 2,
-    "model.width": 0.0625,
-    "teacher.epochs": 1,
-    "run.epochs": 2,
-    "optim.batch_size": 32,
-}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _quiet_ray() -> None:
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 @pytest.fixture(scope="session")
-def tiny_fixed(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
-    """TINY with one data/teacher cache for the whole suite (built once)."""
-    return {**TINY, "data.cache_dir": str(tmp_path_factory.mktemp("reliability-cache"))}
+def tiny_fixed(
+    tmp_path_factory: pytest.TempPathFactory, tiny_search_config: dict[str, Any]
+) -> dict[str, Any]:
+    """The tiny config with one data/teacher cache for the whole suite (built once)."""
+    return {**tiny_search_config, "data.cache_dir": str(tmp_path_factory.mktemp("reliability-cache"))}
 
 
 def write_space(folder: Path, fixed: dict[str, Any], name: str = "space.yaml", **sections: Any) -> Path:

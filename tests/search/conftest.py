@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from collections.abc import Iterator
 from pathlib import Path
@@ -10,26 +9,6 @@ from typing import Any
 
 import pytest
 import yaml
-
-#: A tiny real engine config: a few seconds per epoch on one CPU thread.
-TINY = {
-    "data.limit": 200,
-    "data.size": 16,
-    "data.timesteps": 2,
-    "model.width": 0.0625,
-    "teacher.epochs": 1,
-    "run.epochs": 2,
-    "optim.batch_size": 32,
-}
-
-
-@pytest.fixture(scope="session", autouse=True)
-def _quiet_ray() -> None:
-    """Keep Ray's log spam and experiment tables out of the test output."""
-    os.environ.setdefault("RAY_DEDUP_LOGS", "1")
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
 @pytest.fixture(scope="session")
@@ -39,8 +18,8 @@ def cache_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_fixed(cache_dir: Path) -> dict[str, Any]:
-    return {**TINY, "data.cache_dir": str(cache_dir)}
+def tiny_fixed(cache_dir: Path, tiny_search_config: dict[str, Any]) -> dict[str, Any]:
+    return {**tiny_search_config, "data.cache_dir": str(cache_dir)}
 
 
 @pytest.fixture
