@@ -54,40 +54,16 @@ def _engine(trainer: Trainer) -> None:
     """The engine as it is."""
 
 
-def _tap(trainer: Trainer) -> None:
-    variants.use_fused_tap(trainer.model.student)
-
-
 def _fused(trainer: Trainer) -> None:
     trainer.loss_fn = variants.fused_stream_losses
 
 
-def _tap_fused(trainer: Trainer) -> None:
-    _tap(trainer)
-    _fused(trainer)
-
-
 def _joint(trainer: Trainer) -> None:
-    _tap(trainer)
     trainer.loss_fn = variants.joint_bn_losses
-
-
-def _channels_last(trainer: Trainer) -> None:
-    trainer.model.to(memory_format=torch.channels_last)
 
 
 def _fast_lif(trainer: Trainer) -> None:
     variants.use_fast_cpu_lif(trainer.model.student)
-
-
-def _fast_lif_tap(trainer: Trainer) -> None:
-    variants.use_fast_cpu_lif(trainer.model.student)
-    _tap(trainer)
-
-
-def _fast_lif_tap_cl(trainer: Trainer) -> None:
-    _fast_lif_tap(trainer)
-    _channels_last(trainer)
 
 
 def _compile(trainer: Trainer) -> None:
@@ -96,16 +72,11 @@ def _compile(trainer: Trainer) -> None:
 
 EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("engine", "Trainer.step as it is", _engine),
-    Experiment("tap-fused", "membrane from LIFNode(store_v_seq=True), no Python T-loop", _tap),
     Experiment("streams-fused", "both streams as one 2B batch, BatchNorm per stream", _fused),
-    Experiment("tap+streams", "both of the above", _tap_fused),
-    Experiment("tap+streams-jointBN", "as tap+streams with one BN over both streams (NOT exact)", _joint),
-    Experiment("channels_last", "model in channels_last (the engine does this on CUDA only)", _channels_last),
+    Experiment("streams-jointBN", "as streams-fused with one BN over both streams (NOT exact)", _joint),
     Experiment(
         "fast-lif", "every LIF as one autograd function (perf.variants.FastCpuLIF)", _fast_lif, cpu_only=True
     ),
-    Experiment("fast-lif+tap", "fast-lif, membrane from its v_seq", _fast_lif_tap, cpu_only=True),
-    Experiment("fast-lif+tap+cl", "fast-lif+tap in channels_last", _fast_lif_tap_cl, cpu_only=True),
 )
 COMPILE = Experiment(
     "compile", "torch.compile(ckd_losses) (run.compile=true), warm-up includes compiling", _compile

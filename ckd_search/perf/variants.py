@@ -2,8 +2,6 @@
 
 Each is exact (same losses and gradients up to float rounding) unless its docstring says not:
 
-* :class:`FusedMembraneTap`: the membrane sequence from spikingjelly's own LIF op
-  (``store_v_seq=True``) instead of rebuilding it with a Python loop over T.
 * :func:`fused_stream_losses`: both streams through the backbone as one batch of 2B (one conv,
   pool and LIF call per layer instead of two), BatchNorm still per stream so its batch
   statistics and running averages match the engine's two sequential passes.
@@ -37,30 +35,6 @@ from ckd_search.step import ckd_losses
 from ckd_search.step import hybrid_stream
 
 log = logging.getLogger(__name__)
-
-
-class FusedMembraneTap(MembraneTap):
-    """A :class:`MembraneTap` that reads the post-reset membrane from the LIF op itself.
-
-    spikingjelly 2.0's ``LIFNode`` with ``store_v_seq=True`` in step mode 'm' calls the same
-    ``lif_multi_step`` op (Torch reference on CPU, Triton on CUDA) and returns the voltage
-    trace, which is differentiable (the op's backward takes its gradient). That is the
-    membrane the engine's tap rebuilds with T extra elementwise steps in Python.
-    """
-
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        self.lif.store_v_seq = True
-        spikes = self.lif(x)
-        membrane = self.lif.v_seq
-        assert membrane is not None
-        return spikes, membrane
-
-
-def use_fused_tap(student: VGGSNN) -> None:
-    """Swap the student's membrane tap for :class:`FusedMembraneTap` in place (same LIF module)."""
-    for i, block in enumerate(student.features):
-        if isinstance(block, MembraneTap) and not isinstance(block, FusedMembraneTap):
-            student.features[i] = FusedMembraneTap(block.lif)
 
 
 def _split_bn(bn: layer.BatchNorm2d, x: Tensor, batch: int) -> Tensor:
