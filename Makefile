@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 CLI    := $(VENV)/bin/ckd-search
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast lint format soak bench clean
+.PHONY: install demo test test-fast lint format soak bench gpu-wheels clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -39,7 +39,13 @@ soak: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) bench/step_throughput.py --smoke
+	$(PY) bench/precision.py --smoke
 	$(PY) bench/data_throughput.py
+
+# The pure-Python wheels a lent GPU machine lacks (Python 3.12 there); bench/gpu_session.sh installs them.
+gpu-wheels: $(STAMP)
+	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
+	  -d .whl spikingjelly==2.0.0 loguru
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

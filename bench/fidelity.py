@@ -2,9 +2,11 @@
 
 N configs of (kd.e_th, kd.k log-uniform, loss.beta) are drawn with a fixed seed; each is trained at
 the full budget (E epochs) and at a low budget (L epochs) in both modes (truncate, compress); see
-ckd_search.analysis.fidelity. Cost: N * (E + 2 L) epochs (about 2 s each at the defaults, 1 thread).
+ckd_search.analysis.fidelity. Cost: N * S * (E + 2 L) epochs for S training seeds (about 2 s each at
+the defaults, 1 thread).
 
     python bench/fidelity.py --out runs/fidelity/fidelity.json
+    python bench/fidelity.py --n 12 --train-seeds 42 1024 90210   # with seed noise and its ceiling
     python bench/fidelity.py --n 4 --full-epochs 4 --low-epochs 1 --set data.limit=300   # quick
 """
 
@@ -41,6 +43,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--full-epochs", type=int, default=12, help="full budget E (default 12)")
     p.add_argument("--low-epochs", type=int, default=3, help="low budget (default 3 = E/4)")
     p.add_argument("--seed", type=int, default=0, help="seed of the config draws")
+    p.add_argument(
+        "--train-seeds",
+        type=int,
+        nargs="+",
+        default=None,
+        help="training seeds (values averaged)",
+    )
     p.add_argument("--metric", default="best_test_acc", choices=["best_test_acc", "final_test_acc"])
     p.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     p.add_argument("--cache-dir", default=None, help="data/teacher cache (default: the config's)")
@@ -60,6 +69,7 @@ def main(argv: list[str] | None = None) -> int:
         full_epochs=args.full_epochs,
         low_epochs=args.low_epochs,
         seed=args.seed,
+        train_seeds=args.train_seeds,
         metric=args.metric,
         progress=lambda line: print(line, flush=True),
     )

@@ -225,6 +225,12 @@ class RunConfig:
         one_of("fp32", "bf16"),
     )
     compile: bool = f(False, "torch.compile the student (CUDA)")
+    compile_mode: str = f(
+        "default",
+        "with run.compile: default; reduce-overhead = CUDA graphs (fewer launches, for small "
+        "batches); max-autotune-no-cudagraphs",
+        one_of("default", "reduce-overhead", "max-autotune-no-cudagraphs"),
+    )
     channels_last: bool = f(True, "channels_last memory format (exact; faster on CUDA and CPU)")
     threads: int | None = f(None, "torch CPU threads (None = leave as is)", opt(ge(1)))
     checkpoint_every: int = f(1, "write a full checkpoint every N epochs (0 = never)", ge(0))
@@ -302,17 +308,24 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     return data
 
 
+# Keys naming local paths, and whether each must be a folder (True) or a file (False).
+LOCAL_PATH_KEYS = (("data.root", True), ("teacher.weights", False))
+
+
+def local_path_problem(value: Any, is_dir: bool) -> str | None:
+    """Why ``value`` is not an existing folder/file (None when it is)."""
+    path = Path(str(value)).expanduser()
+    if path.is_dir() if is_dir else path.is_file():
+        return None
+    return f"is not an existing {'folder' if is_dir else 'file'} ({path.resolve()})"
+
+
 def check_local_paths(cfg: Config) -> None:
     """``data.root`` must be an existing folder and ``teacher.weights`` an existing file, if set."""
-    for key, value, is_dir in (
-        ("data.root", cfg.data.root, True),
-        ("teacher.weights", cfg.teacher.weights, False),
-    ):
-        if value is None:
-            continue
-        path = Path(value).expanduser()
-        if not (path.is_dir() if is_dir else path.is_file()):
-            raise ConfigError(key, value, f"is not an existing {'folder' if is_dir else 'file'}")
+    flat = cfg.flat()
+    for key, is_dir in LOCAL_PATH_KEYS:
+        if flat[key] is not None and (problem := local_path_problem(flat[key], is_dir)):
+            raise ConfigError(key, flat[key], problem)
 
 
 def field_docs(cls: type = Config, prefix: str = "") -> Iterator[tuple[str, Any, str]]:

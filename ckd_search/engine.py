@@ -59,6 +59,20 @@ class FitResult:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
+def compile_options(mode: str) -> dict[str, Any]:
+    """Inductor options for ``run.compile_mode`` (torch.compile takes ``mode`` or ``options``, not both).
+
+    Layout optimisation stays off (spikingjelly issue #753, performance.md section 4): Inductor's own
+    layout choice added layout copies around the LIF kernels; the step sets channels_last itself.
+    """
+    extra = {
+        "default": {},
+        "reduce-overhead": {"triton.cudagraphs": True},
+        "max-autotune-no-cudagraphs": {"max_autotune": True},
+    }[mode]
+    return {"layout_optimization": False, **extra}
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -266,7 +280,9 @@ class Trainer:
             # reset_net fills its module cache on first use; doing that inside the compiled
             # function breaks a guard and recompiles on the second call.
             self.model.student.reset_state()
-            self.loss_fn = torch.compile(ckd_losses, options={"layout_optimization": False})
+            self.loss_fn = torch.compile(ckd_losses, options=compile_options(cfg.run.compile_mode))
+        # CUDA graph replays reuse output memory: each step must say a new iteration began.
+        self.cudagraphs = cfg.run.compile and cfg.run.compile_mode == "reduce-overhead"
 
     def _setup_cuda(self) -> None:
         torch.backends.cudnn.benchmark = True
@@ -351,6 +367,8 @@ class Trainer:
             replace_mask=mask,
             gamma=gamma,
         )
+        if self.cudagraphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with self.autocast():
             parts = self.loss_fn(self.model, inputs, self.cfg)
         self.optimizer.zero_grad(set_to_none=True)

@@ -15,6 +15,7 @@ from torch import nn
 from ckd_search import losses
 from ckd_search.config import Config
 from ckd_search.models.snn import VGGSNN
+from ckd_search.models.snn import StudentOutput
 
 
 class CKDModel(nn.Module):
@@ -49,7 +50,7 @@ def ckd_losses(model: CKDModel, inputs: StepInputs, cfg: Config) -> dict[str, Te
     Streams run one after the other with the neuron state reset in between (He et al.), hybrid
     first. With ``loss.method == "dvs_only"`` only the DVS stream runs (TET baseline).
     """
-    student, lc, kc = model.student, cfg.loss, cfg.kd
+    student, lc = model.student, cfg.loss
     out: dict[str, Tensor] = {}
     if lc.method == "dvs_only":
         student.reset_state()
@@ -66,13 +67,21 @@ def ckd_losses(model: CKDModel, inputs: StepInputs, cfg: Config) -> dict[str, Te
     student.reset_state()
     dvs_out = student(inputs.dvs, head="dvs")
     student.reset_state()
+    return combine_losses(model, inputs, cfg, static_out, dvs_out)
 
+
+def combine_losses(
+    model: CKDModel, inputs: StepInputs, cfg: Config, static_out: StudentOutput, dvs_out: StudentOutput
+) -> dict[str, Tensor]:
+    """The four loss parts and their total from the two streams' outputs (ckd-method.md 2.7)."""
+    lc, kc = cfg.loss, cfg.kd
     sig = torch.sigmoid(model.theta)
     cls_s = losses.tet_loss(static_out.logits, inputs.labels, lc.tet_lambda, lc.tet_phi)
     cls_e = losses.tet_loss(dvs_out.logits, inputs.labels, lc.tet_lambda, lc.tet_phi, step_weights=1.0 - sig)
     cka = losses.linear_cka(static_out.membrane, dvs_out.membrane)  # [T]
     da = (sig * (1.0 - cka.abs())).mean()
     total = cls_s + cls_e + lc.beta * da
+    out: dict[str, Tensor] = {}
     if kc.enabled and inputs.teacher_logits is not None:
         student_kd = static_out.logits if kc.target == "per_step" else static_out.logits.mean(0)
         if kc.mask_replaced:

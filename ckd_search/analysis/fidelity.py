@@ -8,10 +8,16 @@
 ``fidelity_study`` samples N configs of (kd.e_th, kd.k log-uniform, loss.beta) with a fixed seed,
 trains each at full budget and at low budget in both modes (one prepared data set for all), and
 reports the Spearman rank correlation between low- and full-budget results per mode.
+
+With several training seeds each value is the mean over seeds, and the study also reports the
+*seed ceiling*: the mean Spearman rho between the full-budget results of two different seeds. A
+low-budget rho cannot be expected to beat it: it is how well the full budget ranks configs against
+itself once training noise is counted.
 """
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -22,6 +28,7 @@ import time
 import warnings
 from collections.abc import Callable
 from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -94,6 +101,7 @@ def fidelity_study(
     full_epochs: int = 8,
     low_epochs: int = 2,
     seed: int = 0,
+    train_seeds: Sequence[int] | None = None,
     space: SwitchSpace | None = None,
     metric: str = METRIC,
     prepared: Any | None = None,
@@ -107,19 +115,23 @@ def fidelity_study(
         n_configs: configs drawn (>= 3 for a correlation).
         full_epochs: the full budget E (run.epochs).
         low_epochs: the low budget (run.max_epochs), < E.
-        seed: seed of the config draws (training uses ``base.run.seed`` for every run).
+        seed: seed of the config draws.
+        train_seeds: training seeds (``run.seed``); each value is the mean over them. None =
+            ``base.run.seed`` only.
         space: ranges of the draws.
         metric: the engine result compared (``best_test_acc`` or ``final_test_acc``).
-        prepared: a ``Prepared`` matching ``base`` (prepared here if None).
+        prepared: a ``Prepared`` matching ``base`` (others are prepared here as needed).
         progress: called with one line per finished training.
 
     Returns:
-        JSON-ready dict: ``settings``, ``rows`` (params, full, truncate, compress, seconds),
-        ``spearman`` {mode: {rho, p}}, ``regret`` {mode: full-budget accuracy lost by picking the
-        low-budget winner}, ``elapsed_s`` and ``machine``.
+        JSON-ready dict: ``settings``, ``rows`` (params; full, truncate, compress as seed means;
+        the per-seed values under ``<mode>_seeds``; seconds), ``spearman`` {mode: {rho, p}},
+        ``regret`` {mode: full-budget accuracy lost by picking the low-budget winner},
+        ``seed_ceiling`` {rho, pairs} (None with one seed), ``elapsed_s`` and ``machine``.
     """
     from ckd_search.engine import fit
     from ckd_search.prepare import prepare
+    from ckd_search.prepare import prepare_key
 
     if not 1 <= low_epochs < full_epochs:
         raise ValueError(f"low_epochs={low_epochs} must be in [1, full_epochs={full_epochs})")
@@ -127,22 +139,35 @@ def fidelity_study(
         raise ValueError(f"n_configs={n_configs} must be >= 1")
     start = time.perf_counter()
     configs = sample_configs(n_configs, full_epochs, seed, space)
-    probe = budget_config(base, configs[0], full_epochs, None)
-    prepared = prepared if prepared is not None else prepare(probe)
+    seeds = list(train_seeds) if train_seeds else [base.run.seed]
+    # the teacher is fine-tuned with run.seed, so each training seed has its own prepared data
+    ready: dict[str, Any] = {} if prepared is None else {prepared.key: prepared}
+
+    def prepared_for(cfg: Config) -> Any:
+        key = prepare_key(cfg)
+        if key not in ready:
+            ready[key] = prepare(cfg)
+        return ready[key]
+
     rows: list[dict[str, Any]] = []
     for i, params in enumerate(configs):
         row: dict[str, Any] = {"params": params}
         for mode, low in (("full", None), *((m, low_epochs) for m in MODES)):
-            cfg = budget_config(base, params, full_epochs, low, mode)
-            t0 = time.perf_counter()
-            result = fit(cfg, prepared=prepared)
-            value = float(getattr(result, metric))
-            row[mode] = value
-            row[f"{mode}_s"] = time.perf_counter() - t0
-            if progress is not None:
-                progress(
-                    f"config {i + 1}/{n_configs} {mode:8s} {result.epochs_run:3d} ep: {metric} {value:.4f}"
-                )
+            values, seconds = [], 0.0
+            for train_seed in seeds:
+                cfg = budget_config(base.replace(**{"run.seed": train_seed}), params, full_epochs, low, mode)
+                t0 = time.perf_counter()
+                result = fit(cfg, prepared=prepared_for(cfg))
+                seconds += time.perf_counter() - t0
+                values.append(float(getattr(result, metric)))
+                if progress is not None:
+                    progress(
+                        f"config {i + 1}/{n_configs} {mode:8s} seed {train_seed} {result.epochs_run:3d} ep: "
+                        f"{metric} {values[-1]:.4f}"
+                    )
+            row[mode] = sum(values) / len(values)
+            row[f"{mode}_seeds"] = values
+            row[f"{mode}_s"] = seconds
         rows.append(row)
     full = [r["full"] for r in rows]
     out: dict[str, Any] = {
@@ -151,6 +176,7 @@ def fidelity_study(
             "full_epochs": full_epochs,
             "low_epochs": low_epochs,
             "seed": seed,
+            "train_seeds": seeds,
             "metric": metric,
             "space": (space or SwitchSpace()).__dict__,
             "dataset": base.data.dataset,
@@ -161,10 +187,26 @@ def fidelity_study(
         "rows": rows,
         "spearman": {m: spearman([r[m] for r in rows], full) for m in MODES},
         "regret": {m: _regret([r[m] for r in rows], full) for m in MODES},
+        "seed_ceiling": seed_ceiling([r["full_seeds"] for r in rows]),
         "elapsed_s": time.perf_counter() - start,
         "machine": machine(),
     }
     return out
+
+
+def seed_ceiling(per_config: Sequence[Sequence[float]]) -> dict[str, Any]:
+    """Mean Spearman rho between the full-budget results of every pair of training seeds.
+
+    ``per_config[i][j]`` is config i's result with seed j. None with fewer than two seeds or three
+    configs, or where every pair is undefined (constant results).
+    """
+    n_seeds = min((len(v) for v in per_config), default=0)
+    rhos = []
+    for a, b in itertools.combinations(range(n_seeds), 2):
+        rho = spearman([v[a] for v in per_config], [v[b] for v in per_config])["rho"]
+        if rho is not None:
+            rhos.append(rho)
+    return {"rho": sum(rhos) / len(rhos) if rhos else None, "pairs": len(rhos)}
 
 
 def _regret(low: list[float], full: list[float]) -> float | None:
@@ -201,6 +243,12 @@ def format_table(result: Mapping[str, Any]) -> str:
         lines.append(
             f"{i:>2}  {p['kd.e_th']:6.2f} {p['kd.k']:9.4g} {p['loss.beta']:5.2f}  "
             f"{r['full']:6.3f} {r['truncate']:6.3f} {r['compress']:6.3f}"
+        )
+    ceiling = result.get("seed_ceiling") or {}
+    if ceiling.get("rho") is not None:
+        lines.append(
+            f"Seed ceiling (full vs full, other seed): rho {ceiling['rho']:+.3f} "
+            f"over {ceiling['pairs']} seed pairs"
         )
     for mode in MODES:
         s = result["spearman"][mode]

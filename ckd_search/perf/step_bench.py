@@ -84,6 +84,18 @@ VARIANTS: tuple[Variant, ...] = (
         {"run.precision": "bf16", "run.channels_last": True, "run.compile": True},
         gpu_only=True,
     ),
+    Variant(
+        "ckd-bf16-graphs",
+        "ckd",
+        "as ckd-bf16-compile with run.compile_mode=reduce-overhead (CUDA graphs)",
+        {
+            "run.precision": "bf16",
+            "run.channels_last": True,
+            "run.compile": True,
+            "run.compile_mode": "reduce-overhead",
+        },
+        gpu_only=True,
+    ),
     Variant("base-fp32", "baseline", "plain spikingjelly 2-stream step (perf.md 6), fp32 eager"),
     Variant(
         "base-bf16-compile",

@@ -24,7 +24,6 @@ from spikingjelly.activation_based import neuron
 from spikingjelly.activation_based import surrogate
 from torch import Tensor
 
-from ckd_search import losses
 from ckd_search.config import Config
 from ckd_search.models.snn import VGGSNN
 from ckd_search.models.snn import MembraneTap
@@ -32,6 +31,7 @@ from ckd_search.models.snn import StudentOutput
 from ckd_search.step import CKDModel
 from ckd_search.step import StepInputs
 from ckd_search.step import ckd_losses
+from ckd_search.step import combine_losses
 from ckd_search.step import hybrid_stream
 
 log = logging.getLogger(__name__)
@@ -71,33 +71,14 @@ def fused_stream_losses(
     model: CKDModel, inputs: StepInputs, cfg: Config, joint_bn: bool = False
 ) -> dict[str, Tensor]:
     """:func:`ckd_search.step.ckd_losses` with the two streams fused into one backbone pass."""
-    student, lc, kc = model.student, cfg.loss, cfg.kd
-    if lc.method == "dvs_only":
+    student = model.student
+    if cfg.loss.method == "dvs_only":
         return ckd_losses(model, inputs, cfg)
     hybrid = hybrid_stream(inputs.dvs, inputs.static, inputs.replace_mask)
     student.reset_state()
     static_out, dvs_out = fused_forward(student, hybrid, inputs.dvs, joint_bn=joint_bn)
     student.reset_state()
-    sig = torch.sigmoid(model.theta)
-    cls_s = losses.tet_loss(static_out.logits, inputs.labels, lc.tet_lambda, lc.tet_phi)
-    cls_e = losses.tet_loss(dvs_out.logits, inputs.labels, lc.tet_lambda, lc.tet_phi, step_weights=1.0 - sig)
-    cka = losses.linear_cka(static_out.membrane, dvs_out.membrane)
-    da = (sig * (1.0 - cka.abs())).mean()
-    total = cls_s + cls_e + lc.beta * da
-    out: dict[str, Tensor] = {}
-    if kc.enabled and inputs.teacher_logits is not None:
-        student_kd = static_out.logits if kc.target == "per_step" else static_out.logits.mean(0)
-        if kc.mask_replaced:
-            kd = losses.masked_kd_loss(
-                student_kd, inputs.teacher_logits, kc.temperature, ~inputs.replace_mask
-            )
-        else:
-            kd = losses.kd_loss(student_kd, inputs.teacher_logits, kc.temperature)
-        total = total + kc.alpha * inputs.gamma * kd
-        out["loss_kd"] = kd
-    out.update(loss=total, loss_cls_s=cls_s, loss_cls_e=cls_e, loss_da=da, cka=cka.detach())
-    out["dvs_logits"] = dvs_out.logits.detach()
-    return out
+    return combine_losses(model, inputs, cfg, static_out, dvs_out)
 
 
 def joint_bn_losses(model: CKDModel, inputs: StepInputs, cfg: Config) -> dict[str, Tensor]:

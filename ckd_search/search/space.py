@@ -64,8 +64,10 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from ckd_search.config import LOCAL_PATH_KEYS
 from ckd_search.config import Config
 from ckd_search.config import load_yaml_mapping
+from ckd_search.config import local_path_problem
 from ckd_search.errors import ConfigError
 from ckd_search.errors import UserError
 
@@ -311,13 +313,10 @@ def read_mapping(path: Path) -> dict[str, Any]:
 
 
 #: Config keys naming local paths: (key, must be a folder).
-PATH_KEYS = (("data.root", True), ("teacher.weights", False))
-
-
 def check_paths(space: SearchSpace) -> None:
     """Every ``data.root`` (fixed or a choice) is a folder and every ``teacher.weights`` a file."""
     err = _Errors(space.path)
-    for key, folder in PATH_KEYS:
+    for key, is_dir in LOCAL_PATH_KEYS:
         if key in space.fixed:
             candidates = [("fixed", space.fixed[key])]
         elif key in space.keys:
@@ -325,13 +324,8 @@ def check_paths(space: SearchSpace) -> None:
         else:
             continue
         for where, value in candidates:
-            if value is None:
-                continue
-            path = Path(str(value)).expanduser()
-            ok = path.is_dir() if folder else path.is_file()
-            if not ok:
-                kind = "folder" if folder else "file"
-                err.fail(f"{where}.{key}", value, f"is not an existing {kind} ({path.resolve()})")
+            if value is not None and (problem := local_path_problem(value, is_dir)):
+                err.fail(f"{where}.{key}", value, problem)
 
 
 def parse_space(
