@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import json
 import logging
+import math
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +30,8 @@ log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 256
 FILE_NAME = "descriptors.json"
+# Config sections the descriptors depend on (data tensors, image size, student, seed).
+DESCRIPTOR_PREFIXES = ("data.", "teacher.", "model.", "run.seed")
 # Descriptor keys copied from ``PairedData.descriptors`` (the data layer computes them).
 COPIED = (
     "name",
@@ -117,3 +121,46 @@ def write_descriptors(run_dir: str | Path, descriptors: dict[str, Any]) -> Path:
     path = Path(run_dir) / FILE_NAME
     atomic_write_text(path, json.dumps(descriptors, indent=1, default=str))
     return path
+
+
+def descriptors_for_run(run_dir: str | Path, flat: Mapping[str, Any], notes: list[str]) -> dict[str, Any]:
+    """Compute the descriptors a search would have written, from one trial's flat config.
+
+    For a run directory without ``descriptors.json`` (an older search, or the file was lost). Only
+    the data and student settings are used and the teacher is skipped (the descriptors do not need
+    it). The result is written to ``RUN_DIR/descriptors.json`` when the directory is writable.
+    Failure (a data folder not on this machine) leaves them out with a note.
+    """
+    from ckd_search.prepare import prepare
+
+    trial = flat.get("trial_id", "?")
+    try:
+        cfg = Config.from_dict(_config_values(flat)).replace(**{"kd.enabled": False})
+        descriptors = dataset_descriptors(prepare(cfg), cfg)
+    except Exception as err:  # noqa: BLE001 - a report without descriptors beats no report
+        message = " ".join(str(err).split())[:300] or type(err).__name__
+        notes.append(f"no {FILE_NAME}, and the descriptors could not be computed: {message}")
+        return {}
+    descriptors["computed_by"] = f"ckd-search analyze, from trial {trial}'s config"
+    try:
+        write_descriptors(run_dir, descriptors)
+        where = f"written to {FILE_NAME}"
+    except OSError as err:
+        where = f"not saved: {err}"
+    notes.append(f"no {FILE_NAME}: data-set descriptors computed from trial {trial}'s config ({where})")
+    return descriptors
+
+
+def _config_values(flat: Mapping[str, Any]) -> dict[str, Any]:
+    """The descriptor-relevant config keys of a trial-table row, NaN (a missing value) as None."""
+    out: dict[str, Any] = {}
+    for key, value in flat.items():
+        if not isinstance(key, str) or not key.startswith(DESCRIPTOR_PREFIXES) or key not in _CONFIG_KEYS:
+            continue
+        if hasattr(value, "item") and callable(value.item):
+            value = value.item()  # NumPy scalars from pandas
+        out[key] = None if isinstance(value, float) and math.isnan(value) else value
+    return out
+
+
+_CONFIG_KEYS = frozenset(Config().flat())

@@ -4,6 +4,11 @@ The search's own Optuna storage is not needed: every finished trial becomes a ``
 (``optuna.trial.create_trial``) in an in-memory study, with distributions inferred from the values
 seen (``kd.k`` on a log scale). Complete trials carry their best test top-1; pruned trials are added
 as PRUNED (the evaluators skip them) so low-budget values do not pose as final results.
+
+Conditional parameters (``kd.e_th`` acts only in the phased schedule, ``kd.p_th`` only in the adaptive
+one) are masked where inactive: the resolved configs carry their defaults there, which would
+otherwise count as real draws. When the schedule kind varies, the overall ranking covers the shared
+parameters (the kind itself included) and each kind gets its own ranking with its own parameters.
 """
 
 from __future__ import annotations
@@ -52,6 +57,12 @@ IGNORED = frozenset(
     }
 )
 MIN_COMPLETE = 3
+# Parameter -> (the key that switches it on, the values under which it acts).
+CONDITIONAL: dict[str, tuple[str, frozenset[Any]]] = {
+    "kd.e_th": ("kd.schedule", frozenset({"phased"})),
+    "kd.p_th": ("kd.schedule", frozenset({"adaptive"})),
+    "kd.k": ("kd.schedule", frozenset({"phased", "adaptive"})),
+}
 
 
 @dataclass
@@ -62,6 +73,8 @@ class Importances:
     by_method: dict[str, dict[str, float]] = field(default_factory=dict)
     n_trials: int = 0
     notes: list[str] = field(default_factory=list)
+    # per value of a switching key ("kd.schedule=phased"): the ranking within those trials
+    by_group: dict[str, Importances] = field(default_factory=dict)
 
     def table(self) -> pd.DataFrame:
         """One row per parameter, one column per method, sorted by the first method."""
@@ -166,21 +179,54 @@ def _param_value(value: Any, dist: BaseDistribution) -> Any:
     return _cat(value)
 
 
+def mask_inactive(trials: pd.DataFrame) -> pd.DataFrame:
+    """A copy with each conditional parameter set to NaN in the trials where it does not act."""
+    out = trials.copy()
+    for param, (switch, active) in CONDITIONAL.items():
+        if param in out and switch in out:
+            inactive = ~out[switch].isin(active)
+            if inactive.any():
+                out[param] = out[param].astype(float).where(~inactive)
+    return out
+
+
 def compute_importances(
     trials: pd.DataFrame,
     params: Sequence[str] | None = None,
     epochs: pd.DataFrame | None = None,
     seed: int = 0,
 ) -> Importances:
-    """PED-ANOVA and fANOVA importances of ``params`` (default: :func:`candidate_params`)."""
+    """PED-ANOVA and fANOVA importances of ``params`` (default: :func:`candidate_params`).
+
+    Conditional parameters are masked where inactive (:data:`CONDITIONAL`); those left out of the
+    overall ranking for that reason are ranked within each group of trials where they act.
+    """
     params = list(params) if params is not None else candidate_params(trials)
+    trials = mask_inactive(trials)
+    result = _rank(trials, params, epochs, seed)
+    switches = {CONDITIONAL[p][0] for p in params if p in CONDITIONAL and trials[p].isna().any()}
+    for switch in sorted(s for s in switches if s in trials):
+        for value, group in trials.groupby(switch, sort=True):
+            active = [
+                p
+                for p in params
+                if p != switch and not group[p].isna().any() and group[p].astype(str).nunique() > 1
+            ]
+            if len(group) >= 2 and any(p in CONDITIONAL for p in active):
+                result.by_group[f"{switch}={value}"] = _rank(group, active, epochs, seed)
+    return result
+
+
+def _rank(trials: pd.DataFrame, params: Sequence[str], epochs: pd.DataFrame | None, seed: int) -> Importances:
+    """The two evaluators over ``params`` on the trials given."""
+    params = list(params)
     result = Importances(params=params)
     if not params:
         result.notes.append("no hyperparameter varies across trials: nothing to rank")
         return result
     gaps = [p for p in params if trials[p].isna().any()]
     if gaps:
-        result.notes.append(f"left out (unset in some trials): {', '.join(gaps)}")
+        result.notes.append(f"left out (unset or inactive in some trials): {', '.join(gaps)}")
         params = [p for p in params if p not in gaps]
         result.params = params
     n_complete = int((trials["status"] == "complete").sum())

@@ -58,19 +58,28 @@ def importance_bars(table: pd.DataFrame, path: Path, title: str = "") -> Path:
     return _save(fig, path)
 
 
-# --- the (e_th, k) plane -----------------------------------------------------------------------
-def switch_plane(trials: pd.DataFrame, path: Path, title: str = "") -> Path:
-    """Best test top-1 over (e_th, log10 k); complete trials filled, pruned ones hollow; best starred."""
+# --- the (e_th, k) and (p_th, k) planes --------------------------------------------------------
+#: Switch-point key and axis label of each schedule kind's plane.
+PLANE_AXES = {
+    "phased": ("kd.e_th", "e_th (switch epoch)"),
+    "adaptive": ("kd.p_th", "p_th (switch at P_replace = p_th)"),
+}
+
+
+def switch_plane(trials: pd.DataFrame, path: Path, title: str = "", kind: str = "phased") -> Path:
+    """Best test top-1 over (switch point, log10 k) of the ``kind`` trials: (e_th, k) for phased,
+    (p_th, k) for adaptive; complete trials filled, pruned ones hollow; best starred."""
+    key, xlabel = PLANE_AXES[kind]
     fig = _figure()
     ax = fig.add_subplot()
-    df = trials.dropna(subset=["kd.e_th", "kd.k", METRIC])
+    df = trials.dropna(subset=[key, "kd.k", METRIC])
     df = df[df["kd.k"] > 0]
     if "kd.schedule" in df:
-        df = df[df["kd.schedule"] == "phased"]
+        df = df[df["kd.schedule"] == kind]
     if df.empty:
-        ax.text(0.5, 0.5, "no phased trials with e_th and k", ha="center", va="center")
+        ax.text(0.5, 0.5, f"no {kind} trials with {key} and k", ha="center", va="center")
         return _save(fig, path)
-    x = df["kd.e_th"].astype(float).to_numpy()
+    x = df[key].astype(float).to_numpy()
     y = np.log10(df["kd.k"].astype(float).to_numpy())
     acc = df[METRIC].astype(float).to_numpy()
     vmin, vmax = float(np.nanmin(acc)), float(np.nanmax(acc))
@@ -114,10 +123,10 @@ def switch_plane(trials: pd.DataFrame, path: Path, title: str = "") -> Path:
         label=f"best {acc[best]:.3f}",
     )
     fig.colorbar(sc, ax=ax, label="best test top-1")
-    ax.set_xlabel("e_th (switch epoch)")
+    ax.set_xlabel(xlabel)
     ax.set_ylabel("log10 k (switch steepness)")
     ax.legend(loc="best", fontsize="small")
-    ax.set_title(title or "Accuracy over the (e_th, k) plane")
+    ax.set_title(title or f"Accuracy over the ({key.removeprefix('kd.')}, k) plane")
     return _save(fig, path)
 
 
@@ -335,6 +344,42 @@ def schedule_comparison(trials: pd.DataFrame, path: Path, title: str = "") -> Pa
     ax.set_xticks(range(len(kinds)), kinds)
     ax.set_ylabel("best test top-1")
     ax.set_title(title or "Schedule kinds (bar: best complete trial)")
+    return _save(fig, path)
+
+
+# --- Pareto front ------------------------------------------------------------------------------
+def pareto_scatter(
+    trials: pd.DataFrame,
+    objectives: Sequence[tuple[str, str]],
+    on_front: Sequence[bool],
+    path: Path,
+    title: str = "",
+) -> Path:
+    """First vs second objective of every trial (complete filled, pruned hollow), the Pareto front
+    in red and joined as a staircase; axis labels say which direction is better."""
+    (m1, d1), (m2, d2) = objectives[:2]
+    c1, c2 = f"final/{m1}", f"final/{m2}"
+    fig = _figure()
+    ax = fig.add_subplot()
+    front = np.asarray(on_front, dtype=bool)
+    x = trials[c1].astype(float).to_numpy()
+    y = trials[c2].astype(float).to_numpy()
+    done = (trials["status"] == "complete").to_numpy()
+    rest = ~front
+    ax.scatter(x[rest & done], y[rest & done], color="0.55", s=30, label="complete")
+    if (rest & ~done).any():
+        pruned = rest & ~done
+        ax.scatter(x[pruned], y[pruned], facecolors="none", edgecolors="0.55", s=30, label="pruned")
+    if front.any():
+        order = np.argsort(x[front])
+        fx, fy = x[front][order], y[front][order]
+        # the edge of the dominated region: a front point covers the x values it is better than
+        ax.step(fx, fy, where="pre" if d1 == "max" else "post", color="red", lw=1, alpha=0.6)
+        ax.scatter(fx, fy, color="red", edgecolors="k", linewidths=0.5, s=60, zorder=3, label="Pareto front")
+    ax.set_xlabel(f"{m1} ({'higher' if d1 == 'max' else 'lower'} is better)")
+    ax.set_ylabel(f"{m2} ({'higher' if d2 == 'max' else 'lower'} is better)")
+    ax.legend(loc="best", fontsize="small")
+    ax.set_title(title or f"Pareto front: {m1} vs {m2}")
     return _save(fig, path)
 
 

@@ -2,8 +2,9 @@
 
 ``build_report(runs, out)`` writes ``report.html``, ``report.md``, ``summary.json`` and
 ``figures/*.png`` under ``out``. Each search run gets its own sections (importance, the (e_th, k)
-plane, switch curves, learning curves, parallel coordinates, schedule kinds); then the data sets
-side by side (descriptors next to each data set's best switch) and the fidelity study, if given.
+plane of phased trials and the (p_th, k) plane of adaptive ones, switch curves, learning curves,
+parallel coordinates, schedule kinds, and the Pareto front of a multi-objective search); then the
+data sets side by side (descriptors next to each data set's best switch) and the fidelity study.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from ckd_search.analysis import plots
 from ckd_search.analysis.importance import Importances
 from ckd_search.analysis.importance import candidate_params
 from ckd_search.analysis.importance import compute_importances
+from ckd_search.analysis.pareto import pareto_mask
 from ckd_search.analysis.results import METRIC
 from ckd_search.analysis.results import SearchRun
 from ckd_search.storage import atomic_write_text
@@ -71,6 +73,7 @@ class ReportResult:
     figures: list[Path]
     importances: dict[str, dict[str, dict[str, float]]]
     sections: list[str]
+    pareto: dict[str, list[dict[str, Any]]] = field(default_factory=dict)  # label -> front (MO runs)
 
 
 def build_report(
@@ -100,7 +103,9 @@ def build_report(
     for path in (html_path, md_path, summary_path):
         path.chmod(0o644)  # atomic writes come out 0600; a report is meant to be shared
     figures = [p for s in sections for _, p in s.figures]
-    return ReportResult(html_path, md_path, summary_path, figures, importances, [s.title for s in sections])
+    pareto = {label: run["pareto"] for label, run in summary["runs"].items() if "pareto" in run}
+    titles = [s.title for s in sections]
+    return ReportResult(html_path, md_path, summary_path, figures, importances, titles, pareto)
 
 
 def _labels(runs: Sequence[SearchRun]) -> list[str]:
@@ -184,21 +189,24 @@ def _run_sections(
                 plots.importance_bars(table, fig_dir / f"{slug}_importance.png", f"{label}: importance"),
             )
         )
+    for group, sub in imp.by_group.items():
+        sec.text.append(f"Within the trials with {group} ({sub.n_trials} usable): " + " ".join(sub.notes))
+        if sub.by_method:
+            sec.tables.append((f"Importance within {group}", sub.table()))
     summary["importance"] = imp.by_method
+    if imp.by_group:
+        summary["importance_by_group"] = {g: sub.by_method for g, sub in imp.by_group.items()}
     out.append(sec)
 
-    sec = Section(f"{label}: accuracy over the (e_th, log10 k) plane", level=3)
-    if {"kd.e_th", "kd.k"} <= set(trials.columns):
-        sec.text.append("Phased-schedule trials only; colour = best test top-1; hollow = pruned.")
-        sec.figures.append(
-            (
-                "(e_th, log10 k) plane",
-                plots.switch_plane(trials, fig_dir / f"{slug}_plane.png", f"{label}: (e_th, k)"),
-            )
-        )
-    else:
-        sec.text.append("kd.e_th / kd.k not in the trial configs.")
-    out.append(sec)
+    out.append(_plane_section(trials, label, fig_dir / f"{slug}_plane.png", "phased"))
+    kinds = trials["kd.schedule"].astype(str).unique() if "kd.schedule" in trials else []
+    if "adaptive" in kinds:
+        out.append(_plane_section(trials, label, fig_dir / f"{slug}_plane_adaptive.png", "adaptive"))
+        summary["best_adaptive"] = _jsonable(_best_of_kind(trials, "adaptive", ["kd.p_th", "kd.k"]))
+    if run.multi_objective:
+        sec, front = _pareto_section(run, label, fig_dir / f"{slug}_pareto.png")
+        out.append(sec)
+        summary["pareto"] = front
 
     top_rows = ranked.head(top)
     configs = [(f"#{i + 1} {r['trial_id']}", r) for i, r in enumerate(top_rows.to_dict("records"))]
@@ -242,7 +250,6 @@ def _run_sections(
     )
     out.append(sec)
 
-    kinds = trials["kd.schedule"].astype(str).unique() if "kd.schedule" in trials else []
     if len(kinds) > 1:
         sec = Section(f"{label}: schedule kinds (phased vs adaptive)", level=3)
         table = schedule_table(trials)
@@ -260,6 +267,66 @@ def _run_sections(
         summary["schedule_kinds"] = _jsonable(table.reset_index().to_dict("records"))
         out.append(sec)
     return out, summary, imp
+
+
+def _plane_section(trials: pd.DataFrame, label: str, path: Path, kind: str) -> Section:
+    """Accuracy over (e_th, log10 k) of the phased trials, or over (p_th, log10 k) of the adaptive."""
+    key, _ = plots.PLANE_AXES[kind]
+    name = key.removeprefix("kd.")
+    sec = Section(f"{label}: accuracy over the ({name}, log10 k) plane", level=3)
+    if {key, "kd.k"} <= set(trials.columns):
+        formula = "sigma(-k (e - e_th))" if kind == "phased" else "sigma(-k (P_replace - p_th))"
+        sec.text.append(
+            f"{kind.capitalize()}-schedule trials only (gamma = {formula}); colour = best test top-1; "
+            "hollow = pruned."
+        )
+        sec.figures.append(
+            (f"({name}, log10 k) plane", plots.switch_plane(trials, path, f"{label}: ({name}, k)", kind))
+        )
+    else:
+        sec.text.append(f"{key} / kd.k not in the trial configs.")
+    return sec
+
+
+def _best_of_kind(trials: pd.DataFrame, kind: str, keys: Sequence[str]) -> dict[str, Any]:
+    """The best trial of one schedule kind (complete ones first): id, metric and ``keys``."""
+    grp = trials[trials["kd.schedule"].astype(str) == kind]
+    done = grp[grp["status"] == "complete"]
+    best = (done if not done.empty else grp).sort_values(METRIC, ascending=False).iloc[0]
+    return {"trial_id": best["trial_id"], METRIC: best[METRIC], **{k: best.get(k) for k in keys}}
+
+
+def _pareto_section(run: SearchRun, label: str, path: Path) -> tuple[Section, list[dict[str, Any]]]:
+    """Objective 1 vs objective 2 of every trial, the Pareto front of the complete ones highlighted."""
+    trials = run.trials
+    names = [m for m, _ in run.objectives]
+    modes = [d for _, d in run.objectives]
+    spec = " vs ".join(f"{m} ({d})" for m, d in run.objectives)
+    sec = Section(f"{label}: Pareto front ({spec})", level=3)
+    cols = [f"final/{m}" for m in names]
+    done = (trials["status"] == "complete").to_numpy()
+    points = trials[cols].to_numpy().tolist()
+    # the front among complete trials, as the searcher and ``ckd-search export`` define it
+    mask = pareto_mask([p if ok else [None] * len(cols) for p, ok in zip(points, done)], modes)
+    sec.text.append(
+        f"Multi-objective search. Each trial at its last epoch (what the searcher was told); "
+        f"{sum(mask)} of {int(done.sum())} complete trial(s) are Pareto-optimal (red; no other complete "
+        "trial is at least as good in every objective and better in one). Pruned trials are hollow."
+    )
+    if len(names) > 2:
+        sec.text.append(f"The front is over all {len(names)} objectives; the figure shows the first two.")
+    front = trials[mask]
+    params = [c for c in candidate_params(trials) if c in trials][:6]
+    table = front[["trial_id", *cols, *params]].rename(columns=dict(zip(cols, names)))
+    table = table.sort_values(names[0], ascending=modes[0] != "max").reset_index(drop=True)
+    sec.tables.append(("Pareto-optimal trials", table))
+    sec.figures.append(
+        ("Pareto front", plots.pareto_scatter(trials, run.objectives, mask, path, f"{label}: Pareto front"))
+    )
+    records = [
+        {"trial_id": r["trial_id"], **{m: r[f"final/{m}"] for m in names}} for r in front.to_dict("records")
+    ]
+    return sec, _jsonable(records)
 
 
 def schedule_table(trials: pd.DataFrame) -> pd.DataFrame:
@@ -298,11 +365,14 @@ def _datasets_section(runs: Sequence[SearchRun], labels: Sequence[str]) -> Secti
         for key in DESCRIPTOR_KEYS:
             if key in run.descriptors:
                 row[key] = run.descriptors[key]
+        adaptive = best.get("kd.schedule") == "adaptive"  # its switch point is p_th, not e_th
+        e_th = None if adaptive else best.get("kd.e_th")
         row.update(
             {
                 "best schedule": best.get("kd.schedule", "phased"),
-                "best e_th": best.get("kd.e_th"),
-                "e_th / E": _ratio(best.get("kd.e_th"), best.get("run.epochs")),
+                "best e_th": e_th,
+                "best p_th": best.get("kd.p_th") if adaptive else None,
+                "e_th / E": _ratio(e_th, best.get("run.epochs")),
                 "best k": best.get("kd.k"),
                 "best beta": best.get("loss.beta"),
                 "best top-1": best[METRIC],
@@ -316,9 +386,16 @@ def _datasets_section(runs: Sequence[SearchRun], labels: Sequence[str]) -> Secti
         "features of a freshly initialised student, rgb_dvs_gap = 1 - cka_rgb_dvs. "
         "e_th / E places the best switch point relative to the run length."
     )
+    computed = [label for run, label in zip(runs, labels) if run.descriptors.get("computed_by")]
+    if computed:
+        sec.text.append(
+            "Computed by analyze (the run directory had no descriptors.json) for: "
+            + ", ".join(computed)
+            + "."
+        )
     missing = [label for run, label in zip(runs, labels) if not run.descriptors]
     if missing:
-        sec.text.append("No descriptors.json for: " + ", ".join(missing) + ".")
+        sec.text.append("No descriptors for: " + ", ".join(missing) + " (see the run's notes).")
     sec.tables.append(("", pd.DataFrame(rows)))
     return sec
 

@@ -68,10 +68,15 @@ class SearchRun:
         trials: one row per trial: ``trial_id``, ``status`` ('complete' | 'pruned' | 'error'),
             ``epochs_run``, ``best_test_acc``, ``final_test_acc``, ``trial_dir`` and one column per
             dotted config key (``kd.e_th``, ``kd.k``, ...; full config, defaults filled in).
+            For each study metric (``objectives``) also ``final/<metric>``: its value at the
+            trial's last epoch (what the searcher was told).
         epochs: one row per (trial, epoch): ``trial_id``, ``epoch`` and every numeric metric.
-        descriptors: ``RUN_DIR/descriptors.json`` (empty if absent).
+        descriptors: ``RUN_DIR/descriptors.json``; computed from the best trial's config when a
+            search run lacks the file (:func:`ckd_search.analysis.descriptors.descriptors_for_run`).
         max_epoch: the largest epoch any trial reached.
         notes: remarks for the report (defaults filled in, files skipped, ...).
+        objectives: (metric, mode) of each study metric (``RUN_DIR/space.yaml``); two or more make
+            a multi-objective search.
     """
 
     run_dir: Path
@@ -81,6 +86,11 @@ class SearchRun:
     descriptors: dict[str, Any] = field(default_factory=dict)
     max_epoch: int = 0
     notes: list[str] = field(default_factory=list)
+    objectives: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def multi_objective(self) -> bool:
+        return len(self.objectives) > 1
 
     @property
     def config_keys(self) -> list[str]:
@@ -103,29 +113,43 @@ class SearchRun:
         return sel.sort_values(METRIC, ascending=False, na_position="last")
 
 
-def load_runs(run_dirs: Iterable[str | Path]) -> list[SearchRun]:
+def load_runs(run_dirs: Iterable[str | Path], compute_descriptors: bool = True) -> list[SearchRun]:
     """Load several run directories; a missing directory or one without trials is a UserError."""
-    return [load_run(d) for d in run_dirs]
+    return [load_run(d, compute_descriptors) for d in run_dirs]
 
 
-def load_run(run_dir: str | Path) -> SearchRun:
-    """Load one run directory (``**/result.json``, else ``[export/]trials.parquet``)."""
+def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun:
+    """Load one run directory (``**/result.json``, else ``[export/]trials.parquet``).
+
+    With ``compute_descriptors``, a search run directory without ``descriptors.json`` gets them
+    computed (and the file written) from its best trial's config.
+    """
+    from ckd_search.analysis.pareto import study_objectives
+
     root = Path(run_dir).expanduser()
     if not root.is_dir():
         raise UserError(f"{root}: not a directory")
     notes: list[str] = []
     base = _base_config(root, notes)
+    objectives = study_objectives(root)
+    metrics = [m for m, _ in objectives]
     files = sorted(root.rglob("result.json")) or sorted(_external_experiment(root).rglob("result.json"))
     records: dict[str, dict[str, Any]] = {}
     for path in files:
         _read_trial(path, records, notes)
     if records:
-        trials, epochs = _tables(records, base, notes)
+        trials, epochs = _tables(records, base, notes, metrics)
     elif parquet := next((p for p in PARQUET_FILES if (root / p).is_file()), None):
-        trials, epochs = _from_parquet(root / parquet, base, notes)
+        trials, epochs = _from_parquet(root / parquet, base, notes, metrics)
     else:
         raise UserError(f"{root}: no trial results (no **/result.json with records, no trials.parquet)")
     descriptors = _read_json(root / "descriptors.json") or {}
+    if not descriptors and compute_descriptors and (root / SETTINGS_FILE).is_file():
+        from ckd_search.analysis.descriptors import descriptors_for_run
+
+        best = trials.sort_values(METRIC, ascending=False, na_position="last")
+        best = pd.concat([best[best["status"] == "complete"], best[best["status"] != "complete"]])
+        descriptors = descriptors_for_run(root, best.iloc[0].to_dict(), notes)
     name = _run_name(root, trials, descriptors)
     max_epoch = int(trials["epochs_run"].max()) if len(trials) else 0
     log.info(
@@ -135,7 +159,7 @@ def load_run(run_dir: str | Path) -> SearchRun:
         int((trials["status"] == "complete").sum()),
         len(epochs),
     )
-    return SearchRun(root, name, trials, epochs, descriptors, max_epoch, notes)
+    return SearchRun(root, name, trials, epochs, descriptors, max_epoch, notes, objectives)
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -269,7 +293,7 @@ _DEFAULTS: dict[str, Any] = Config().flat()
 
 
 def _tables(
-    records: dict[str, dict[str, Any]], base: dict[str, Any], notes: list[str]
+    records: dict[str, dict[str, Any]], base: dict[str, Any], notes: list[str], metrics: list[str]
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     epoch_rows: list[dict[str, Any]] = []
     trial_rows: list[dict[str, Any]] = []
@@ -294,6 +318,7 @@ def _tables(
             "trial_dir": entry["dir"],
             "budget_epochs": budgets[-1] if budgets else math.nan,
         }
+        row.update({f"final/{m}": _last_value(rows, m) for m in metrics})
         row.update(full_config(entry["config"], base))
         trial_rows.append(row)
     if empty:
@@ -307,7 +332,9 @@ def _tables(
     return trials, epochs
 
 
-def _from_parquet(path: Path, base: dict[str, Any], notes: list[str]) -> tuple[pd.DataFrame, pd.DataFrame]:
+def _from_parquet(
+    path: Path, base: dict[str, Any], notes: list[str], metrics: list[str]
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ``ckd-search export`` table: ``config/<key>``, ``final/<metric>``, ``best/<metric>`` columns,
     ``status`` completed / pruned / failed / incomplete (no per-epoch results)."""
     raw = pd.read_parquet(path)
@@ -330,6 +357,7 @@ def _from_parquet(path: Path, base: dict[str, Any], notes: list[str]) -> tuple[p
             "budget_epochs": final.get("budget_epochs", math.nan),
             "export_status": status,
         }
+        row.update({f"final/{m}": _float(final.get(m)) for m in metrics})
         row.update(full_config(flat, base))
         rows.append(row)
     if not rows:
@@ -340,6 +368,16 @@ def _from_parquet(path: Path, base: dict[str, Any], notes: list[str]) -> tuple[p
         {"completed": "complete", "pruned": "pruned", "failed": "error"}
     )
     return trials.drop(columns=["export_status"]), pd.DataFrame(columns=["trial_id", "epoch"])
+
+
+def _last_value(rows: list[dict[str, Any]], metric: str) -> float:
+    """``metric`` at the last epoch that reported it (NaN if none did)."""
+    return next((float(r[metric]) for r in reversed(rows) if _finite(r.get(metric))), math.nan)
+
+
+def _float(value: Any) -> float:
+    value = _scalar(value)
+    return float(value) if _finite(value) else math.nan
 
 
 def _scalar(value: Any) -> Any:

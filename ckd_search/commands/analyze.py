@@ -58,11 +58,15 @@ def run_analyze(args: argparse.Namespace) -> int:
     report = build_report(runs, out, fidelity)
     for run in runs:
         best = run.ranked().iloc[0]
+        kind = best.get("kd.schedule", "phased")
+        point = "p_th" if kind == "adaptive" else "e_th"  # the adaptive switch point is p_th
         print(
             f"{run.name}: {len(run.trials)} trials, best test top-1 {best['best_test_acc']:.4f} "
-            f"(trial {best['trial_id']}, {best.get('kd.schedule', 'phased')}, "
-            f"e_th={_short(best.get('kd.e_th'))}, k={_short(best.get('kd.k'))})"
+            f"(trial {best['trial_id']}, {kind}, "
+            f"{point}={_short(best.get('kd.' + point))}, k={_short(best.get('kd.k'))})"
         )
+    for label, front in report.pareto.items():
+        print(f"{label}: Pareto front of {len(front)} trial(s): {', '.join(p['trial_id'] for p in front)}")
     logged = [rid for rid in (log_report(d, out) for d in run_dirs) if rid]
     print(f"wrote {report.html} ({len(report.figures)} figures inlined), {report.markdown}, {report.summary}")
     if logged:

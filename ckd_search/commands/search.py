@@ -157,6 +157,13 @@ def run_export(args: argparse.Namespace) -> int:
         print(
             f"  best {item['rank']}: {result.out / item['file']} (trial {item['trial_id']}, {item['status']})"
         )
+    if result.pareto:
+        from ckd_search.search.export import PARETO_FILE
+
+        print(f"Pareto front: {len(result.pareto)} trial(s) -> {result.out / PARETO_FILE}")
+        for point in result.pareto:
+            values = ", ".join(f"{m}={v:.4g}" for m, v in point["values"].items())
+            print(f"  trial {point['trial_id']}: {values}")
     return 0
 
 

@@ -2,11 +2,23 @@
 
 ``OUT/best_<rank>.yaml`` holds ``Config.to_yaml()`` of the trial's full resolved config (what
 ``ckd-search train --config`` reads); ``OUT/trials.parquet`` has one row per trial: ``trial_id``,
-``status`` (completed / pruned / failed / incomplete), ``tune_status``, ``epochs_run``, the trial's
-config as ``config/<key>`` columns, the last epoch's metrics as ``final/<metric>`` and the best epoch
-of each study metric as ``best/<metric>``. Ranking uses the study metric of the last epoch (what
-Optuna was told); completed trials rank before pruned ones, failed and unfinished never rank.
-A multi-objective study ranks its Pareto-optimal trials first.
+``status`` (completed / pruned / failed / incomplete), ``tune_status``, ``epochs_run``,
+``ledger_only_epochs`` (epochs known only from the epoch ledger), the trial's config as
+``config/<key>`` columns, the last epoch's metrics as ``final/<metric>`` and the best epoch of each
+study metric as ``best/<metric>``. Ranking uses the study metric of the last epoch (what Optuna was
+told); completed trials rank before pruned ones, failed and unfinished never rank.
+
+A multi-objective study ranks its Pareto-optimal trials first, marks them in a ``pareto`` column and
+writes ``OUT/pareto.json``: the completed trials no other completed trial dominates (as Optuna's
+``study.best_trials``), with their objective values and configs.
+
+Per-epoch history comes from Ray's ``result.json`` merged with the epoch ledger
+(``RUN_DIR/epochs.jsonl``, :mod:`.ledger`): Ray can lose rows of ``result.json`` when a trial is
+retried, the ledger (appended by the driver, across restarts) cannot. Ledger rows are de-duplicated
+by (trial, epoch), the last one winning; a ``result.json`` row wins over a ledger row of the same
+epoch (it has every metric). Without a ledger, ``result.json`` alone is used. The ledger's
+``result`` rows hold ``epoch`` and ``budget`` (epoch counts and status come from them); metric values
+come from a row only where it carries a ``metrics`` mapping.
 """
 
 from __future__ import annotations
@@ -14,14 +26,17 @@ from __future__ import annotations
 import json
 import logging
 import math
+from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+from ckd_search.analysis.pareto import pareto_mask
 from ckd_search.config import Config
 from ckd_search.errors import UserError
+from ckd_search.search.outcome import BUDGET_KEY
 from ckd_search.search.outcome import COMPLETED
 from ckd_search.search.outcome import EPOCH_KEY
 from ckd_search.search.outcome import FAILED
@@ -37,6 +52,9 @@ log = logging.getLogger(__name__)
 INCOMPLETE = "incomplete"
 TRIALS_FILE = "trials.parquet"
 INDEX_FILE = "export.json"
+PARETO_FILE = "pareto.json"
+#: Per-trial history: epoch -> metrics of that epoch.
+History = dict[int, dict[str, float]]
 
 
 @dataclass
@@ -44,11 +62,14 @@ class Exported:
     out: Path
     trials: int
     best: list[dict[str, Any]] = field(default_factory=list)  # rank, trial_id, file, values
+    pareto: list[dict[str, Any]] = field(default_factory=list)  # trial_id, values, config (MO only)
 
 
 def collect_trials(settings: SearchSettings) -> tuple[list[dict[str, Any]], list[str], list[str]]:
     """Rows of all trials of a search (see the module docstring); plus metrics and modes."""
     from ray.tune import ExperimentAnalysis
+
+    from ckd_search.search.ledger import LEDGER_FILE
 
     space = load_space(settings.space_file, settings.overrides)
     max_t = space.scheduler.max_t if space.scheduler else None
@@ -58,76 +79,153 @@ def collect_trials(settings: SearchSettings) -> tuple[list[dict[str, Any]], list
         raise UserError(
             f"{settings.run_dir}: no Ray Tune results at {settings.experiment_path} ({err})"
         ) from None
+    ledger = ledger_histories(settings.root / LEDGER_FILE)
     rows = []
     for trial in analysis.trials:
+        stored = frame_history(analysis.trial_dataframes.get(trial.trial_id))
+        logged = ledger.get(trial.trial_id, {})
+        history = {e: {**logged.get(e, {}), **stored.get(e, {})} for e in sorted({*stored, *logged})}
         last = dict(trial.last_result or {})
-        frame = analysis.trial_dataframes.get(trial.trial_id)
+        reached = latest_epoch(last, history)
+        if reached is not last and all(m in history[max(history)] for m in space.study.metrics):
+            last = reached  # a stale snapshot: later epochs are known, with their metrics
         if trial.status == "ERROR":
             status = FAILED
         elif trial.status == "TERMINATED":
-            status = classify(last, error=False, max_t=max_t)
+            status = classify(reached, error=False, max_t=max_t)
         else:
             status = INCOMPLETE
         row: dict[str, Any] = {
             "trial_id": trial.trial_id,
             "status": status,
             "tune_status": trial.status,
-            "epochs_run": int(last.get(EPOCH_KEY, 0) or 0),
+            "epochs_run": int(reached.get(EPOCH_KEY, 0) or 0),
+            "ledger_only_epochs": len(set(logged) - set(stored)),
         }
         row.update({f"config/{k}": v for k, v in sorted(trial.config.items())})
         for key, value in sorted(last.items()):
             if key not in TUNE_RESULT_KEYS and finite(value) is not None:
                 row[f"final/{key}"] = float(value)
         for metric, mode in zip(space.study.metrics, space.study.modes):
-            series = frame[metric].dropna() if frame is not None and metric in frame else None
-            if series is not None and len(series):
-                row[f"best/{metric}"] = float(series.max() if mode == "max" else series.min())
+            seen = [v[metric] for v in history.values() if metric in v]
+            seen += [row[f"final/{metric}"]] if f"final/{metric}" in row else []
+            if seen:
+                row[f"best/{metric}"] = max(seen) if mode == "max" else min(seen)
         rows.append(row)
     return rows, list(space.study.metrics), list(space.study.modes)
+
+
+def frame_history(frame: Any) -> History:
+    """Epoch -> finite metrics from a trial's ``result.json`` table (Ray's ``trial_dataframes``)."""
+    if frame is None or len(frame) == 0 or EPOCH_KEY not in frame:
+        return {}
+    history: History = {}
+    for record in frame.to_dict("records"):
+        epoch = finite(record.get(EPOCH_KEY))
+        if epoch is None:
+            continue
+        history[int(epoch)] = _metrics(record)
+    return history
+
+
+def ledger_histories(path: Path) -> dict[str, History]:
+    """Trial -> epoch -> what the ledger knows of that epoch (``epoch``, ``budget_epochs`` and any
+    ``metrics`` the row carries); de-duplicated by (trial, epoch), the last row winning. Empty
+    when there is no ledger."""
+    from ckd_search.search.ledger import read_ledger
+
+    out: dict[str, History] = {}
+    for row in read_ledger(path):
+        epoch = finite(row.get("epoch"))
+        if row.get("event") != "result" or epoch is None:
+            continue
+        known = _metrics(row["metrics"]) if isinstance(row.get("metrics"), Mapping) else {}
+        known[EPOCH_KEY] = epoch
+        budget = finite(row.get("budget"))
+        if budget is not None:
+            known[BUDGET_KEY] = budget
+        out.setdefault(str(row["trial"]), {})[int(epoch)] = known
+    return out
+
+
+def latest_epoch(last: dict[str, Any], history: History) -> dict[str, Any]:
+    """Tune's last result, or the history's last epoch laid over it where that is later.
+
+    Tune's ``last_result`` comes from its experiment snapshot, which a killed driver can leave
+    behind the ledger. The caller takes ``epoch`` and ``budget_epochs`` (the status) from this, and
+    the ``final/`` metrics only when that later epoch has every study metric.
+    """
+    if not history or max(history) <= (finite(last.get(EPOCH_KEY)) or 0):
+        return last
+    return {**last, **history[max(history)]}
+
+
+def _metrics(record: Mapping[str, Any]) -> dict[str, float]:
+    return {
+        str(k): float(v)
+        for k, v in record.items()
+        if k not in TUNE_RESULT_KEYS and not str(k).startswith("config/") and finite(v) is not None
+    }
 
 
 def rank(
     rows: Sequence[dict[str, Any]], metrics: Sequence[str], modes: Sequence[str]
 ) -> list[dict[str, Any]]:
     """Completed trials first, then pruned; by the final metric (Pareto front first for several)."""
-    signs = [1.0 if m == "max" else -1.0 for m in modes]
+    sign = 1.0 if modes[0] == "max" else -1.0
 
-    def values(row: dict[str, Any]) -> list[float] | None:
-        found = [finite(row.get(f"final/{m}")) for m in metrics]
-        return None if any(v is None for v in found) else [s * float(v) for s, v in zip(signs, found)]  # type: ignore[arg-type]
+    def first(row: dict[str, Any]) -> float:
+        return -sign * float(row[f"final/{metrics[0]}"])
 
     ranked: list[dict[str, Any]] = []
     for status in (COMPLETED, PRUNED):
-        group = [(r, values(r)) for r in rows if r["status"] == status and values(r) is not None]
-        if len(metrics) > 1:
-            front = [r for r, v in group if not any(_dominates(w, v) for _, w in group)]  # type: ignore[arg-type]
-            rest = [r for r, _ in group if r not in front]
-            ranked += sorted(front, key=lambda r: -values(r)[0]) + sorted(rest, key=lambda r: -values(r)[0])  # type: ignore[index]
-        else:
-            ranked += [r for r, _ in sorted(group, key=lambda rv: -rv[1][0])]  # type: ignore[index]
+        group = [r for r in rows if r["status"] == status and _values(r, metrics) is not None]
+        front = pareto_mask([_values(r, metrics) for r in group], modes)  # type: ignore[misc]
+        ranked += sorted((r for r, on in zip(group, front) if on), key=first)
+        ranked += sorted((r for r, on in zip(group, front) if not on), key=first)
     return ranked
 
 
-def _dominates(a: list[float], b: list[float]) -> bool:
-    return all(x >= y for x, y in zip(a, b)) and any(x > y for x, y in zip(a, b))
+def pareto_front(
+    rows: Sequence[dict[str, Any]], metrics: Sequence[str], modes: Sequence[str]
+) -> list[dict[str, Any]]:
+    """The completed trials no other completed trial dominates (Optuna's ``best_trials``)."""
+    done = [r for r in rows if r["status"] == COMPLETED and _values(r, metrics) is not None]
+    mask = pareto_mask([_values(r, metrics) for r in done], modes)  # type: ignore[misc]
+    return [r for r, on in zip(done, mask) if on]
+
+
+def _values(row: Mapping[str, Any], metrics: Sequence[str]) -> list[float] | None:
+    found = [finite(row.get(f"final/{m}")) for m in metrics]
+    return None if any(v is None for v in found) else [float(v) for v in found if v is not None]
+
+
+def _config(row: Mapping[str, Any]) -> dict[str, Any]:
+    return {key[len("config/") :]: v for key, v in row.items() if key.startswith("config/")}
 
 
 def export_run(run_dir: str | Path, top: int = 3, out: str | Path | None = None) -> Exported:
-    """Write ``best_<k>.yaml`` for the best ``top`` trials and ``trials.parquet`` for all."""
+    """Write ``best_<k>.yaml`` for the best ``top`` trials, ``trials.parquet`` for all, and
+    ``pareto.json`` for a multi-objective search."""
     if top < 0:
         raise UserError(f"--top {top} must be >= 0")
     settings = SearchSettings.load(run_dir)
     target = Path(out).expanduser() if out else settings.root / "export"
     rows, metrics, modes = collect_trials(settings)
+    front = pareto_front(rows, metrics, modes) if len(metrics) > 1 else []
+    if len(metrics) > 1:
+        on_front = {id(r) for r in front}
+        for row in rows:
+            row["pareto"] = id(row) in on_front
     target.mkdir(parents=True, exist_ok=True)
     write_parquet(rows, target / TRIALS_FILE)
     result = Exported(target, len(rows))
     for old in target.glob("best_*.yaml"):
         old.unlink()
+    files: dict[str, str] = {}
     for k, row in enumerate(rank(rows, metrics, modes)[:top], start=1):
-        config = {key[len("config/") :]: v for key, v in row.items() if key.startswith("config/")}
         try:
-            cfg = Config.from_dict(config)
+            cfg = Config.from_dict(_config(row))
         except UserError as err:
             log.warning("trial %s: config not exportable (%s)", row["trial_id"], err)
             continue
@@ -140,9 +238,25 @@ def export_run(run_dir: str | Path, top: int = 3, out: str | Path | None = None)
             f"# retrain: ckd-search train --config {target / f'best_{k}.yaml'}\n"
         )
         path = atomic_write_text(target / f"best_{k}.yaml", header + cfg.to_yaml())
+        files[row["trial_id"]] = path.name
         result.best.append(
             {"rank": k, "trial_id": row["trial_id"], "file": path.name, "status": row["status"], **values}
         )
+    (target / PARETO_FILE).unlink(missing_ok=True)  # a stale front from an earlier export
+    if len(metrics) > 1:
+        result.pareto = [
+            {
+                "trial_id": r["trial_id"],
+                "values": {m: r[f"final/{m}"] for m in metrics},
+                "epochs_run": r["epochs_run"],
+                "file": files.get(r["trial_id"]),
+                "config": _config(r),
+            }
+            for r in rank(front, metrics, modes)
+        ]
+        doc: dict[str, Any] = {"study": settings.study_name, "metrics": metrics, "modes": modes}
+        doc.update(completed=sum(r["status"] == COMPLETED for r in rows), front=result.pareto)
+        atomic_write_text(target / PARETO_FILE, json.dumps(doc, indent=1, default=str))
     atomic_write_text(
         target / INDEX_FILE,
         json.dumps({"study": settings.study_name, "trials": len(rows), "best": result.best}, indent=1),

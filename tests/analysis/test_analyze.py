@@ -120,6 +120,7 @@ def test_analyze_command_writes_self_contained_report(search_run_with_mlflow, tm
     for title in (
         "hyperparameter importance",
         "(e_th, log10 k) plane",
+        "(p_th, log10 k) plane",
         "gamma(e) and P_replace",
         "learning curves",
         "parallel coordinates",
@@ -142,6 +143,7 @@ def test_analyze_command_writes_self_contained_report(search_run_with_mlflow, tm
     for values in imp.values():
         assert math.isclose(sum(values.values()), 1.0, abs_tol=1e-6)
     assert "adaptive" in md and "phased" in md
+    assert "Pareto" not in md and "pareto" not in summary["runs"]["digits_dvs"]  # one objective
     printed = capsys.readouterr().out
     assert parent_id in printed
 
