@@ -396,7 +396,11 @@ class Trainer:
             batches += 1
             total += batch.labels.numel()
         student.record_firing = False
-        metrics = {"test_acc": float(correct) / max(1, total)}
+        # timesteps is a config value, reported so a search can trade accuracy against it
+        metrics = {
+            "test_acc": float(correct) / max(1, total),
+            "timesteps": float(self.prepared.data.timesteps),
+        }
         if firing is not None:
             rates = firing / batches
             sops, energy = synaptic_ops(student, rates, self.prepared.data.timesteps)

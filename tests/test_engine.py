@@ -175,6 +175,10 @@ def test_metrics_every_epoch_and_schedules(prepared_tiny):
         assert key in seen[-1], key
     assert result.best_test_acc == max(m["test_acc"] for m in seen)
     assert all(math.isfinite(v) for v in seen[-1].values())
+    assert seen[-1]["timesteps"] == cfg.data.timesteps  # a searchable objective (accuracy vs T)
+    from ckd_search.search.space import ENGINE_METRICS  # what a search space may name as its metric
+
+    assert ENGINE_METRICS <= set(seen[-1]), ENGINE_METRICS - set(seen[-1])
 
 
 def test_ablations_run(prepared_tiny):

@@ -105,6 +105,7 @@ ENGINE_METRICS = frozenset(
         "p_replace",
         "sops_per_sample",
         "energy_uj",
+        "timesteps",
         "epoch_time_s",
         "pairs_per_s",
         "lr",

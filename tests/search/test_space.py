@@ -177,7 +177,9 @@ def test_grid_searcher_enumerates(write_space):
         load_space(write_space(raw))
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "switching.yaml", "ncaltech101.yaml", "cepdvs.yaml"])
+@pytest.mark.parametrize(
+    "name", ["demo.yaml", "switching.yaml", "ncaltech101.yaml", "cepdvs.yaml", "energy.yaml"]
+)
 def test_shipped_spaces_validate(name):
     space = load_space(REPO / "search_spaces" / name)
     assert len(check_draws(space, 16)) == 16
