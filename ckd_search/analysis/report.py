@@ -407,6 +407,10 @@ def _ratio(a: Any, b: Any) -> float | None:
         return None
 
 
+def _fmt_rho(rho: Any) -> str:
+    return "undefined" if rho is None else f"{float(rho):+.3f}"
+
+
 def _fidelity_section(fid: Mapping[str, Any], path: Path) -> Section:
     sec = Section("Fidelity: truncate vs compress")
     s = fid.get("settings", {})
@@ -417,6 +421,14 @@ def _fidelity_section(fid: Mapping[str, Any], path: Path) -> Section:
         f"{s.get('metric', METRIC)} between low and full budget (higher = the low budget ranks configs "
         "as the full budget would)."
     )
+    seeds = s.get("train_seeds") or []
+    ceiling = fid.get("seed_ceiling") or {}
+    if len(seeds) > 1:
+        sec.text.append(
+            f"Each value is the mean over training seeds {', '.join(map(str, seeds))}. Seed ceiling (the "
+            "mean Spearman rho between the full-budget results of two seeds, i.e. how well the full "
+            f"budget ranks configs against itself): {_fmt_rho(ceiling.get('rho'))}."
+        )
     rows = [
         {
             "mode": m,

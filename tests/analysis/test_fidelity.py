@@ -47,3 +47,23 @@ def test_two_seed_study_averages_and_reports_the_ceiling(tiny):
     assert result["seed_ceiling"]["pairs"] in (0, 1)
     assert "Spearman truncate" in format_table(result)
     json.dumps(result)
+
+
+def test_report_section_states_the_seeds_and_the_ceiling(tmp_path):
+    from ckd_search.analysis.report import _fidelity_section
+
+    rows = [
+        {"params": {"kd.e_th": e, "kd.k": 1.0, "loss.beta": 0.5}, "full": f, "truncate": t, "compress": c}
+        for e, f, t, c in ((1.0, 0.5, 0.2, 0.3), (2.0, 0.6, 0.3, 0.2), (3.0, 0.7, 0.4, 0.4))
+    ]
+    fid = {
+        "settings": {"full_epochs": 4, "low_epochs": 1, "train_seeds": [1, 2]},
+        "rows": rows,
+        "spearman": {"truncate": {"rho": 1.0, "p": 0.0}, "compress": {"rho": 0.5, "p": 0.67}},
+        "regret": {"truncate": 0.0, "compress": 0.1},
+        "seed_ceiling": {"rho": 0.25, "pairs": 1},
+    }
+    text = " ".join(_fidelity_section(fid, tmp_path / "f.png").text)
+    assert "training seeds 1, 2" in text and "+0.250" in text
+    fid["settings"]["train_seeds"] = [1]
+    assert "ceiling" not in " ".join(_fidelity_section(fid, tmp_path / "g.png").text)
