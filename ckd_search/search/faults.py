@@ -27,6 +27,18 @@ is reported (so its checkpoint is not registered yet):
 
 Example: ``CKD_SEARCH_FAULT_INJECT="oom:1:2"`` makes trial 1 run out of memory once at epoch 2; Tune
 retries it from its epoch-1 checkpoint (``study.max_failures`` permitting).
+
+A lost latest checkpoint after a driver crash (:class:`CheckpointRepair`). Tune writes its experiment
+snapshot and uploads it to storage in a background thread (an upload still running when the next
+snapshot is due is skipped), but deletes a trial's checkpoints beyond ``num_to_keep`` at once, on
+the driver thread. On a loaded machine the stored snapshot can lag so far that its latest checkpoint
+of a trial is already deleted; after a driver crash Ray then fails that trial on every retry ("Could
+not recover from checkpoint as it does not exist on storage anymore"). Before a resumed experiment
+starts its trials, :class:`CheckpointRepair` points such a trial at the oldest of its checkpoints
+that is newer than the lost one (or at none: it starts again). That one is safe to resume from:
+checkpoints are deleted oldest first, once ``num_to_keep`` newer ones were registered, so the
+driver had processed its epoch (the epoch ledger, Optuna and MLflow have it); a newer checkpoint
+may be one whose result no driver processed.
 """
 
 from __future__ import annotations
@@ -38,6 +50,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from ray.tune import Callback
 
 log = logging.getLogger(__name__)
 FAULT_ENV = "CKD_SEARCH_FAULT_INJECT"
@@ -217,3 +231,78 @@ def trial_index(trial_name: str | None) -> int | None:
     if len(parts) == 3 and parts[0] == "trial" and parts[2].isdigit():
         return int(parts[2])
     return None
+
+
+# --- a latest checkpoint lost with the driver (driver side) ------------------------------------
+class CheckpointRepair(Callback):
+    """At the first step of a (resumed) experiment, repair trials whose latest checkpoint is gone."""
+
+    def __init__(self) -> None:
+        self._checked = False
+
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        if self._checked:
+            return
+        self._checked = True  # Tune starts trials after this hook, in the same step
+        for trial in trials:
+            if trial.status in ("PENDING", "PAUSED"):
+                repair_checkpoint(trial)
+
+
+def repair_checkpoint(trial: Any) -> bool:
+    """Point ``trial`` at its oldest checkpoint newer than a lost latest one; True when changed.
+
+    Uses Ray 2.60's per-trial checkpoint manager; with another layout it logs and changes nothing.
+    """
+    try:
+        manager = trial.run_metadata.checkpoint_manager
+        latest = manager.latest_checkpoint_result
+        if latest is None or _exists(latest.checkpoint):
+            return False
+        lost = latest.checkpoint
+        replacement = _next_checkpoint(lost)
+        manager._checkpoint_results = [r for r in manager._checkpoint_results if _exists(r.checkpoint)]
+        if replacement is None:
+            manager._latest_checkpoint_result = None
+            log.warning(
+                "trial %s: its latest checkpoint %s was deleted after the last stored snapshot and no "
+                "newer one exists; it starts again from epoch 1",
+                trial.trial_id,
+                lost.path,
+            )
+            return True
+        # Latest only, not in the kept list: the trial's next checkpoint may reuse that folder name
+        # (Tune numbers them from the snapshot), and a kept duplicate would get the folder deleted.
+        manager._latest_checkpoint_result = type(latest)(checkpoint=replacement, metrics=dict(latest.metrics))
+    except Exception as err:  # noqa: BLE001 - Ray internals changed: Tune's own handling applies
+        log.warning("trial %s: could not check its latest checkpoint (%s)", trial.trial_id, error_line(err))
+        return False
+    log.warning(
+        "trial %s: its latest checkpoint %s was deleted after the last stored snapshot; resuming from "
+        "the next one, %s",
+        trial.trial_id,
+        lost.path,
+        replacement.path,
+    )
+    return True
+
+
+def _exists(checkpoint: Any) -> bool:
+    import pyarrow.fs as pafs
+
+    return checkpoint.filesystem.get_file_info(checkpoint.path).type != pafs.FileType.NotFound
+
+
+def _next_checkpoint(lost: Any) -> Any:
+    """The oldest ``checkpoint_NNNNNN`` folder beside ``lost`` that is newer than it, or None."""
+    import pyarrow.fs as pafs
+    from ray import tune
+
+    parent, _, name = str(lost.path).rstrip("/").rpartition("/")
+    infos = lost.filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+    newer = sorted(
+        i.base_name
+        for i in infos
+        if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_") and i.base_name > name
+    )
+    return tune.Checkpoint(f"{parent}/{newer[0]}", filesystem=lost.filesystem) if newer else None

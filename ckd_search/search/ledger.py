@@ -9,13 +9,15 @@ event, appended (and flushed) by a driver-side callback, never rewritten, kept a
 
 Events: ``start`` (a trial (re)starts), ``result`` (``epoch``, ``since_restore`` = Tune's
 ``iterations_since_restore``, ``checkpoint`` = whether the result carried one, worker ``pid`` and
-``node``), ``recover`` (an error Tune retries; ``error`` is one line), ``error`` (the trial ended
+``node``, ``metrics`` = the engine metrics a study may name, so export can restore a result lost
+from ``result.json``), ``recover`` (an error Tune retries; ``error`` is one line), ``error`` (the trial ended
 failed), ``complete``. Every line has ``trial``, ``event``, ``t`` (Unix time) and ``driver`` (pid).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from pathlib import Path
@@ -27,6 +29,18 @@ from ckd_search.search.outcome import BUDGET_KEY
 from ckd_search.search.outcome import EPOCH_KEY
 
 LEDGER_FILE = "epochs.jsonl"
+
+
+def engine_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The finite engine metrics of a Tune result (those a study may optimise)."""
+    from ckd_search.search.space import ENGINE_METRICS
+
+    out = {}
+    for key in ENGINE_METRICS:
+        value = result.get(key)
+        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
+            out[key] = float(value)
+    return out
 
 
 class EpochLedger(Callback):
@@ -60,6 +74,7 @@ class EpochLedger(Callback):
             budget=result.get(BUDGET_KEY),
             pid=result.get("pid"),
             node=result.get("node_ip"),
+            metrics=engine_metrics(result),
         )
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

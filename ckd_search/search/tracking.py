@@ -22,9 +22,14 @@ A failed trial's run is FAILED with its one-line error in the tag ``ckd.error``
 
 Outages: every MLflow call is queued; a failing call stops the flush, the queue is kept (and is part
 of the callback state) and retried every ``retry_s`` seconds, with one warning when the gap starts
-and one line when it closes. Trials never wait on MLflow beyond one short attempt (MLflow's own
-HTTP retries are off). When the search ends during an outage the callback keeps retrying for up to
-``end_wait_s`` seconds, then saves the queue to ``RUN_DIR/mlflow_pending.json``; ``--resume`` sends it.
+and one line when it closes. The calls run on Tune's driver thread, so each is kept short: while
+the search runs, MLflow's HTTP client makes one attempt (its own retries are off) with a
+``call_timeout_s`` timeout (a hanging server costs the driver at most that per retry), and one flush
+sends queued calls for at most ``flush_budget_s`` seconds before handing the thread back to Tune
+(the rest go at the next step). A user's own ``MLFLOW_HTTP_REQUEST_TIMEOUT``/``MAX_RETRIES`` wins;
+the variables this callback sets are removed when the search ends. When the search ends during an
+outage the callback keeps retrying for up to ``end_wait_s`` seconds, then saves the queue to
+``RUN_DIR/mlflow_pending.json``; ``--resume`` sends it.
 """
 
 from __future__ import annotations
@@ -79,6 +84,8 @@ class MlflowTrackingCallback(Callback):
         artifact_location: experiment artifact root when the experiment is created (None = server's).
         retry_s: seconds between retries while MLflow is unreachable.
         end_wait_s: at the end of the search, how long to wait for an unreachable MLflow.
+        call_timeout_s: timeout of one MLflow HTTP call while the search runs (whole seconds, >= 1).
+        flush_budget_s: how long one flush during the search may send queued calls.
         restart: the Tune experiment starts again in an existing search (``--resume`` before Tune's
             first snapshot): child runs of the earlier attempt are reconciled as orphans.
     """
@@ -98,6 +105,8 @@ class MlflowTrackingCallback(Callback):
         retry_s: float = 15.0,
         restart: bool = False,
         end_wait_s: float = 60.0,
+        call_timeout_s: float = 3.0,
+        flush_budget_s: float = 2.0,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
@@ -111,6 +120,8 @@ class MlflowTrackingCallback(Callback):
         self.artifact_location = artifact_location
         self.retry_s = retry_s
         self.end_wait_s = end_wait_s
+        self.call_timeout_s = call_timeout_s
+        self.flush_budget_s = flush_budget_s
         self._client: Any = None
         self._experiment_id: str | None = None
         self._parent_run_id: str | None = None
@@ -124,6 +135,7 @@ class MlflowTrackingCallback(Callback):
         self._gap_since: float | None = None
         self._next_try = 0.0
         self._total_samples: int | None = None
+        self._env_set: list[str] = []  # MLflow variables set by setup, removed at the end
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -134,10 +146,7 @@ class MlflowTrackingCallback(Callback):
     def setup(
         self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any
     ) -> None:
-        # No retries inside MLflow's client (each would block the driver loop for its backoff):
-        # a failed call stays queued and this callback retries it every retry_s seconds.
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
-        os.environ.setdefault("MLFLOW_HTTP_REQUEST_TIMEOUT", "10")
+        self._apply_http_settings()
         for name in ("alembic", "mlflow.store", "mlflow.tracking"):
             logging.getLogger(name).setLevel(logging.WARNING)
         self._total_samples = int(total_num_samples) if total_num_samples else None
@@ -230,6 +239,7 @@ class MlflowTrackingCallback(Callback):
                 if self._flush(force=True):
                     break
         self._spill()
+        self._restore_http_settings()
 
     def get_state(self) -> dict[str, Any] | None:
         return {
@@ -265,19 +275,44 @@ class MlflowTrackingCallback(Callback):
     def pending(self) -> int:
         return len(self._pending)
 
+    # -- MLflow client settings --------------------------------------------------------------
+    def _apply_http_settings(self) -> None:
+        """One short attempt per MLflow HTTP call while the search runs (user settings win).
+
+        MLflow reads both variables at every request. Its retries would block the driver for their
+        backoff; a failed call stays queued instead and this callback retries it every retry_s.
+        """
+        timeout = max(1, math.ceil(float(getattr(self, "call_timeout_s", 3.0))))  # MLflow wants an int
+        wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
+        self._env_set = [name for name in wanted if name not in os.environ]
+        for name in self._env_set:
+            os.environ[name] = wanted[name]
+
+    def _restore_http_settings(self) -> None:
+        for name in getattr(self, "_env_set", []):
+            os.environ.pop(name, None)
+        self._env_set = []
+
     # -- queue --------------------------------------------------------------------------------
     def _queue(self, op: dict[str, Any]) -> None:
         self._pending.append(op)
 
     def _flush(self, force: bool = False) -> bool:
-        """Send queued operations in order; False when MLflow failed (the rest stays queued)."""
+        """Send queued operations in order; False when MLflow failed (the rest stays queued).
+
+        Without ``force`` it stops after ``flush_budget_s`` (True: nothing failed; the rest is sent
+        at the next step), so a slow server never holds Tune's driver loop for long.
+        """
         if not self._pending:
             return True
         now = time.monotonic()
         if self._gap_since is not None and not force and now < self._next_try:
             return False
+        budget_end = None if force else now + float(getattr(self, "flush_budget_s", 2.0))
         sent = 0
         while self._pending:
+            if budget_end is not None and sent and time.monotonic() >= budget_end:
+                return True
             op = self._pending[0]
             try:
                 self._execute(op)

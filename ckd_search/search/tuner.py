@@ -15,6 +15,9 @@ Fault tolerance (what Ray Tune leaves to us):
   that cannot be parsed is refused with one line; a driver killed before Tune's first experiment
   snapshot is resumed by starting the Tune experiment again in the same study (trials asked by the
   lost driver are adopted, see :mod:`.optuna_search`);
+- a trial whose latest checkpoint the stored Tune snapshot still names but Ray already deleted (the
+  snapshot upload lagged) resumes from its next checkpoint (:class:`.faults.CheckpointRepair`); a
+  trial that ASHA stopped after the stored snapshot is stopped again at the same epoch (:mod:`.asha`);
 - a ``TrialFailure`` (non-finite loss) ends its trial without retries; other errors (lost node,
   CUDA out of memory) are retried ``study.max_failures`` times from the latest checkpoint
   (:mod:`.faults`);
@@ -64,6 +67,8 @@ DRIVER_ENV = {
 MLFLOW_RETRY_ENV = "CKD_SEARCH_MLFLOW_RETRY_S"
 #: Seconds to wait at the end of a search for an unreachable MLflow before saving the queue (60).
 MLFLOW_END_WAIT_ENV = "CKD_SEARCH_MLFLOW_END_WAIT_S"
+#: Timeout of one MLflow HTTP call during a search (3): the calls run on Tune's driver thread.
+MLFLOW_TIMEOUT_ENV = "CKD_SEARCH_MLFLOW_TIMEOUT_S"
 
 
 @dataclass
@@ -167,7 +172,7 @@ def run_search(
             log.info("search %s: %d trials, %s", settings.study_name, settings.num_trials, plan.describe())
             from ckd_search.search.preparation import prepare_all
 
-            registry = prepare_all(space, plan.trial)
+            registry = prepare_all(space, plan.trial, run_dir=settings.root)  # + descriptors.json
             trainable = _trainable(registry, plan.trial.cpu, plan.trial.gpu)
             if restorable:
                 tuner = _restore(settings, trainable)
@@ -315,6 +320,7 @@ def _new_tuner(
     from ray import tune
 
     from ckd_search.search.asha import PersistentASHA
+    from ckd_search.search.faults import CheckpointRepair
     from ckd_search.search.ledger import LEDGER_FILE
     from ckd_search.search.ledger import EpochLedger
     from ckd_search.search.optuna_search import StudySearch
@@ -346,6 +352,7 @@ def _new_tuner(
         artifact_location=str(settings.root / MLFLOW_ARTIFACTS) if sqlite_default else None,
         retry_s=_seconds(MLFLOW_RETRY_ENV, 15.0, low=0.5),
         end_wait_s=_seconds(MLFLOW_END_WAIT_ENV, 60.0, low=0.0),
+        call_timeout_s=_seconds(MLFLOW_TIMEOUT_ENV, 3.0, low=1.0),
         restart=restart,
     )
     progress = ProgressCallback(study.metric, study.mode, max_t, settings.num_trials)
@@ -363,7 +370,13 @@ def _new_tuner(
     run_config = tune.RunConfig(
         name=settings.study_name,
         storage_path=settings.storage_path,
-        callbacks=[tracking, progress, EpochLedger(settings.root / LEDGER_FILE), *extra],
+        callbacks=[
+            CheckpointRepair(),
+            tracking,
+            progress,
+            EpochLedger(settings.root / LEDGER_FILE),
+            *extra,
+        ],
         verbose=0,
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
         failure_config=tune.FailureConfig(max_failures=study.max_failures),

@@ -8,8 +8,9 @@ of new epoch results. Afterwards:
 - Optuna (the journal opened directly): one trial per Tune trial, none duplicated, none RUNNING or
   WAITING, states COMPLETE/PRUNED/FAIL only, intermediate values 1..E once each; no
   ``UpdateFinishedTrialError`` anywhere;
-- ASHA: ``asha_state.json`` only grows across the kills (rungs survive), and every recorded rung
-  entry is of a trial that really reached that milestone;
+- ASHA: ``asha_state.json`` keeps the rung entries of the search's trials across the kills (rungs
+  survive), drops those of trials Tune never resumed, and every recorded rung entry is of a trial
+  that really reached that milestone;
 - MLflow: one parent (FINISHED) and exactly one child run per Tune trial, none RUNNING; runs of
   trials started after a snapshot and never resumed are KILLED with ``ckd.status=orphaned``;
   per-epoch metrics logged once per epoch;
@@ -32,6 +33,8 @@ from ckd_search.search.settings import SearchSettings
 
 TRIALS = 5
 MAX_T = 4
+#: Seeds the random kill points; override (``CKD_CHAOS_SEED=7 pytest ...``) to explore other ones.
+SEED = int(os.environ.get("CKD_CHAOS_SEED", "20261126"))
 
 
 def rung_entries(path) -> set[tuple[float, str]]:
@@ -41,18 +44,36 @@ def rung_entries(path) -> set[tuple[float, str]]:
     return {(float(m), t) for bracket in state["brackets"] for m, rec in bracket for t in rec}
 
 
+def unexpected_tracebacks(log: str) -> list[str]:
+    """Tracebacks in a driver's log, less two kinds that Ray prints and then ignores.
+
+    - a failed delete of an old checkpoint that a killed driver already removed after its last
+      snapshot (logged by Ray's checkpoint manager);
+    - "Exception ignored in" (Python's report of an exception it cannot raise) from a trial worker
+      that Ray SIGTERMs while it is collecting garbage: Ray's SIGTERM handler raises SystemExit
+      inside a weakref callback. Seen under load when Tune stops the worker of a finished trial.
+    """
+    marker = "Traceback (most recent call last):"
+    parts = log.split(marker)
+    found = []
+    for before, block in zip(parts, parts[1:]):
+        head = before.rpartition("\n")[0]  # drop the start of the Traceback line (a worker's prefix)
+        header = head.rpartition("\n")[2]
+        if "_delete_fs_path" in block and "Path not found" in block:
+            continue
+        if "Exception ignored in" in header and "sigterm_handler" in block and "SystemExit" in block:
+            continue
+        found.append(block)
+    return found
+
+
 def results_by(run, pid: int) -> int:
     return sum(1 for r in read_ledger(run / LEDGER_FILE) if r["event"] == "result" and r["driver"] == pid)
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(
-    strict=False,
-    reason="flaky under heavy load (failed 1 of 3 runs in the full suite on 2 cores); the kill points are "
-    "random, the failing invariant is not yet identified - see the note on issue #7",
-)
 def test_driver_killed_three_times_then_resumed(tmp_path, tiny_fixed, helpers, drivers):
-    rng = random.Random(20261126)
+    rng = random.Random(SEED)
     space = helpers.write_space(
         tmp_path,
         {**tiny_fixed, "run.epochs": MAX_T},
@@ -92,23 +113,20 @@ def test_driver_killed_three_times_then_resumed(tmp_path, tiny_fixed, helpers, d
         driver.kill()
         rungs.append(rung_entries(run / "asha_state.json"))
         driver = helpers.start_driver(drivers, ["search", "--resume", str(run)], env, log_path)
-    assert driver.wait(timeout=420) == 0, driver.tail()
+    assert driver.wait(timeout=420) == 0, (kills, driver.tail())
     rungs.append(rung_entries(run / "asha_state.json"))
 
     log = log_path.read_text()
     assert log.count("=== ckd-search search --resume") == 3, kills
     assert "UpdateFinishedTrialError" not in log
-    # Ray may log (and then ignore) a failed delete of an old checkpoint that a killed driver already
-    # removed after its last snapshot; any other traceback in the final driver's log is a failure.
-    last = log.split("=== ")[-1]
-    blocks = last.split("Traceback (most recent call last):")[1:]
-    unexpected = [b for b in blocks if not ("_delete_fs_path" in b and "Path not found" in b)]
-    assert not unexpected, unexpected[0][:2000]
+    unexpected = unexpected_tracebacks(log.split("=== ")[-1])
+    assert not unexpected, (kills, unexpected[0][:2000])
     settings = SearchSettings.load(run)
     from ray.tune import ExperimentAnalysis
 
     tune_trials = {t.trial_id: t for t in ExperimentAnalysis(settings.experiment_path).trials}
-    assert len(tune_trials) == TRIALS and {t.status for t in tune_trials.values()} == {"TERMINATED"}
+    statuses = {t.trial_id: t.status for t in tune_trials.values()}
+    assert len(tune_trials) == TRIALS and set(statuses.values()) == {"TERMINATED"}, (statuses, kills)
 
     # Optuna: one record per Tune trial, all finished
     trials = helpers.journal_trials(settings)
@@ -116,34 +134,37 @@ def test_driver_killed_three_times_then_resumed(tmp_path, tiny_fixed, helpers, d
     owners = [t.user_attrs.get("ray_trial_id") for t in trials]
     assert sorted(o for o in owners if o in tune_trials) == sorted(tune_trials), (owners, kills)
     live = [t for t in trials if t.user_attrs.get("ray_trial_id") in tune_trials]
-    assert all(not t.system_attrs.get("ckd:orphaned") for t in live)
-    assert {t.state.name for t in live} <= {"COMPLETE", "PRUNED"}
+    assert all(not t.system_attrs.get("ckd:orphaned") for t in live), kills
+    assert {t.state.name for t in live} <= {"COMPLETE", "PRUNED"}, ([t.state.name for t in live], kills)
     audits = audit_run(run)
     for t in live:
         audit = audits[t.user_attrs["ray_trial_id"]]
         epochs = sorted(set(audit.epochs))
         assert epochs == list(range(1, audit.last_epoch + 1)), (audit.trial_id, audit.epochs, kills)
-        assert sorted(t.intermediate_values) == epochs
-        assert (t.state.name == "COMPLETE") == (audit.last_epoch == MAX_T)
+        # an ASHA stop the stored Tune snapshot missed must not let the trial train on after a resume
+        assert sorted(t.intermediate_values) == epochs, (audit.trial_id, t.state.name, audit.epochs, kills)
+        assert (t.state.name == "COMPLETE") == (audit.last_epoch == MAX_T), (audit.trial_id, kills)
 
-    # ASHA: rungs only grow across kills; entries are real
+    # ASHA: the rungs of the search's trials only grow across kills (entries of trials Tune did not
+    # restore, orphans, are dropped on resume and none are left); entries are real
     for before, after in zip(rungs, rungs[1:]):
-        assert before <= after, kills
+        assert {e for e in before if e[1] in tune_trials} <= after, kills
+    assert {t for _, t in rungs[-1]} <= set(tune_trials), (rungs[-1], kills)
     reached = {a.trial_id: a.last_epoch for a in audits.values()}
     for milestone, trial_id in rungs[-1]:
-        assert reached.get(trial_id, 0) >= milestone
+        assert reached.get(trial_id, 0) >= milestone, (trial_id, milestone, kills)
 
     # MLflow: exactly one child run per Tune trial, nothing left RUNNING
     client, parents, children = helpers.mlflow_runs(settings)
-    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED", kills
     by_trial: dict[str, list] = {}
     for r in children:
         by_trial.setdefault(r.data.tags["ckd.trial_id"], []).append(r)
     for trial_id in tune_trials:
         (child,) = by_trial.pop(trial_id)
-        assert child.info.status == "FINISHED"
+        assert child.info.status == "FINISHED", (trial_id, child.info.status, kills)
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")]
-        assert steps == list(range(1, audits[trial_id].last_epoch + 1))
+        assert steps == list(range(1, audits[trial_id].last_epoch + 1)), (trial_id, steps, kills)
     for orphans in by_trial.values():  # trials started after the last snapshot, never resumed
         for r in orphans:
-            assert r.info.status == "KILLED" and r.data.tags["ckd.status"] == "orphaned"
+            assert r.info.status == "KILLED" and r.data.tags["ckd.status"] == "orphaned", (r.data.tags, kills)
