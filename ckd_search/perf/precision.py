@@ -25,20 +25,13 @@ from typing import Any
 import torch
 
 from ckd_search.config import Config
+from ckd_search.perf.cpu_epoch import SMOKE  # the same tiny run as the CPU epoch bench
 from ckd_search.perf.timing import fmt
 from ckd_search.perf.timing import format_table
 
 log = logging.getLogger(__name__)
 
 PRECISIONS = ("fp32", "bf16")
-SMOKE = {
-    "data.limit": 96,
-    "data.size": 16,
-    "data.timesteps": 3,
-    "model.width": 0.0625,
-    "teacher.epochs": 1,
-    "optim.batch_size": 32,
-}
 
 
 def available(precision: str, device: torch.device) -> str | None:

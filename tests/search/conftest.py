@@ -42,3 +42,25 @@ def ray_cleanup() -> Iterator[None]:
 
     if ray.is_initialized():
         ray.shutdown()
+
+
+@pytest.fixture
+def tracking_callback() -> Callable[..., Any]:
+    """``tracking_callback(uri, run_dir, **options)``: the MLflow callback of a two-epoch study that
+    maximises best_test_acc (experiment "exp", study "study-1")."""
+    from ckd_search.search.tracking import MlflowTrackingCallback
+
+    def make(uri: str, run_dir: Path, **options: Any) -> MlflowTrackingCallback:
+        return MlflowTrackingCallback(
+            uri,
+            "exp",
+            "study-1",
+            run_dir,
+            ["best_test_acc"],
+            ["max"],
+            max_t=2,
+            artifact_location=str(run_dir / "mlartifacts"),
+            **options,
+        )
+
+    return make

@@ -96,28 +96,12 @@ def _trial(trial_id: str, **last: float) -> SimpleNamespace:
     return SimpleNamespace(trial_id=trial_id, config=config, last_result=dict(last), status="RUNNING")
 
 
-def _callback(uri: str, run_dir: Path):
-    from ckd_search.search.tracking import MlflowTrackingCallback
-
-    return MlflowTrackingCallback(
-        uri,
-        "exp",
-        "study-1",
-        run_dir,
-        ["best_test_acc"],
-        ["max"],
-        max_t=2,
-        artifact_location=str(run_dir / "mlartifacts"),
-        retry_s=0.0,
-    )
-
-
-def test_mlflow_outage_is_buffered_then_flushed(tmp_path: Path, monkeypatch, caplog):
+def test_mlflow_outage_is_buffered_then_flushed(tmp_path: Path, monkeypatch, caplog, tracking_callback):
     from mlflow import MlflowClient
 
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
-    cb = _callback("http://127.0.0.1:9", tmp_path)  # nothing listens there
+    cb = tracking_callback("http://127.0.0.1:9", tmp_path, retry_s=0.0)  # nothing listens there
     cb.setup(total_num_samples=1)
     trial = _trial("a1")
     cb.on_trial_start(0, [trial], trial)
@@ -148,11 +132,11 @@ def test_mlflow_outage_is_buffered_then_flushed(tmp_path: Path, monkeypatch, cap
     assert [(m.step, m.value) for m in history] == [(1, 0.1), (2, 0.2)]
 
 
-def test_mlflow_state_restore_reuses_runs(tmp_path: Path):
+def test_mlflow_state_restore_reuses_runs(tmp_path: Path, tracking_callback):
     from mlflow import MlflowClient
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    first = _callback(uri, tmp_path)
+    first = tracking_callback(uri, tmp_path, retry_s=0.0)
     first.setup(total_num_samples=2)
     a, b = _trial("a1"), _trial("b2")
     first.on_trial_start(0, [a], a)
@@ -161,7 +145,7 @@ def test_mlflow_state_restore_reuses_runs(tmp_path: Path):
     first.on_trial_result(0, [a], a, {"epoch": 2.0, "best_test_acc": 0.4})  # after the snapshot
     first.on_trial_start(0, [a, b], b)  # a trial the snapshot never sees
     # the driver dies here; a new driver restores the snapshot
-    second = _callback(uri, tmp_path)
+    second = tracking_callback(uri, tmp_path, retry_s=0.0)
     second.set_state(snapshot)
     second.setup(total_num_samples=1)  # b2's slot goes to a new trial, not here
     second.on_step_begin(0, [a])

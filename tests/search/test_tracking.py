@@ -12,23 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from ckd_search.search.tracking import MlflowTrackingCallback
-
 HTTP_ENV = ("MLFLOW_HTTP_REQUEST_TIMEOUT", "MLFLOW_HTTP_REQUEST_MAX_RETRIES")
-
-
-def _callback(uri: str, run_dir: Path, **kwargs: float) -> MlflowTrackingCallback:
-    return MlflowTrackingCallback(
-        uri,
-        "exp",
-        "study-1",
-        run_dir,
-        ["best_test_acc"],
-        ["max"],
-        max_t=2,
-        artifact_location=str(run_dir / "mlartifacts"),
-        **kwargs,
-    )
 
 
 @pytest.fixture
@@ -64,8 +48,10 @@ def no_http_env(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(name, raising=False)
 
 
-def test_hanging_server_blocks_the_driver_one_short_call(tmp_path: Path, hanging_server: str, no_http_env):
-    cb = _callback(hanging_server, tmp_path, call_timeout_s=1.0, retry_s=60.0, end_wait_s=0.0)
+def test_hanging_server_blocks_the_driver_one_short_call(
+    tmp_path: Path, hanging_server: str, no_http_env, tracking_callback
+):
+    cb = tracking_callback(hanging_server, tmp_path, call_timeout_s=1.0, retry_s=60.0, end_wait_s=0.0)
     start = time.monotonic()
     cb.setup(total_num_samples=1)  # the parent run cannot be created: one attempt, then queued
     assert time.monotonic() - start < 5.0  # was 10 s per attempt (and more with MLflow's retries)
@@ -82,10 +68,10 @@ def test_hanging_server_blocks_the_driver_one_short_call(tmp_path: Path, hanging
         assert name not in os.environ
 
 
-def test_user_http_settings_win_and_stay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+def test_user_http_settings_win_and_stay(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking_callback):
     monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "30")
     monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", raising=False)
-    cb = _callback(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, call_timeout_s=2.0)
+    cb = tracking_callback(f"sqlite:///{tmp_path / 'mlflow.db'}", tmp_path, call_timeout_s=2.0)
     cb.setup(total_num_samples=1)
     assert os.environ["MLFLOW_HTTP_REQUEST_TIMEOUT"] == "30"
     assert os.environ["MLFLOW_HTTP_REQUEST_MAX_RETRIES"] == "0"
@@ -94,8 +80,10 @@ def test_user_http_settings_win_and_stay(tmp_path: Path, monkeypatch: pytest.Mon
     assert "MLFLOW_HTTP_REQUEST_MAX_RETRIES" not in os.environ
 
 
-def test_flush_hands_the_thread_back_after_its_budget(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
-    cb = _callback("sqlite:///unused.db", tmp_path, flush_budget_s=0.2)
+def test_flush_hands_the_thread_back_after_its_budget(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking_callback
+):
+    cb = tracking_callback("sqlite:///unused.db", tmp_path, flush_budget_s=0.2)
     sent: list[int] = []
 
     def slow(op: dict) -> None:  # a slow but working server: 0.1 s per call
