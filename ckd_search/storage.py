@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import tempfile
 from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
 
@@ -46,3 +49,16 @@ def atomic_write_text(path: str | Path, text: str) -> Path:
 def stable_hash(*parts: object) -> str:
     """Short hex digest of the reprs of ``parts`` (cache keys)."""
     return hashlib.sha256(repr(parts).encode()).hexdigest()[:16]
+
+
+@contextmanager
+def given_or_temp_dir(path: str | None, prefix: str) -> Iterator[str]:
+    """``path`` as is, or a fresh temporary folder removed on exit (benchmarks' throw-away caches)."""
+    if path:
+        yield path
+        return
+    tmp = tempfile.mkdtemp(prefix=prefix)
+    try:
+        yield tmp
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)

@@ -22,6 +22,7 @@ from spikingjelly.activation_based import surrogate
 from torch import Tensor
 from torch import nn
 
+from ckd_search.engine import compile_options
 from ckd_search.models.snn import PLAN
 
 log = logging.getLogger(__name__)
@@ -79,7 +80,7 @@ class BaselineStep:
             self.autocast = art.autocast_context
         self.forward: Callable[[Tensor], Tensor] = self.model
         if compile:
-            self.forward = torch.compile(self.model, options={"layout_optimization": False})
+            self.forward = torch.compile(self.model, options=compile_options("default"))
             functional.invalidate_reset_cache(self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=BASELINE_LR)
 

@@ -10,9 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
-import shutil
 import sys
-import tempfile
 import time
 from collections.abc import Sequence
 
@@ -21,6 +19,7 @@ import torch
 from ckd_search.config import Config
 from ckd_search.perf.timing import fmt
 from ckd_search.perf.timing import format_table
+from ckd_search.storage import given_or_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -67,12 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    tmp = None if args.cache_dir else tempfile.mkdtemp(prefix="ckd_cpu_epoch_")
-    try:
-        return _run(args, args.cache_dir or tmp or "")
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
+    with given_or_temp_dir(args.cache_dir, "ckd_cpu_epoch_") as cache_dir:
+        return _run(args, cache_dir)
 
 
 def _run(args: argparse.Namespace, cache_dir: str) -> int:

@@ -14,9 +14,7 @@ import logging
 import multiprocessing as mp
 import os
 import queue
-import shutil
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Sequence
@@ -29,6 +27,7 @@ import torch
 from ckd_search.perf.timing import SMOKE_SHAPE
 from ckd_search.perf.timing import fmt
 from ckd_search.perf.timing import format_table
+from ckd_search.storage import given_or_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -204,12 +203,8 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    cache_root = args.cache_dir or tempfile.mkdtemp(prefix="ckd_packing_cache_")
-    try:
+    with given_or_temp_dir(args.cache_dir, "ckd_packing_cache_") as cache_root:
         return _run(args, cache_root)
-    finally:
-        if args.cache_dir is None:
-            shutil.rmtree(cache_root, ignore_errors=True)
 
 
 def _run(args: argparse.Namespace, cache_root: str) -> int:

@@ -15,9 +15,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
-import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from collections.abc import Sequence
 from typing import Any
@@ -28,6 +26,7 @@ from ckd_search.config import Config
 from ckd_search.perf.cpu_epoch import SMOKE  # the same tiny run as the CPU epoch bench
 from ckd_search.perf.timing import fmt
 from ckd_search.perf.timing import format_table
+from ckd_search.storage import given_or_temp_dir
 
 log = logging.getLogger(__name__)
 
@@ -115,16 +114,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    cache = args.cache_dir or tempfile.mkdtemp(prefix="ckd-precision-")
-    try:
+    with given_or_temp_dir(args.cache_dir, "ckd-precision-") as cache:
         values: dict[str, Any] = dict(SMOKE) if args.smoke else {}
         values.update({"run.epochs": 1 if args.smoke else args.epochs, "run.device": args.device})
         values.update(parse_overrides(args.set))
         values["data.cache_dir"] = cache
         curves = train_curves(Config.from_dict(values))
-    finally:
-        if args.cache_dir is None:
-            shutil.rmtree(cache, ignore_errors=True)
     print(format_curves(curves))
     for name, c in compare(curves).items():
         gap = c["max_rel_loss_gap"]

@@ -26,6 +26,7 @@ from torch.profiler import profile
 
 from ckd_search.config import Config
 from ckd_search.engine import Trainer
+from ckd_search.engine import compile_options
 from ckd_search.perf import variants
 from ckd_search.perf.synthetic import StepBatch
 from ckd_search.perf.synthetic import device_batches
@@ -67,7 +68,7 @@ def _fast_lif(trainer: Trainer) -> None:
 
 
 def _compile(trainer: Trainer) -> None:
-    trainer.loss_fn = torch.compile(trainer.loss_fn, options={"layout_optimization": False})
+    trainer.loss_fn = torch.compile(trainer.loss_fn, options=compile_options("default"))
 
 
 EXPERIMENTS: tuple[Experiment, ...] = (
