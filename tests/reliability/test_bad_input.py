@@ -8,7 +8,6 @@ appears, ``ray.is_initialized()`` stays False); malformed config files through `
 
 from __future__ import annotations
 
-import copy
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from hypothesis import strategies as st
 
 from ckd_search.cli import main
 from ckd_search.config import leaf_keys
+from tests.helpers import edited_copy
 
 VALID: dict[str, Any] = {
     "study": {"name": "bad", "metric": "best_test_acc", "mode": "max", "num_trials": 2, "seed": 0},
@@ -39,16 +39,7 @@ NOWHERE = "/nonexistent/ckd-data"
 
 
 def edit(path: str, value: Any = None, delete: bool = False) -> dict[str, Any]:
-    raw = copy.deepcopy(VALID)
-    node = raw
-    parts = path.split("/")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    if delete:
-        node.pop(parts[-1])
-    else:
-        node[parts[-1]] = value
-    return raw
+    return edited_copy(VALID, path, value, delete)
 
 
 def both(raw: dict[str, Any], **more: Any) -> dict[str, Any]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import copy
 import random
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from ckd_search.search.space import SpaceSampler
 from ckd_search.search.space import check_draws
 from ckd_search.search.space import load_space
 from ckd_search.search.space import parse_space
+from tests.helpers import edited_copy
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -42,16 +42,7 @@ VALID: dict[str, Any] = {
 
 def mutate(path: str, value: Any, delete: bool = False) -> dict[str, Any]:
     """A copy of VALID with ``a/b/c`` set to value (or deleted)."""
-    raw = copy.deepcopy(VALID)
-    node = raw
-    parts = path.split("/")
-    for part in parts[:-1]:
-        node = node.setdefault(part, {})
-    if delete:
-        node.pop(parts[-1])
-    else:
-        node[parts[-1]] = value
-    return raw
+    return edited_copy(VALID, path, value, delete)
 
 
 def test_valid_space_loads_and_draws(write_space):
