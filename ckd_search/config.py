@@ -295,7 +295,9 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8"))
     except UnicodeDecodeError as err:
-        raise UserError(f"{p}: not a UTF-8 text file (byte {err.start})") from None
+        raise UserError(f"{p}: not a UTF-8 text file (byte {err.start}); expected YAML") from None
+    except OSError as err:
+        raise UserError(f"{p}: cannot be read ({err.strerror or err})") from None
     except yaml.YAMLError as err:
         mark = getattr(err, "problem_mark", None)
         where = f" line {mark.line + 1}" if mark is not None else ""

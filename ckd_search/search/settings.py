@@ -24,8 +24,8 @@ from typing import Any
 
 import yaml
 
+from ckd_search.config import load_yaml_mapping
 from ckd_search.errors import UserError
-from ckd_search.search.space import read_mapping
 from ckd_search.storage import atomic_write_text
 
 SETTINGS_FILE = "search.yaml"
@@ -109,7 +109,7 @@ class SearchSettings:
         path = root / SETTINGS_FILE
         if not path.is_file():
             raise UserError(f"{root}: not a search run directory (no {SETTINGS_FILE})")
-        data = read_mapping(path)
+        data = load_yaml_mapping(path)
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(str(k) for k in set(data) - names)
         if unknown:

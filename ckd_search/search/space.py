@@ -290,30 +290,10 @@ def load_space(path: str | Path, overrides: Mapping[str, Any] | None = None) -> 
     ``overrides`` (``--set KEY=VALUE``) replace or add ``fixed`` values before validation.
     """
     p = Path(path).expanduser()
-    if p.is_file():
-        try:
-            p.read_bytes().decode("utf-8")
-        except UnicodeDecodeError as err:
-            raise UserError(
-                f"{p}: not a UTF-8 text file (byte {err.start}); expected a YAML search space"
-            ) from None
-        except OSError as err:
-            raise UserError(f"{p}: cannot be read ({err.strerror or err})") from None
-    raw = read_mapping(p)
+    raw = load_yaml_mapping(p)
     return parse_space(raw, str(p), default_name=p.stem, overrides=overrides)
 
 
-def read_mapping(path: Path) -> dict[str, Any]:
-    """``load_yaml_mapping`` with its error on one line (PyYAML's reader errors span two)."""
-    try:
-        return load_yaml_mapping(path)
-    except UnicodeDecodeError as err:
-        raise UserError(f"{path}: not a UTF-8 text file (byte {err.start})") from None
-    except UserError as err:
-        raise UserError(" ".join(str(err).split())) from None
-
-
-#: Config keys naming local paths: (key, must be a folder).
 def check_paths(space: SearchSpace) -> None:
     """Every ``data.root`` (fixed or a choice) is a folder and every ``teacher.weights`` a file."""
     err = _Errors(space.path)
