@@ -8,14 +8,13 @@ is never on the front and never dominates another (Optuna records such a trial a
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from ckd_search.errors import UserError
-
-SPACE_FILE = "space.yaml"
+from ckd_search.search.outcome import finite
+from ckd_search.search.settings import SPACE_FILE
 
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -28,7 +27,7 @@ def pareto_mask(points: Sequence[Sequence[Any]], modes: Sequence[str]) -> list[b
     signs = [1.0 if m == "max" else -1.0 for m in modes]
     oriented: list[list[float] | None] = []
     for point in points:
-        values = [_finite(v) for v in point]
+        values = [finite(v) for v in point]
         ok = len(values) == len(signs) and all(v is not None for v in values)
         oriented.append([s * float(v) for s, v in zip(signs, values)] if ok else None)  # type: ignore[arg-type]
     valid = [p for p in oriented if p is not None]
@@ -47,11 +46,3 @@ def study_objectives(run_dir: str | Path) -> tuple[tuple[str, str], ...]:
     except UserError:
         return ()
     return tuple(zip(study.metrics, study.modes))
-
-
-def _finite(value: Any) -> float | None:
-    if hasattr(value, "item") and callable(value.item):
-        value = value.item()  # NumPy scalars from pandas
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value) if math.isfinite(value) else None

@@ -204,7 +204,7 @@ def _run_sections(
         out.append(_plane_section(trials, label, fig_dir / f"{slug}_plane_adaptive.png", "adaptive"))
         summary["best_adaptive"] = _jsonable(_best_of_kind(trials, "adaptive", ["kd.p_th", "kd.k"]))
     if run.multi_objective:
-        sec, front = _pareto_section(run, label, fig_dir / f"{slug}_pareto.png")
+        sec, front = _pareto_section(run, label, params, fig_dir / f"{slug}_pareto.png")
         out.append(sec)
         summary["pareto"] = front
 
@@ -296,7 +296,9 @@ def _best_of_kind(trials: pd.DataFrame, kind: str, keys: Sequence[str]) -> dict[
     return {"trial_id": best["trial_id"], METRIC: best[METRIC], **{k: best.get(k) for k in keys}}
 
 
-def _pareto_section(run: SearchRun, label: str, path: Path) -> tuple[Section, list[dict[str, Any]]]:
+def _pareto_section(
+    run: SearchRun, label: str, params: Sequence[str], path: Path
+) -> tuple[Section, list[dict[str, Any]]]:
     """Objective 1 vs objective 2 of every trial, the Pareto front of the complete ones highlighted."""
     trials = run.trials
     names = [m for m, _ in run.objectives]
@@ -316,8 +318,7 @@ def _pareto_section(run: SearchRun, label: str, path: Path) -> tuple[Section, li
     if len(names) > 2:
         sec.text.append(f"The front is over all {len(names)} objectives; the figure shows the first two.")
     front = trials[mask]
-    params = [c for c in candidate_params(trials) if c in trials][:6]
-    table = front[["trial_id", *cols, *params]].rename(columns=dict(zip(cols, names)))
+    table = front[["trial_id", *cols, *params[:6]]].rename(columns=dict(zip(cols, names)))
     table = table.sort_values(names[0], ascending=modes[0] != "max").reset_index(drop=True)
     sec.tables.append(("Pareto-optimal trials", table))
     sec.figures.append(

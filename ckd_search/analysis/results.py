@@ -24,6 +24,8 @@ import pandas as pd
 from ckd_search.config import Config
 from ckd_search.config import load_yaml_mapping
 from ckd_search.errors import UserError
+from ckd_search.search.outcome import finite
+from ckd_search.search.settings import SPACE_FILE  # its ``fixed`` section is a base config too
 
 log = logging.getLogger(__name__)
 
@@ -50,7 +52,6 @@ RAY_FIELDS = frozenset(
 )
 # Base-config files a run directory may hold; trial configs are laid over them.
 BASE_CONFIG_FILES = ("base_config.yaml", "config.yaml")
-SPACE_FILE = "space.yaml"  # the search-space copy; its ``fixed`` section is a base config too
 SETTINGS_FILE = "search.yaml"
 PARQUET_FILES = (
     "trials.parquet",
@@ -304,11 +305,11 @@ def _tables(
             empty += 1
             continue
         epoch_rows.extend(rows)
-        accs = [r["test_acc"] for r in rows if _finite(r.get("test_acc"))]
-        bests = [r["best_test_acc"] for r in rows if _finite(r.get("best_test_acc"))]
+        accs = [r["test_acc"] for r in rows if finite(r.get("test_acc")) is not None]
+        bests = [r["best_test_acc"] for r in rows if finite(r.get("best_test_acc")) is not None]
         best = max(accs + bests) if accs or bests else math.nan
         final = accs[-1] if accs else math.nan
-        budgets = [r["budget_epochs"] for r in rows if _finite(r.get("budget_epochs"))]
+        budgets = [r["budget_epochs"] for r in rows if finite(r.get("budget_epochs")) is not None]
         row = {
             "trial_id": trial_id,
             "epochs_run": int(rows[-1]["epoch"]),
@@ -345,7 +346,7 @@ def _from_parquet(
         final = {k.removeprefix("final/"): v for k, v in rec.items() if k.startswith("final/")}
         best_of = {k.removeprefix("best/"): v for k, v in rec.items() if k.startswith("best/")}
         candidates = [best_of.get(METRIC), final.get(METRIC), rec.get(METRIC)]
-        best = max((float(v) for v in candidates if _finite(v)), default=math.nan)
+        best = max((float(v) for v in candidates if finite(v) is not None), default=math.nan)
         status = str(rec.get("status", "")).lower()
         row = {
             "trial_id": str(rec.get("trial_id", i)),
@@ -372,12 +373,12 @@ def _from_parquet(
 
 def _last_value(rows: list[dict[str, Any]], metric: str) -> float:
     """``metric`` at the last epoch that reported it (NaN if none did)."""
-    return next((float(r[metric]) for r in reversed(rows) if _finite(r.get(metric))), math.nan)
+    return next((float(r[metric]) for r in reversed(rows) if finite(r.get(metric)) is not None), math.nan)
 
 
 def _float(value: Any) -> float:
-    value = _scalar(value)
-    return float(value) if _finite(value) else math.nan
+    number = finite(value)
+    return math.nan if number is None else number
 
 
 def _scalar(value: Any) -> Any:
@@ -407,10 +408,6 @@ def _finish_trials(trials: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     lead = ["trial_id", "status", "epochs_run", "best_test_acc", "final_test_acc"]
     rest = sorted(c for c in trials.columns if c not in lead)
     return trials[lead + rest].reset_index(drop=True)
-
-
-def _finite(value: Any) -> bool:
-    return isinstance(value, float | int) and math.isfinite(value)
 
 
 def _run_name(root: Path, trials: pd.DataFrame, descriptors: Mapping[str, Any]) -> str:

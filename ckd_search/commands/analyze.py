@@ -39,12 +39,25 @@ def _read_fidelity(path: Path) -> dict[str, Any]:
     return data
 
 
-def run_analyze(args: argparse.Namespace) -> int:
-    """Load the runs, write the report, log it to each run's MLflow parent run when there is one."""
+def analyze_runs(
+    run_dirs: list[Path], out: Path, fidelity: list[dict[str, Any]] | tuple[()] = ()
+) -> tuple[list[Any], Any, list[str]]:
+    """Load the runs, write the report into ``out``, log it to each run's MLflow parent run.
+
+    Returns the runs, the report and the ids of the MLflow runs it was logged to.
+    """
     from ckd_search.analysis.report import build_report
     from ckd_search.analysis.results import load_runs
     from ckd_search.analysis.tracking import log_report
 
+    runs = load_runs(run_dirs)
+    report = build_report(runs, out, fidelity)
+    logged = [rid for rid in (log_report(d, out) for d in run_dirs) if rid]
+    return runs, report, logged
+
+
+def run_analyze(args: argparse.Namespace) -> int:
+    """Load the runs, write the report, log it to each run's MLflow parent run when there is one."""
     run_dirs, fidelity_files = _split_inputs(list(args.run_dirs))
     extra = getattr(args, "fidelity", None)  # optional --fidelity FILE, if the CLI offers it
     if extra:
@@ -53,9 +66,8 @@ def run_analyze(args: argparse.Namespace) -> int:
         raise UserError("analyze needs at least one search run directory")
     fidelity_files += [d / FIDELITY_FILE for d in run_dirs if (d / FIDELITY_FILE).is_file()]
     fidelity = [_read_fidelity(p) for p in dict.fromkeys(fidelity_files)]
-    runs = load_runs(run_dirs)
     out = Path(args.out).expanduser()
-    report = build_report(runs, out, fidelity)
+    runs, report, logged = analyze_runs(run_dirs, out, fidelity)
     for run in runs:
         best = run.ranked().iloc[0]
         kind = best.get("kd.schedule", "phased")
@@ -67,7 +79,6 @@ def run_analyze(args: argparse.Namespace) -> int:
         )
     for label, front in report.pareto.items():
         print(f"{label}: Pareto front of {len(front)} trial(s): {', '.join(p['trial_id'] for p in front)}")
-    logged = [rid for rid in (log_report(d, out) for d in run_dirs) if rid]
     print(f"wrote {report.html} ({len(report.figures)} figures inlined), {report.markdown}, {report.summary}")
     if logged:
         print(f"logged the report to MLflow parent run(s): {', '.join(logged)}")

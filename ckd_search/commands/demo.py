@@ -13,6 +13,7 @@ DEMO_SPACE = Path(__file__).resolve().parents[2] / "search_spaces" / "demo.yaml"
 
 def run_demo(args: argparse.Namespace) -> int:
     """Search ``search_spaces/demo.yaml`` (local Ray, CPU trials), print the best config, export, analyze."""
+    from ckd_search.commands.analyze import analyze_runs
     from ckd_search.commands.search import describe_space
     from ckd_search.commands.search import print_outcome
     from ckd_search.search.export import export_run
@@ -50,19 +51,7 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"  best {item['rank']}: {exported.out / item['file']} (trial {item['trial_id']})")
     if exported.best:
         print(f"retrain the best config: ckd-search train --config {exported.out / exported.best[0]['file']}")
-    report = write_demo_report(out)
-    print(f"the switching report: {report}   (ckd-search analyze {out} --out DIR writes it anew)")
+    _, report, _ = analyze_runs([out], out / "report")
+    print(f"the switching report: {report.html}   (ckd-search analyze {out} --out DIR writes it anew)")
     print(f"open the MLflow UI: ckd-search ui {out}   (then http://127.0.0.1:5000)")
     return 0
-
-
-def write_demo_report(run_dir: Path) -> Path:
-    """``ckd-search analyze RUN_DIR --out RUN_DIR/report``; returns the HTML page."""
-    from ckd_search.analysis.report import build_report
-    from ckd_search.analysis.results import load_runs
-    from ckd_search.analysis.tracking import log_report
-
-    out = run_dir / "report"
-    report = build_report(load_runs([run_dir]), out)
-    log_report(run_dir, out)
-    return Path(report.html)

@@ -12,6 +12,9 @@ from pathlib import Path
 from typing import Any
 
 from ckd_search.errors import UserError
+from ckd_search.search.settings import DRIVER_LOCK
+from ckd_search.search.settings import SETTINGS_FILE
+from ckd_search.search.settings import SPACE_FILE
 
 
 def run_check_space(args: argparse.Namespace) -> int:
@@ -113,7 +116,7 @@ def run_search_command(args: argparse.Namespace) -> int:
 
 
 #: What ``create_search`` (and the driver lock) write before a search starts.
-_SETUP_FILES = frozenset({"search.yaml", "space.yaml", "driver.lock"})
+_SETUP_FILES = frozenset({SETTINGS_FILE, SPACE_FILE, DRIVER_LOCK})
 
 
 def _remove_unstarted(settings: Any) -> None:

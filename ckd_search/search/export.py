@@ -46,6 +46,7 @@ from ckd_search.search.outcome import classify
 from ckd_search.search.outcome import finite
 from ckd_search.search.settings import SearchSettings
 from ckd_search.search.space import load_space
+from ckd_search.storage import atomic_write
 from ckd_search.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -274,9 +275,7 @@ def write_parquet(rows: Sequence[dict[str, Any]], path: Path) -> None:
         columns.extend(k for k in row if k not in columns)
     data = {c: _column([row.get(c) for row in rows]) for c in columns}
     table = pa.table(data) if columns else pa.table({"trial_id": pa.array([], pa.string())})
-    tmp = path.with_suffix(".parquet.tmp")
-    pq.write_table(table, tmp)
-    tmp.replace(path)
+    atomic_write(path, lambda handle: pq.write_table(table, handle))
 
 
 def _column(values: list[Any]) -> Any:

@@ -68,7 +68,9 @@ def classify(result: Mapping[str, Any] | None, *, error: bool, max_t: int | None
 
 
 def finite(value: Any) -> float | None:
-    """``value`` as a float when it is a finite number, else None."""
+    """``value`` as a float when it is a finite number (NumPy scalars too), else None."""
+    if hasattr(value, "item") and callable(value.item):
+        value = value.item()  # NumPy scalars from pandas / Parquet
     if isinstance(value, bool) or not isinstance(value, int | float):
         return None
     return float(value) if math.isfinite(value) else None
