@@ -28,6 +28,7 @@ from typing import Any
 
 from ckd_search.checkpoint import verify_checkpoint
 from ckd_search.config import Config
+from ckd_search.search.faults import error_line
 from ckd_search.search.faults import inject
 from ckd_search.search.faults import trial_index
 from ckd_search.search.outcome import BUDGET_KEY
@@ -115,7 +116,7 @@ def restore_checkpoint(checkpoint: Any, ckpt_root: Path) -> bool:
                 shutil.copytree(folder, target, dirs_exist_ok=True)
             problem = verify_checkpoint(target)
         except Exception as err:  # noqa: BLE001 - an unreadable checkpoint is a damaged one
-            problem = f"{candidate.path}: checkpoint cannot be read ({type(err).__name__}: {err})"
+            problem = f"{candidate.path}: checkpoint cannot be read ({error_line(err)})"
         if problem is None:
             if candidate is not checkpoint:
                 log.warning("resuming from the older checkpoint %s instead", candidate.path)

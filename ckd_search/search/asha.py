@@ -33,6 +33,7 @@ from typing import Any
 from ray.tune.schedulers import ASHAScheduler
 
 from ckd_search.search.outcome import EPOCH_KEY
+from ckd_search.search.outcome import finite
 from ckd_search.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -175,5 +176,4 @@ class PersistentASHA(ASHAScheduler):
 
 
 def _epoch(result: dict) -> float | None:
-    value = result.get(EPOCH_KEY)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+    return finite(result.get(EPOCH_KEY))

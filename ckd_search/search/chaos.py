@@ -83,15 +83,11 @@ class Node:
     name: str
     proc: subprocess.Popen
     log_path: Path
-    started: float = field(default_factory=time.monotonic)
     killed: bool = False
 
     @property
     def sid(self) -> int:
         return self.proc.pid
-
-    def pids(self) -> list[int]:
-        return session_pids(self.sid)
 
     def alive(self) -> bool:
         return not self.killed and self.proc.poll() is None
@@ -243,26 +239,6 @@ class LocalCluster:
     def alive_workers(self) -> list[Node]:
         return [w for w in self.workers if w.alive()]
 
-    def wait_nodes(self, count: int, timeout: float = 90) -> None:
-        """Wait until Ray reports ``count`` alive nodes (asked from a short-lived driver)."""
-        code = (
-            "import ray, sys, time\n"
-            "ray.init(address=sys.argv[1], logging_level='ERROR')\n"
-            "deadline = time.monotonic() + float(sys.argv[3])\n"
-            "alive = lambda: sum(1 for n in ray.nodes() if n['Alive'])\n"
-            "while alive() != int(sys.argv[2]) and time.monotonic() < deadline: time.sleep(0.5)\n"
-            "sys.exit(0 if alive() == int(sys.argv[2]) else 1)\n"
-        )
-        proc = subprocess.run(
-            [sys.executable, "-c", code, self.address, str(count), str(timeout)],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=timeout + 60,
-        )
-        if proc.returncode != 0:
-            raise TimeoutError(f"the cluster did not reach {count} alive nodes: {proc.stderr[-2000:]}")
-
     def shutdown(self) -> None:
         """Stop every node this object started (SIGTERM, then SIGKILL of their sessions)."""
         nodes = [*self.workers, *([self.head] if self.head else [])]
@@ -393,9 +369,6 @@ class TrialAudit:
     def bad_resumes(self) -> list[tuple[int, int]]:
         """Restarts that did not continue at last checkpoint + 1."""
         return [(c, first) for c, first in self.resume_points() if first != c + 1]
-
-    def pids(self) -> set[int]:
-        return {int(r["pid"]) for r in self.rows if r.get("pid") is not None}
 
 
 def audit_run(run_dir: str | Path) -> dict[str, TrialAudit]:

@@ -17,7 +17,6 @@ failed), ``complete``. Every line has ``trial``, ``event``, ``t`` (Unix time) an
 from __future__ import annotations
 
 import json
-import math
 import os
 import time
 from pathlib import Path
@@ -27,6 +26,7 @@ from ray.tune import Callback
 
 from ckd_search.search.outcome import BUDGET_KEY
 from ckd_search.search.outcome import EPOCH_KEY
+from ckd_search.search.outcome import finite
 
 LEDGER_FILE = "epochs.jsonl"
 
@@ -35,12 +35,7 @@ def engine_metrics(result: dict[str, Any]) -> dict[str, float]:
     """The finite engine metrics of a Tune result (those a study may optimise)."""
     from ckd_search.search.space import ENGINE_METRICS
 
-    out = {}
-    for key in ENGINE_METRICS:
-        value = result.get(key)
-        if isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value):
-            out[key] = float(value)
-    return out
+    return {key: value for key in ENGINE_METRICS if (value := finite(result.get(key))) is not None}
 
 
 class EpochLedger(Callback):

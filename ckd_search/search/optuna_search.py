@@ -158,7 +158,8 @@ class StudySearch(OptunaSearch):
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and (adopted or RAY_TRIAL_ATTR not in ot_trial.user_attrs):
             ot_trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
-            ids = list(self._stored(ot_trial).system_attrs.get(IDS_ATTR, []))
+            # only an adopted trial has earlier ids; a new one would cost a journal read for nothing
+            ids = list(self._stored(ot_trial).system_attrs.get(IDS_ATTR, [])) if adopted else []
             self.study._storage.set_trial_system_attr(ot_trial._trial_id, IDS_ATTR, [*ids, trial_id])
         return params
 
@@ -272,10 +273,6 @@ class StudySearch(OptunaSearch):
                 "%d Optuna trial(s) were asked after the last snapshot; the next trials adopt them",
                 len(self._orphans),
             )
-
-    @property
-    def orphans(self) -> int:
-        return len(self._orphans)
 
 
 def fail_orphans(journal_path: str | Path, study_name: str, keep: frozenset[str] = frozenset()) -> int:

@@ -55,6 +55,7 @@ from ckd_search.search.outcome import EPOCH_KEY
 from ckd_search.search.outcome import TUNE_RESULT_KEYS
 from ckd_search.search.outcome import classify
 from ckd_search.search.outcome import finite
+from ckd_search.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 PENDING_FILE = "mlflow_pending.json"
@@ -346,7 +347,7 @@ class MlflowTrackingCallback(Callback):
         path = Path(self.run_dir) / PENDING_FILE
         if self._pending:
             path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(self._pending))
+            atomic_write_text(path, json.dumps(self._pending))
             log.warning(
                 "MLflow still unreachable: %d tracking calls saved to %s; `--resume` sends them",
                 len(self._pending),

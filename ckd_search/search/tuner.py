@@ -41,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ckd_search.errors import UserError
+from ckd_search.search.faults import error_line
 from ckd_search.search.settings import DONE_FILE
 from ckd_search.search.settings import DRIVER_LOCK
 from ckd_search.search.settings import MLFLOW_ARTIFACTS
@@ -416,17 +417,12 @@ def warm_start_points(space: SearchSpace, run_dirs: Sequence[str | Path]) -> lis
 def _restore(settings: SearchSettings, trainable: Any) -> Any:
     from ray import tune
 
-    path = settings.experiment_path
-    if not tune.Tuner.can_restore(path):
-        raise UserError(f"{settings.run_dir}: no Ray Tune experiment state at {path} to resume")
+    path = settings.experiment_path  # the caller checked tune.Tuner.can_restore (_can_restore)
     log.info("resuming search %s from %s", settings.study_name, path)
     try:
         return tune.Tuner.restore(path, trainable=trainable, resume_unfinished=True, resume_errored=False)
     except (OSError, EOFError, ValueError, TypeError, AttributeError, ImportError) as err:
-        raise UserError(
-            f"{path}: the Ray Tune experiment state cannot be read ({type(err).__name__}: "
-            f"{' '.join(str(err).split())[:200]})"
-        ) from None
+        raise UserError(f"{path}: the Ray Tune experiment state cannot be read ({error_line(err)})") from None
 
 
 def _seconds(name: str, default: float, low: float) -> float:
@@ -527,6 +523,4 @@ def _now() -> str:
 
 
 def _json(value: Any) -> str:
-    import json
-
     return json.dumps(value, indent=1)
