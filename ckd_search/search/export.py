@@ -213,18 +213,19 @@ def export_run(run_dir: str | Path, top: int = 3, out: str | Path | None = None)
     settings = SearchSettings.load(run_dir)
     target = Path(out).expanduser() if out else settings.root / "export"
     rows, metrics, modes = collect_trials(settings)
-    front = pareto_front(rows, metrics, modes) if len(metrics) > 1 else []
-    if len(metrics) > 1:
-        on_front = {id(r) for r in front}
+    multi = len(metrics) > 1
+    on_front = {id(r) for r in pareto_front(rows, metrics, modes)} if multi else set()
+    if multi:
         for row in rows:
             row["pareto"] = id(row) in on_front
+    ranked = rank(rows, metrics, modes)
     target.mkdir(parents=True, exist_ok=True)
     write_parquet(rows, target / TRIALS_FILE)
     result = Exported(target, len(rows))
     for old in target.glob("best_*.yaml"):
         old.unlink()
     files: dict[str, str] = {}
-    for k, row in enumerate(rank(rows, metrics, modes)[:top], start=1):
+    for k, row in enumerate(ranked[:top], start=1):
         try:
             cfg = Config.from_dict(_config(row))
         except UserError as err:
@@ -244,7 +245,7 @@ def export_run(run_dir: str | Path, top: int = 3, out: str | Path | None = None)
             {"rank": k, "trial_id": row["trial_id"], "file": path.name, "status": row["status"], **values}
         )
     (target / PARETO_FILE).unlink(missing_ok=True)  # a stale front from an earlier export
-    if len(metrics) > 1:
+    if multi:
         result.pareto = [
             {
                 "trial_id": r["trial_id"],
@@ -253,7 +254,8 @@ def export_run(run_dir: str | Path, top: int = 3, out: str | Path | None = None)
                 "file": files.get(r["trial_id"]),
                 "config": _config(r),
             }
-            for r in rank(front, metrics, modes)
+            for r in ranked  # the front comes first in rank order (completed trials lead)
+            if id(r) in on_front
         ]
         doc: dict[str, Any] = {"study": settings.study_name, "metrics": metrics, "modes": modes}
         doc.update(completed=sum(r["status"] == COMPLETED for r in rows), front=result.pareto)
