@@ -23,7 +23,7 @@ def linear_cka(x: Tensor, y: Tensor) -> Tensor:
 
     CKA(X, Y) = <Kc, Lc>_F / (||Kc||_F ||Lc||_F + 1e-7) with K = X X^T, L = Y Y^T centred by
     H = I - 11^T/B. Works batched: ``x`` and ``y`` of shape [..., B, D] give a CKA per leading index,
-    so all T timesteps cost one batched matmul. Computed in fp32.
+    so all T timesteps cost one batched matmul. Computed in fp32, also inside an autocast region.
 
     Args:
         x: [..., B, Dx] features.
@@ -33,11 +33,14 @@ def linear_cka(x: Tensor, y: Tensor) -> Tensor:
     """
     if x.shape[-2] != y.shape[-2]:
         raise ValueError(f"linear_cka needs the same batch size, got {x.shape[-2]} and {y.shape[-2]}")
-    kc = _centered_grams(x.float())
-    lc = _centered_grams(y.float())
-    hsic = (kc * lc).sum(dim=(-1, -2))
-    norm = kc.pow(2).sum(dim=(-1, -2)).sqrt() * lc.pow(2).sum(dim=(-1, -2)).sqrt()
-    return hsic / (norm + CKA_EPS)
+    # Autocast would run the Gram matmuls in bf16 whatever the input dtype; the Frobenius products
+    # of two B x B Grams then lose ~1e-2 relative. They are cheap: keep them fp32 (TF32 on a GPU).
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        kc = _centered_grams(x.float())
+        lc = _centered_grams(y.float())
+        hsic = (kc * lc).sum(dim=(-1, -2))
+        norm = kc.pow(2).sum(dim=(-1, -2)).sqrt() * lc.pow(2).sum(dim=(-1, -2)).sqrt()
+        return hsic / (norm + CKA_EPS)
 
 
 def domain_alignment_loss(feats_static: Tensor, feats_dvs: Tensor, theta: Tensor) -> Tensor:

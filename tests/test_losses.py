@@ -28,6 +28,17 @@ def test_cka_invariant_to_orthogonal_transform_and_isotropic_scaling(gen):
     assert losses.linear_cka(3.7 * x, 0.2 * y).item() == pytest.approx(base.item(), abs=1e-5)
 
 
+def test_cka_stays_fp32_inside_bf16_autocast(gen):
+    # the engine's bf16 path runs the losses under autocast, which would cast the Gram matmuls
+    x = torch.randn(4, 64, 512, generator=gen)
+    y = x + 0.3 * torch.randn(4, 64, 512, generator=gen)
+    ref = losses.linear_cka(x, y)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        under = losses.linear_cka(x, y)
+    assert under.dtype == torch.float32
+    assert torch.allclose(under, ref, rtol=1e-5, atol=1e-6)
+
+
 def test_cka_in_unit_interval_and_batched(gen):
     x = torch.randn(5, 16, 30, generator=gen)
     y = torch.randn(5, 16, 20, generator=gen)

@@ -51,7 +51,7 @@ def plain_vggsnn(width: float, num_classes: int, size: int, in_channels: int = 2
 
 
 class BaselineStep:
-    """One optimizer step of the plain two-stream baseline, fp32 or bf16 (+ torch.compile).
+    """One optimizer step of the plain two-stream baseline, fp32 or bf16 (+ torch.compile, channels_last).
 
     bf16 follows spikingjelly's recipe: ``prepare_model_for_precision`` with fp32 neuron state
     (plain autocast would drop LIF onto the Torch reference path), before the optimizer is built.
@@ -66,9 +66,12 @@ class BaselineStep:
         *,
         precision: str = "fp32",
         compile: bool = False,
+        channels_last: bool = False,
     ) -> None:
         self.device = device
         self.model = plain_vggsnn(width, num_classes, size).to(device)
+        if channels_last:  # as the engine: NHWC weights, cuDNN picks NHWC kernels
+            self.model = self.model.to(memory_format=torch.channels_last)
         self.autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
         if precision == "bf16":
             from spikingjelly.activation_based.precision import PrecisionConfig

@@ -36,7 +36,13 @@ def test_step_bench_smoke_prints_variants_scaling_and_ratio(capsys):
     assert "RANDOM" in out  # the header says the inputs are random
     main_rows, scaling_rows = parse_tables(out)
     assert [r["variant"] for r in main_rows] == ["ckd-fp32", "base-fp32"]  # CPU: GPU-only ones skipped
-    for variant in ("ckd-fp32-cl", "ckd-bf16", "ckd-bf16-compile", "ckd-bf16-graphs", "base-bf16-compile"):
+    for variant in (
+        "ckd-bf16",
+        "ckd-bf16-compile",
+        "ckd-bf16-graphs",
+        "base-bf16-compile",
+        "base-bf16-compile-cl",
+    ):
         assert re.search(rf"note: skipped {variant}\b.*needs a CUDA device", out)
     for row in main_rows + scaling_rows:
         assert tuple(row) == COLUMNS
