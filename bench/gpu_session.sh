@@ -1,15 +1,26 @@
 #!/usr/bin/env bash
-# Every GPU check of issue #8 in one prepared run, for a lent GPU machine (the device tool):
-# step throughput (CKD variants vs the plain spikingjelly baseline), trial packing, bf16-vs-fp32
-# curves on Digits-DVS, step-time scaling over T x size, and a CUDA profile if time is left.
-# Parts run most important first, each under its own time limit and all under one budget, so a
-# slow part cannot lose the others; each table goes to $OUT/<part>.txt as it is produced.
+# The GPU checks of issue #8 in one prepared run, for a lent GPU machine (the device tool).
+# Parts run in the order PARTS names them, each under its own time limit and all under one budget,
+# so a slow part cannot lose the others; each part's output goes to $OUT/<part>.txt as produced.
+# Cold-cache warm-ups measured on an H200 (bench/gpu-results.md): about 60 s per compiled variant,
+# 10-50 s per eager one (Triton compiles each new T and layer shape once), so size PARTS to fit.
 #
 #   here:  make gpu-wheels              (spikingjelly + loguru wheels into .whl/, the machine lacks them)
-#   there: BUDGET=520 bash bench/gpu_session.sh   with .whl carried
+#   there: BUDGET=520 PARTS="step precision" bash bench/gpu_session.sh   with .whl carried
+#
+# Parts:
+#   step       every default variant of bench/step_throughput.py at B=120, T=10, 48x48 (~300 s cold)
+#   compiled   base-bf16-compile then ckd-bf16-compile, fresh process: graph-break counts (~130 s)
+#   precision  bf16 vs fp32 loss/accuracy curves on Digits-DVS, 6 epochs each (~150 s)
+#   small      ckd-bf16 vs ckd-bf16-graphs at B=32 (launch-bound: where CUDA graphs should pay)
+#   packing    1, 2, 3 packed trials at B=32, full width (one trial already fills the GPU)
+#   packing-digits  the same at the Digits-DVS demo shape (width 1/8, 32x32, T=6, B=64)
+#   scaling    ckd-bf16 at B=32 over T in (4,6,8,10) x size in (48,128) (~40 s a cell cold)
+#   profile    phase split of the engine step at B=120, T=10, 48x48, bf16
 set -u
 OUT=${OUT:-runs/gpu}
 BUDGET=${BUDGET:-520}  # seconds for all parts together
+PARTS=${PARTS:-compiled precision small packing-digits scaling}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -19,6 +30,8 @@ fi
 # same graphs are cache hits, as in a search whose trials share a node-local cache.
 CACHE=/tmp/ckd-cache
 export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=$CACHE/inductor TRITON_CACHE_DIR=$CACHE/triton
+STEP="python3 bench/step_throughput.py"
+PACK="python3 bench/packing.py --device cuda:0 --cache-dir $CACHE"
 
 part() {  # part NAME SECONDS COMMAND...: run unless the budget is spent; the limit shrinks to fit
   local name=$1 limit=$2
@@ -41,16 +54,23 @@ part() {  # part NAME SECONDS COMMAND...: run unless the budget is spent; the li
 'triton', triton.__version__, 'cuda', torch.version.cuda, torch.cuda.get_device_name(0))"
 } 2>&1 | tee "$OUT/gpu.txt"
 
-part step 230 python3 bench/step_throughput.py \
-  --variants base-bf16-compile,ckd-bf16-compile,ckd-bf16-graphs,base-bf16-compile-cl,ckd-bf16,base-fp32,ckd-fp32
-part packing 100 python3 bench/packing.py --batch 32 --cache-dir $CACHE
-part precision 80 python3 bench/precision.py --device cuda --epochs 6
-part scaling 100 python3 bench/step_throughput.py --variants ckd-bf16 --scaling --batch 32 --steps 10 --warmup 3
-part profile 60 python3 -m ckd_search.perf.profile_step --device cuda --rounds 2 \
-  --set data.size=48 data.timesteps=10 model.width=1.0 optim.batch_size=120 run.precision=bf16
+for name in $PARTS; do
+  case $name in
+    step) part step 320 $STEP ;;
+    compiled) part compiled 160 $STEP --variants base-bf16-compile,ckd-bf16-compile ;;
+    precision) part precision 170 python3 bench/precision.py --device cuda --epochs 6 ;;
+    small) part small 90 $STEP --variants ckd-bf16,ckd-bf16-graphs --batch 32 ;;
+    packing) part packing 120 $PACK --batch 32 ;;
+    packing-digits) part packing-digits 90 $PACK --batch 64 --timesteps 6 --size 32 --width 0.125 --classes 10 ;;
+    scaling) part scaling 330 $STEP --variants ckd-bf16 --scaling --batch 32 --steps 10 --warmup 3 ;;
+    profile) part profile 90 python3 -m ckd_search.perf.profile_step --device cuda --rounds 2 \
+      --set data.size=48 data.timesteps=10 model.width=1.0 optim.batch_size=120 run.precision=bf16 ;;
+    *) echo "unknown part $name" | tee "$OUT/$name.txt" ;;
+  esac
+done
 
 # The tables (and any traceback's last lines) at the end of the output, where the reply shows them.
-for name in step packing precision scaling profile; do
+for name in $PARTS; do
   echo "##### $name"
-  grep -E '^(\||#|device|ratio|best|note|bf16|row|===)|Error|error' "$OUT/$name.txt" | tail -60
+  grep -E '^(\||#|device|ratio|best|note|bf16|fp32|row|===)|Error' "$OUT/$name.txt" | tail -40
 done

@@ -73,6 +73,26 @@ def compile_options(mode: str) -> dict[str, Any]:
     return {"layout_optimization": False, **extra}
 
 
+def prime_for_compile(model: torch.nn.Module, forward: Callable[[], object]) -> None:
+    """Run ``forward`` once eagerly (eval mode, no grad: weights and BatchNorm statistics untouched)
+    before torch.compile first traces the model.
+
+    spikingjelly 2.0 builds each Triton neuron execution plan on first use and logs it (loguru,
+    ``sys._getframe``). Traced by Dynamo, that log call is a graph break which splits the step for
+    the whole run, and the per-layer frames after it then hit the recompile limit and run eagerly:
+    19 graphs and 7 breaks for the plain compiled step on an H200. ``prepare_model_for_precision``
+    builds the plans with fp32 spikes, but under bf16 autocast the forward asks for bf16 spikes, a
+    plan of its own; one eager forward in the real dtype builds every plan the step will ask for.
+    """
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad():
+            forward()
+    finally:
+        model.train(was_training)
+
+
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -277,12 +297,27 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.loss_fn: Callable[[CKDModel, StepInputs, Config], dict[str, Tensor]] = ckd_losses
         if cfg.run.compile:
+            self._prime_for_compile(frame_dtype)
             # reset_net fills its module cache on first use; doing that inside the compiled
             # function breaks a guard and recompiles on the second call.
             self.model.student.reset_state()
             self.loss_fn = torch.compile(ckd_losses, options=compile_options(cfg.run.compile_mode))
         # CUDA graph replays reuse output memory: each step must say a new iteration began.
         self.cudagraphs = cfg.run.compile and cfg.run.compile_mode == "reduce-overhead"
+
+    def _prime_for_compile(self, frame_dtype: torch.dtype) -> None:
+        """One eager forward of a 2-sample batch of the real shape and dtype (see prime_for_compile)."""
+        student = self.model.student
+        d = self.prepared.data
+        frames = torch.zeros(d.timesteps, 2, 2, d.size, d.size, device=self.device, dtype=frame_dtype)
+
+        def forward() -> None:
+            student.reset_state()
+            with self.autocast():
+                student(frames, head="dvs")
+            student.reset_state()
+
+        prime_for_compile(student, forward)
 
     def _setup_cuda(self) -> None:
         torch.backends.cudnn.benchmark = True

@@ -23,6 +23,7 @@ from torch import Tensor
 from torch import nn
 
 from ckd_search.engine import compile_options
+from ckd_search.engine import prime_for_compile
 from ckd_search.models.snn import PLAN
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,14 @@ class BaselineStep:
             self.autocast = art.autocast_context
         self.forward: Callable[[Tensor], Tensor] = self.model
         if compile:
+            frames = torch.zeros(2, 2, 2, size, size, device=device)
+
+            def forward() -> None:
+                with self.autocast():
+                    self.model(frames)
+                functional.reset_net(self.model)
+
+            prime_for_compile(self.model, forward)  # spikingjelly's first-use plans: no graph break
             self.forward = torch.compile(self.model, options=compile_options("default"))
             functional.invalidate_reset_cache(self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=BASELINE_LR)

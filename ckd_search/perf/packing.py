@@ -77,8 +77,9 @@ def _trial(rank: int, n: int, spec: TrialSpec, barrier: Any) -> dict[str, Any]:
     if spec.threads:
         torch.set_num_threads(spec.threads)
     if device.type == "cuda":
-        if device.index is not None:
-            torch.cuda.set_device(device)
+        if device.index is None:  # the memory cap needs an index ("cuda" alone is refused)
+            device = torch.device("cuda", torch.cuda.current_device())
+        torch.cuda.set_device(device)
         torch.cuda.set_per_process_memory_fraction(1.0 / n, device)
     cfg = Config.from_dict(
         {

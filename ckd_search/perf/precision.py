@@ -53,9 +53,19 @@ def train_curves(base: Config, precisions: Sequence[str] = PRECISIONS) -> dict[s
         if (why := available(precision, device)) is not None:
             log.warning("%s", why)
             continue
-        result = fit(base.replace(**{"run.precision": precision}), prepared=prepared)
+
+        def progress(metrics: dict[str, float], _ckpt: object, name: str = precision) -> None:
+            # on stderr as each epoch ends: a run cut short by a time limit still shows its curve
+            print(f"{name} {metrics_line(metrics)}", file=sys.stderr, flush=True)
+
+        result = fit(base.replace(**{"run.precision": precision}), progress, prepared=prepared)
         curves[precision] = result.metrics
     return curves
+
+
+def metrics_line(metrics: Mapping[str, float]) -> str:
+    keys = ("epoch", "train_loss", "test_acc", "epoch_time_s")
+    return " ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
 
 
 def compare(curves: Mapping[str, list[dict[str, float]]], ref: str = "fp32") -> dict[str, dict[str, Any]]:

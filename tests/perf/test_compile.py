@@ -1,0 +1,55 @@
+"""run.compile: the whole CKD step is one graph with no breaks and no recompiles (CPU Inductor).
+
+The GPU path adds spikingjelly's Triton neuron ops; on a CPU the LIF is traced as Torch code, so
+this checks everything of ours around it (streams, replacement, CKA, KD, TET, heads).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch._dynamo.utils
+from spikingjelly.activation_based import layer
+
+from ckd_search.engine import Trainer
+from ckd_search.engine import prime_for_compile
+from ckd_search.perf import step_bench
+from ckd_search.perf.synthetic import synthetic_prepared
+
+
+def test_prime_for_compile_leaves_weights_statistics_and_mode_alone():
+    model = torch.nn.Sequential(
+        layer.Conv2d(2, 4, 3, padding=1, step_mode="m"), layer.BatchNorm2d(4, step_mode="m")
+    )
+    model.train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    calls = []
+
+    def forward() -> None:
+        calls.append(torch.is_grad_enabled())
+        model(torch.randn(3, 2, 2, 8, 8))
+
+    prime_for_compile(model, forward)
+    assert calls == [False]  # ran once, without autograd
+    assert model.training
+    after = model.state_dict()
+    assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats untouched
+
+
+def test_compiled_step_is_one_graph_across_epochs_and_evaluations():
+    args = step_bench.parse_args(["--smoke"])
+    device = torch.device("cpu")
+    cfg = step_bench.ckd_config(args, {"run.compile": True, "run.epochs": 2}, 2, 16, device)
+    prepared = synthetic_prepared(cfg, 10, n_train=16, n_test=8, seed=0)
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    trainer = Trainer(cfg, prepared, device)
+    for epoch in range(2):  # 2 steps an epoch; p and gamma move every step
+        trainer.epoch = epoch
+        metrics = trainer.train_epoch()
+        assert math.isfinite(metrics["train_loss"])
+        trainer.evaluate()  # eager, in eval mode, between epochs
+    counters = torch._dynamo.utils.counters
+    assert dict(counters["graph_break"]) == {}
+    assert counters["stats"]["unique_graphs"] == 1
