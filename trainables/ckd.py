@@ -23,13 +23,16 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 from ckd_search.checkpoint import verify_checkpoint
 from ckd_search.config import Config
+from ckd_search.search.faults import checkpoint_name
 from ckd_search.search.faults import error_line
 from ckd_search.search.faults import inject
+from ckd_search.search.faults import sibling_checkpoints
 from ckd_search.search.faults import trial_index
 from ckd_search.search.outcome import BUDGET_KEY
 from ckd_search.search.outcome import budget_epochs
@@ -107,7 +110,7 @@ def restore_checkpoint(checkpoint: Any, ckpt_root: Path) -> bool:
     """
     if checkpoint is None:
         return False
-    for candidate in [checkpoint, *older_checkpoints(checkpoint)]:
+    for candidate in _candidates(checkpoint):
         try:
             relpath = (candidate.get_metadata() or {}).get(RELPATH_KEY, ".")
             target = (ckpt_root / relpath).resolve()
@@ -128,20 +131,20 @@ def restore_checkpoint(checkpoint: Any, ckpt_root: Path) -> bool:
     return False
 
 
+def _candidates(checkpoint: Any) -> Iterator[Any]:
+    """``checkpoint``, then the older ones, listed only if it is damaged."""
+    yield checkpoint
+    yield from older_checkpoints(checkpoint)
+
+
 def older_checkpoints(checkpoint: Any) -> list[Any]:
     """The trial's other ``checkpoint_NNNNNN`` folders older than ``checkpoint``, newest first."""
-    import pyarrow.fs as pafs
-    from ray import tune
-
     try:
-        fs = checkpoint.filesystem
-        parent, _, name = str(checkpoint.path).rstrip("/").rpartition("/")
-        infos = fs.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+        siblings = sibling_checkpoints(checkpoint)
     except Exception:  # noqa: BLE001 - no listing (e.g. a remote store without it): nothing older
         return []
-    folders = [i.base_name for i in infos if i.type == pafs.FileType.Directory]
-    names = sorted((n for n in folders if n.startswith("checkpoint_")), reverse=True)
-    return [tune.Checkpoint(f"{parent}/{n}", filesystem=fs) for n in names if n < name]
+    name = checkpoint_name(checkpoint)
+    return [c for c in reversed(siblings) if checkpoint_name(c) < name]
 
 
 def _clear(folder: Path) -> None:

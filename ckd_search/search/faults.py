@@ -293,16 +293,27 @@ def _exists(checkpoint: Any) -> bool:
     return checkpoint.filesystem.get_file_info(checkpoint.path).type != pafs.FileType.NotFound
 
 
-def _next_checkpoint(lost: Any) -> Any:
-    """The oldest ``checkpoint_NNNNNN`` folder beside ``lost`` that is newer than it, or None."""
+def checkpoint_name(checkpoint: Any) -> str:
+    """The ``checkpoint_NNNNNN`` folder name of a Tune checkpoint (names sort by age)."""
+    return str(checkpoint.path).rstrip("/").rpartition("/")[2]
+
+
+def sibling_checkpoints(checkpoint: Any) -> list[Any]:
+    """Every ``checkpoint_NNNNNN`` folder of the trial beside ``checkpoint`` (itself too), oldest first."""
     import pyarrow.fs as pafs
     from ray import tune
 
-    parent, _, name = str(lost.path).rstrip("/").rpartition("/")
-    infos = lost.filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
-    newer = sorted(
+    parent = str(checkpoint.path).rstrip("/").rpartition("/")[0]
+    infos = checkpoint.filesystem.get_file_info(pafs.FileSelector(parent, allow_not_found=True))
+    names = sorted(
         i.base_name
         for i in infos
-        if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_") and i.base_name > name
+        if i.type == pafs.FileType.Directory and i.base_name.startswith("checkpoint_")
     )
-    return tune.Checkpoint(f"{parent}/{newer[0]}", filesystem=lost.filesystem) if newer else None
+    return [tune.Checkpoint(f"{parent}/{n}", filesystem=checkpoint.filesystem) for n in names]
+
+
+def _next_checkpoint(lost: Any) -> Any:
+    """The oldest ``checkpoint_NNNNNN`` folder beside ``lost`` that is newer than it, or None."""
+    name = checkpoint_name(lost)
+    return next((c for c in sibling_checkpoints(lost) if checkpoint_name(c) > name), None)
