@@ -143,6 +143,11 @@ class MlflowTrackingCallback(Callback):
         state["_client"] = None
         return state
 
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A callback restored from an older search's snapshot lacks the settings added since.
+        self.__dict__.update(end_wait_s=60.0, call_timeout_s=3.0, flush_budget_s=2.0, _env_set=[])
+        self.__dict__.update(state)
+
     # -- Tune callback API ----------------------------------------------------------------------
     def setup(
         self, stop: Any = None, num_samples: Any = None, total_num_samples: Any = None, **info: Any
@@ -229,7 +234,7 @@ class MlflowTrackingCallback(Callback):
         else:
             self._queue(self._summary_op(trials))
             self._queue({"op": "parent_status", "status": "FINISHED", "tags": {"ckd.status": "finished"}})
-        wait = float(getattr(self, "end_wait_s", 60.0))
+        wait = float(self.end_wait_s)
         deadline = time.monotonic() + wait
         if not self._flush(force=True):
             log.warning(
@@ -283,14 +288,14 @@ class MlflowTrackingCallback(Callback):
         MLflow reads both variables at every request. Its retries would block the driver for their
         backoff; a failed call stays queued instead and this callback retries it every retry_s.
         """
-        timeout = max(1, math.ceil(float(getattr(self, "call_timeout_s", 3.0))))  # MLflow wants an int
+        timeout = max(1, math.ceil(float(self.call_timeout_s)))  # MLflow wants an int
         wanted = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0", "MLFLOW_HTTP_REQUEST_TIMEOUT": str(timeout)}
         self._env_set = [name for name in wanted if name not in os.environ]
         for name in self._env_set:
             os.environ[name] = wanted[name]
 
     def _restore_http_settings(self) -> None:
-        for name in getattr(self, "_env_set", []):
+        for name in self._env_set:
             os.environ.pop(name, None)
         self._env_set = []
 
@@ -309,7 +314,7 @@ class MlflowTrackingCallback(Callback):
         now = time.monotonic()
         if self._gap_since is not None and not force and now < self._next_try:
             return False
-        budget_end = None if force else now + float(getattr(self, "flush_budget_s", 2.0))
+        budget_end = None if force else now + float(self.flush_budget_s)
         sent = 0
         while self._pending:
             if budget_end is not None and sent and time.monotonic() >= budget_end:

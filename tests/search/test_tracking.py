@@ -98,3 +98,33 @@ def test_flush_hands_the_thread_back_after_its_budget(
     assert time.monotonic() - start < 0.6 and 1 < len(sent) < 20
     assert cb.pending == 20 - len(sent)
     assert cb._flush(force=True) and sent == list(range(20)) and cb.pending == 0  # in order, once
+
+
+def test_a_callback_pickled_before_the_newer_settings_restores_with_their_defaults(tmp_path):
+    import pickle
+
+    from ckd_search.search.tracking import MlflowTrackingCallback
+
+    cb = MlflowTrackingCallback(
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "exp",
+        "study",
+        tmp_path,
+        ["best_test_acc"],
+        ["max"],
+        end_wait_s=7.0,
+    )
+    restored = pickle.loads(pickle.dumps(cb))
+    assert restored.end_wait_s == 7.0  # a snapshot's own values win
+    old = cb.__getstate__()
+    for name in ("end_wait_s", "call_timeout_s", "flush_budget_s", "_env_set"):
+        del old[name]  # what a snapshot from before these settings holds
+    legacy = MlflowTrackingCallback.__new__(MlflowTrackingCallback)
+    legacy.__setstate__(old)
+    assert (legacy.end_wait_s, legacy.call_timeout_s, legacy.flush_budget_s, legacy._env_set) == (
+        60.0,
+        3.0,
+        2.0,
+        [],
+    )
+    assert legacy.study_name == "study"
