@@ -18,6 +18,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
+from ckd_search.analysis.results import plain_scalar
 from ckd_search.color import value_channel
 from ckd_search.config import Config
 from ckd_search.losses import linear_cka
@@ -157,8 +158,7 @@ def _config_values(flat: Mapping[str, Any]) -> dict[str, Any]:
     for key, value in flat.items():
         if not isinstance(key, str) or not key.startswith(DESCRIPTOR_PREFIXES) or key not in _CONFIG_KEYS:
             continue
-        if hasattr(value, "item") and callable(value.item):
-            value = value.item()  # NumPy scalars from pandas
+        value = plain_scalar(value)  # NumPy scalars from pandas
         out[key] = None if isinstance(value, float) and math.isnan(value) else value
     return out
 

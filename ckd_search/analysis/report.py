@@ -32,6 +32,7 @@ from ckd_search.analysis.importance import compute_importances
 from ckd_search.analysis.pareto import pareto_mask
 from ckd_search.analysis.results import METRIC
 from ckd_search.analysis.results import SearchRun
+from ckd_search.analysis.results import rank_trials
 from ckd_search.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -290,9 +291,7 @@ def _plane_section(trials: pd.DataFrame, label: str, path: Path, kind: str) -> S
 
 def _best_of_kind(trials: pd.DataFrame, kind: str, keys: Sequence[str]) -> dict[str, Any]:
     """The best trial of one schedule kind (complete ones first): id, metric and ``keys``."""
-    grp = trials[trials["kd.schedule"].astype(str) == kind]
-    done = grp[grp["status"] == "complete"]
-    best = (done if not done.empty else grp).sort_values(METRIC, ascending=False).iloc[0]
+    best = rank_trials(trials[trials["kd.schedule"].astype(str) == kind]).iloc[0]
     return {"trial_id": best["trial_id"], METRIC: best[METRIC], **{k: best.get(k) for k in keys}}
 
 

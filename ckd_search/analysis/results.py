@@ -108,10 +108,15 @@ class SearchRun:
 
     def ranked(self, statuses: tuple[str, ...] = ("complete",)) -> pd.DataFrame:
         """Trials with the given statuses, best first (all trials if none has such a status)."""
-        sel = self.trials[self.trials["status"].isin(statuses)]
-        if sel.empty:
-            sel = self.trials
-        return sel.sort_values(METRIC, ascending=False, na_position="last")
+        return rank_trials(self.trials, statuses)
+
+
+def rank_trials(trials: pd.DataFrame, statuses: tuple[str, ...] = ("complete",)) -> pd.DataFrame:
+    """``trials`` with the given statuses, best first (all of them if none has such a status)."""
+    sel = trials[trials["status"].isin(statuses)]
+    if sel.empty:
+        sel = trials
+    return sel.sort_values(METRIC, ascending=False, na_position="last")
 
 
 def load_runs(run_dirs: Iterable[str | Path], compute_descriptors: bool = True) -> list[SearchRun]:
@@ -148,9 +153,7 @@ def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun
     if not descriptors and compute_descriptors and (root / SETTINGS_FILE).is_file():
         from ckd_search.analysis.descriptors import descriptors_for_run
 
-        best = trials.sort_values(METRIC, ascending=False, na_position="last")
-        best = pd.concat([best[best["status"] == "complete"], best[best["status"] != "complete"]])
-        descriptors = descriptors_for_run(root, best.iloc[0].to_dict(), notes)
+        descriptors = descriptors_for_run(root, rank_trials(trials).iloc[0].to_dict(), notes)
     name = _run_name(root, trials, descriptors)
     max_epoch = int(trials["epochs_run"].max()) if len(trials) else 0
     log.info(
@@ -342,7 +345,7 @@ def _from_parquet(
     notes.append(f"trials read from {path.relative_to(path.parents[1])} (no per-epoch results)")
     rows = []
     for i, rec in enumerate(raw.to_dict("records")):
-        flat = {k.removeprefix("config/"): _scalar(v) for k, v in rec.items() if k.startswith("config/")}
+        flat = {k.removeprefix("config/"): plain_scalar(v) for k, v in rec.items() if k.startswith("config/")}
         final = {k.removeprefix("final/"): v for k, v in rec.items() if k.startswith("final/")}
         best_of = {k.removeprefix("best/"): v for k, v in rec.items() if k.startswith("best/")}
         candidates = [best_of.get(METRIC), final.get(METRIC), rec.get(METRIC)]
@@ -381,7 +384,7 @@ def _float(value: Any) -> float:
     return math.nan if number is None else number
 
 
-def _scalar(value: Any) -> Any:
+def plain_scalar(value: Any) -> Any:
     """Parquet hands back NumPy scalars; the config wants plain Python values."""
     return value.item() if hasattr(value, "item") and callable(value.item) else value
 

@@ -58,6 +58,8 @@ def analyze_runs(
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Load the runs, write the report, log it to each run's MLflow parent run when there is one."""
+    from ckd_search.analysis.plots import PLANE_AXES
+
     run_dirs, fidelity_files = _split_inputs(list(args.run_dirs))
     extra = getattr(args, "fidelity", None)  # optional --fidelity FILE, if the CLI offers it
     if extra:
@@ -71,11 +73,11 @@ def run_analyze(args: argparse.Namespace) -> int:
     for run in runs:
         best = run.ranked().iloc[0]
         kind = best.get("kd.schedule", "phased")
-        point = "p_th" if kind == "adaptive" else "e_th"  # the adaptive switch point is p_th
+        point, _ = PLANE_AXES.get(kind, PLANE_AXES["phased"])  # kd.e_th, or kd.p_th when adaptive
         print(
             f"{run.name}: {len(run.trials)} trials, best test top-1 {best['best_test_acc']:.4f} "
             f"(trial {best['trial_id']}, {kind}, "
-            f"{point}={_short(best.get('kd.' + point))}, k={_short(best.get('kd.k'))})"
+            f"{point.removeprefix('kd.')}={_short(best.get(point))}, k={_short(best.get('kd.k'))})"
         )
     for label, front in report.pareto.items():
         print(f"{label}: Pareto front of {len(front)} trial(s): {', '.join(p['trial_id'] for p in front)}")

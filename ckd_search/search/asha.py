@@ -166,13 +166,14 @@ class PersistentASHA(ASHAScheduler):
                 recorded.update({str(k): float(v) for k, v in by_milestone.get(float(milestone), {}).items()})
         self._num_stopped = int(state.get("num_stopped", 0))
         self._stopped = {str(k): float(v) for k, v in state.get("stopped", {}).items()}
-        count = sum(len(rec) for b in self._brackets for _, rec in b._rungs)
-        log.info("ASHA rungs restored from %s (%d recorded results)", path, count)
+        log.info("ASHA rungs restored from %s (%d recorded results)", path, self._rung_entries())
         return True
 
+    def _rung_entries(self) -> int:
+        return sum(len(rec) for b in self._brackets for _, rec in b._rungs)
+
     def _fingerprint(self) -> tuple[int, int, int]:
-        rungs = sum(len(rec) for b in self._brackets for _, rec in b._rungs)
-        return self._num_stopped, rungs, len(self._stopped)
+        return self._num_stopped, self._rung_entries(), len(self._stopped)
 
 
 def _epoch(result: dict) -> float | None:

@@ -95,16 +95,25 @@ def test_no_state_file_means_nothing_to_drop(tmp_path: Path):
     assert not path.exists()
 
 
-def test_a_stop_the_snapshot_missed_is_repeated_when_the_trial_replays(tmp_path: Path):
-    path = tmp_path / "asha_state.json"
+def _good_and_bad_through_epoch_2(path: Path) -> tuple[PersistentASHA, list[str], list[str]]:
+    """Trials "good" and "bad" report epochs 1 and 2; "bad" falls below the epoch-2 cut-off.
+
+    Returns the scheduler and the decisions for good and for bad, epoch by epoch."""
     first = _asha(path)
     good, bad = _trial("good"), _trial("bad")
     for t in (good, bad):
         first.on_trial_add(None, t)
-    decisions = []
+    good_decisions, bad_decisions = [], []
     for epoch, scores in ((1.0, (0.8, 0.9)), (2.0, (0.9, 0.5))):
-        assert first.on_trial_result(None, good, {"epoch": epoch, METRIC: scores[0]}) == "CONTINUE"
-        decisions.append(first.on_trial_result(None, bad, {"epoch": epoch, METRIC: scores[1]}))
+        good_decisions.append(first.on_trial_result(None, good, {"epoch": epoch, METRIC: scores[0]}))
+        bad_decisions.append(first.on_trial_result(None, bad, {"epoch": epoch, METRIC: scores[1]}))
+    return first, good_decisions, bad_decisions
+
+
+def test_a_stop_the_snapshot_missed_is_repeated_when_the_trial_replays(tmp_path: Path):
+    path = tmp_path / "asha_state.json"
+    first, good_decisions, decisions = _good_and_bad_through_epoch_2(path)
+    assert good_decisions == ["CONTINUE", "CONTINUE"]
     # stopped below the epoch-2 cut-off; Optuna and MLflow record it as pruned
     assert decisions == ["CONTINUE", "STOP"]
     # the driver dies before a snapshot with the stop reaches storage: Tune resumes "bad" from its
@@ -123,13 +132,7 @@ def test_a_stop_the_snapshot_missed_is_repeated_when_the_trial_replays(tmp_path:
 
 def test_an_earlier_replayed_epoch_still_continues(tmp_path: Path):
     path = tmp_path / "asha_state.json"
-    first = _asha(path)
-    good, bad = _trial("good"), _trial("bad")
-    for t in (good, bad):
-        first.on_trial_add(None, t)
-    for epoch, scores in ((1.0, (0.8, 0.9)), (2.0, (0.9, 0.5))):
-        first.on_trial_result(None, good, {"epoch": epoch, METRIC: scores[0]})
-        first.on_trial_result(None, bad, {"epoch": epoch, METRIC: scores[1]})
+    _good_and_bad_through_epoch_2(path)
     restored = _asha(path)
     trial = _trial("bad", "PENDING")
     restored.on_trial_add(None, trial)

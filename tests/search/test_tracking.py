@@ -100,20 +100,14 @@ def test_flush_hands_the_thread_back_after_its_budget(
     assert cb._flush(force=True) and sent == list(range(20)) and cb.pending == 0  # in order, once
 
 
-def test_a_callback_pickled_before_the_newer_settings_restores_with_their_defaults(tmp_path):
+def test_a_callback_pickled_before_the_newer_settings_restores_with_their_defaults(
+    tmp_path, tracking_callback
+):
     import pickle
 
     from ckd_search.search.tracking import MlflowTrackingCallback
 
-    cb = MlflowTrackingCallback(
-        f"sqlite:///{tmp_path}/mlflow.db",
-        "exp",
-        "study",
-        tmp_path,
-        ["best_test_acc"],
-        ["max"],
-        end_wait_s=7.0,
-    )
+    cb = tracking_callback(f"sqlite:///{tmp_path}/mlflow.db", tmp_path, end_wait_s=7.0)
     restored = pickle.loads(pickle.dumps(cb))
     assert restored.end_wait_s == 7.0  # a snapshot's own values win
     old = cb.__getstate__()
@@ -127,4 +121,4 @@ def test_a_callback_pickled_before_the_newer_settings_restores_with_their_defaul
         2.0,
         [],
     )
-    assert legacy.study_name == "study"
+    assert legacy.study_name == "study-1"
