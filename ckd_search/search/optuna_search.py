@@ -117,8 +117,11 @@ class StudySearch(OptunaSearch):
         multi = space.study.multi_objective
         super().__init__(
             space=None,
-            metric=list(space.study.metrics) if multi else None,
-            mode=list(space.study.modes) if multi else None,
+            # TuneConfig passes the same metric and mode to set_search_properties; they are given
+            # here too because Tune skips that call when it restores a Tuner (``Tuner.restore``
+            # passes no param_space), and a restore can fall back to a fresh experiment.
+            metric=list(space.study.metrics) if multi else space.study.metric,
+            mode=list(space.study.modes) if multi else space.study.mode,
             points_to_evaluate=list(warm_start or []),
             sampler=make_sampler(space),
             study_name=study_name,
@@ -135,6 +138,16 @@ class StudySearch(OptunaSearch):
         if not isinstance(self._metric, list):
             self._metric = metric or self._metric
             self._mode = mode or self._mode
+        self._open_study()
+        return True
+
+    def _open_study(self) -> optuna.Study:
+        """Create or load the study (once).
+
+        Normally ``set_search_properties`` opens it, or a restored snapshot brings it. When Tune
+        restores a Tuner but then starts the experiment afresh (its own snapshot unreadable), neither
+        happens, so the first use opens it here, with the same restart rules.
+        """
         if self._ot_study is None:
             storage = self._storage
             assert storage is not None
@@ -144,15 +157,15 @@ class StudySearch(OptunaSearch):
             self._setup_study(self._mode or "max")
             if existing:  # the Tune experiment starts again (no snapshot): every RUNNING trial is stale
                 self._collect_orphans()
-        return True
+        assert self._ot_study is not None
+        return self._ot_study
 
     @property
     def study(self) -> optuna.Study:
-        study = self._ot_study
-        assert study is not None, "the study is opened by set_search_properties"
-        return study
+        return self._open_study()
 
     def suggest(self, trial_id: str) -> dict | None:
+        self._open_study()  # before Ray's suggest, which uses the study unchecked
         adopted = trial_id not in self._ot_trials and self._adopt(trial_id)
         params = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)

@@ -180,13 +180,13 @@ def run_search(
             else:
                 if resume:
                     log.warning(
-                        "%s: the driver stopped before Ray Tune's first experiment snapshot; "
-                        "starting the Tune experiment again in the same study",
+                        "%s: no whole Ray Tune experiment snapshot reached storage before the driver "
+                        "stopped; starting the Tune experiment again in the same study",
                         settings.run_dir,
                     )
                 tuner = _new_tuner(settings, space, plan, trainable, extra_callbacks, restart=resume)
-            results = tuner.fit()
-            _fail_orphans_if_done(settings, results)
+            results = tuner.fit() if tuner is not None else None
+            _fail_orphans_if_done(settings, space, results)
         finally:
             if cluster.started_here:
                 import ray
@@ -272,29 +272,45 @@ def check_journal(path: Path, study_name: str) -> None:
 
 
 def _can_restore(settings: SearchSettings) -> bool:
+    """Whether Tune can restore the experiment: its Tuner and one whole snapshot are on storage."""
     from ray import tune
 
+    from ckd_search.search.snapshot import settle_snapshot
+
     try:
-        return bool(tune.Tuner.can_restore(settings.experiment_path))
+        return bool(tune.Tuner.can_restore(settings.experiment_path)) and (
+            settle_snapshot(settings.experiment_path) is not None
+        )
     except Exception as err:  # noqa: BLE001 - an unreachable storage is the user's to fix
         raise UserError(f"{settings.experiment_path}: cannot read the Ray Tune experiment ({err})") from None
 
 
-def _fail_orphans_if_done(settings: SearchSettings, results: Any) -> None:
-    """When every Tune trial has ended, FAIL Optuna trials that belong to none of them."""
+def _fail_orphans_if_done(settings: SearchSettings, space: SearchSpace, results: Any) -> None:
+    """When every Tune trial has ended and the study is complete, FAIL Optuna trials of no Tune trial.
+
+    ``results`` is None when a restarted Tune experiment had no trial left to run.
+    """
     from ckd_search.search.optuna_search import fail_orphans
 
     try:
-        ended = results.num_terminated + results.num_errors
-        total = len(results)
+        ended = (results.num_terminated + results.num_errors) if results is not None else 0
+        total = len(results) if results is not None else 0
     except Exception:  # noqa: BLE001 - no result grid: leave the journal as it is
         return
-    if total < settings.num_trials or ended < total or not settings.journal_path.is_file():
+    if ended < total or not settings.journal_path.is_file():
         return
-    keep = frozenset(_trial_id_of(r) for r in results)
+    if _finished_trials(settings, space) < settings.num_trials:
+        return  # stopped early: the next resume adopts the unfinished ones
+    keep = frozenset(_trial_id_of(r) for r in results) if results is not None else frozenset()
     marked = fail_orphans(settings.journal_path, settings.study_name, keep)
     if marked:
         log.warning("%d Optuna trial(s) belonged to no Tune trial; marked FAIL (orphaned)", marked)
+
+
+def _finished_trials(settings: SearchSettings, space: SearchSpace) -> int:
+    """Optuna trials of this search that have ended (complete, pruned or failed; orphans not counted)."""
+    counts = read_outcome(settings, space).counts
+    return sum(counts.get(state, 0) for state in ("complete", "pruned", "fail"))
 
 
 def _trial_id_of(result: Any) -> str:
@@ -318,6 +334,14 @@ def _new_tuner(
     extra: Sequence[Any],
     restart: bool = False,
 ) -> Any:
+    """A new Tuner; None when a restart finds every trial of the study already run."""
+    num_samples = settings.num_trials
+    if restart:  # the new Tune experiment runs only what the study still lacks
+        num_samples -= _finished_trials(settings, space)
+        if num_samples < 1:
+            total = settings.num_trials
+            log.info("search %s: the study holds all %d trials already", settings.study_name, total)
+            return None
     from ray import tune
 
     from ckd_search.search.asha import PersistentASHA
@@ -356,13 +380,13 @@ def _new_tuner(
         call_timeout_s=_seconds(MLFLOW_TIMEOUT_ENV, 3.0, low=1.0),
         restart=restart,
     )
-    progress = ProgressCallback(study.metric, study.mode, max_t, settings.num_trials)
+    progress = ProgressCallback(study.metric, study.mode, max_t, num_samples)
     tune_config = tune.TuneConfig(
         metric=None if study.multi_objective else study.metric,
         mode=None if study.multi_objective else study.mode,
         search_alg=searcher,
         scheduler=scheduler,
-        num_samples=settings.num_trials,
+        num_samples=num_samples,
         max_concurrent_trials=plan.max_concurrent,  # pitfall 2: TPE must see finished trials
         reuse_actors=True,  # no new worker process (and torch import) per trial
         trial_name_creator=trial_name,

@@ -113,14 +113,15 @@ def test_driver_killed_three_times_then_resumed(tmp_path, tiny_fixed, helpers, d
         driver.kill()
         rungs.append(rung_entries(run / "asha_state.json"))
         driver = helpers.start_driver(drivers, ["search", "--resume", str(run)], env, log_path)
-    assert driver.wait(timeout=420) == 0, (kills, driver.tail())
+    # a string message: pytest prints it whole (a tuple's repr is cut short, and with it the traceback)
+    assert driver.wait(timeout=420) == 0, f"kills: {kills}\n{driver.tail()}"
     rungs.append(rung_entries(run / "asha_state.json"))
 
     log = log_path.read_text()
     assert log.count("=== ckd-search search --resume") == 3, kills
     assert "UpdateFinishedTrialError" not in log
     unexpected = unexpected_tracebacks(log.split("=== ")[-1])
-    assert not unexpected, (kills, unexpected[0][:2000])
+    assert not unexpected, f"kills: {kills}\n{unexpected[0][:2000]}"
     settings = SearchSettings.load(run)
     from ray.tune import ExperimentAnalysis
 

@@ -245,7 +245,26 @@ class CrashAfter(Callback):
             raise RuntimeError("simulated driver crash")
 
 
-def test_resume_finishes_an_interrupted_search(tmp_path, tiny_fixed, monkeypatch, ray_cleanup):
+def damage_snapshot(experiment: Path, damage: str) -> None:
+    """Leave Tune's snapshot as a driver killed while copying it to storage would.
+
+    ``newer-broken``: a newer session whose searcher file is cut short, next to the whole one;
+    ``only-broken``: the only session's searcher file cut short (no whole snapshot at all).
+    """
+    (searcher,) = experiment.glob("searcher-state-*.pkl")
+    stamp = searcher.name.removeprefix("searcher-state-").removesuffix(".pkl")
+    if damage == "only-broken":
+        searcher.write_bytes(searcher.read_bytes()[:-40])
+        return
+    for path in experiment.glob(f"*-{stamp}.*"):
+        data = path.read_bytes()
+        cut = data[: len(data) // 2] if path == searcher else data
+        (experiment / path.name.replace(stamp, "2099-01-01_00-00-00")).write_bytes(cut)
+
+
+@pytest.mark.parametrize("damage", [None, "newer-broken", "only-broken"])
+def test_resume_finishes_an_interrupted_search(tmp_path, tiny_fixed, monkeypatch, ray_cleanup, damage):
+    """The resume restores Tune's newest whole snapshot; with none it restarts Tune in the same study."""
     from optuna.trial import TrialState
 
     from ckd_search.search.export import collect_trials
@@ -269,11 +288,18 @@ def test_resume_finishes_an_interrupted_search(tmp_path, tiny_fixed, monkeypatch
     _, parents, _ = mlflow_runs(settings)
     assert parents[0].info.status == "KILLED"
     flag.unlink()
+    if damage:
+        damage_snapshot(Path(settings.experiment_path), damage)
 
     assert main(["search", "--resume", settings.run_dir]) == 0
     trials = journal_trials(settings)
     assert len(trials) == 5 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     rows = collect_trials(settings)[0]
+    if damage == "only-broken":  # a new Tune experiment ran just the trials the study lacked
+        assert len(rows) == 5 - len(finished) and {r["status"] for r in rows} <= {"completed", "pruned"}
+        return
+    if damage == "newer-broken":
+        assert len(list(Path(settings.experiment_path).glob("*2099-01-01_00-00-00*.incomplete"))) == 4
     assert len(rows) == 5 and {r["status"] for r in rows} <= {"completed", "pruned"}
     assert sorted(t.user_attrs["ray_trial_id"] for t in trials) == sorted(r["trial_id"] for r in rows)
     client, parents, children = mlflow_runs(settings)

@@ -1,0 +1,122 @@
+"""Ray Tune's experiment snapshot on storage: pick one whole snapshot before ``Tuner.restore``.
+
+Each driver session saves four files per snapshot, all named with the session's stamp:
+``experiment_state-S.json`` (trials), ``search_gen_state-S.json`` (trial count),
+``searcher-state-S.pkl`` (our Optuna searcher) and ``callback-states-S.pkl`` (MLflow tracking). Tune
+writes them to a local staging folder and copies that folder to storage in the background, file by
+file and not atomically. A driver killed during the copy leaves the newest session's set partial
+(some files missing) or a file cut short. Tune's restore then takes the newest file of each kind
+separately, so it mixes sessions or finds no searcher, and when the experiment state itself is
+unreadable it silently starts the experiment afresh, without its search properties.
+
+:func:`settle_snapshot` runs before a resume. It keeps the newest session whose four files are all
+present and whole. It renames every file of newer, broken sessions to ``NAME.incomplete``, so Tune
+no longer matches it; nothing is deleted. It returns the session it kept, or None when no session is
+whole. In that case the search starts the Tune experiment again in the same study, as after a driver
+that stopped before the first snapshot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickletools
+import re
+from dataclasses import dataclass
+from dataclasses import field
+
+import pyarrow.fs
+
+log = logging.getLogger(__name__)
+
+#: The kinds of file one snapshot consists of (Tune's ``CKPT_FILE_TMPL`` names, stamp removed).
+SNAPSHOT_KINDS = ("experiment_state", "search_gen_state", "searcher-state", "callback-states")
+SET_ASIDE_SUFFIX = ".incomplete"
+_KIND = "|".join(map(re.escape, SNAPSHOT_KINDS))
+_NAME = re.compile(rf"^(?P<kind>{_KIND})-(?P<stamp>.+)\.(?:json|pkl)$")
+
+
+@dataclass
+class Session:
+    """One driver session's snapshot files on storage (kind -> file name)."""
+
+    stamp: str
+    files: dict[str, str] = field(default_factory=dict)
+
+
+def settle_snapshot(experiment_path: str) -> str | None:
+    """Set aside newer broken snapshots; the stamp of the session Tune will restore, or None.
+
+    ``experiment_path`` is Tune's experiment folder, a local path or a ``pyarrow`` URI (``s3://``).
+    """
+    fs, root = _filesystem(experiment_path)
+    sessions = _sessions(fs, root)
+    for stamp in sorted(sessions, reverse=True):  # Tune's stamps sort by time
+        session = sessions[stamp]
+        problem = _problem(fs, root, session)
+        if problem is None:
+            return stamp
+        log.warning(
+            "Ray Tune snapshot %s is %s (the driver stopped while copying it to storage); "
+            "restoring an older one",
+            stamp,
+            problem,
+        )
+        for name in session.files.values():
+            _set_aside(fs, f"{root}/{name}")
+    return None
+
+
+def _filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    if "://" in path:
+        fs, root = pyarrow.fs.FileSystem.from_uri(path)
+        return fs, root.rstrip("/")
+    return pyarrow.fs.LocalFileSystem(), path.rstrip("/")
+
+
+def _sessions(fs: pyarrow.fs.FileSystem, root: str) -> dict[str, Session]:
+    selector = pyarrow.fs.FileSelector(root, allow_not_found=True, recursive=False)
+    sessions: dict[str, Session] = {}
+    for info in fs.get_file_info(selector):
+        match = _NAME.match(info.base_name) if info.type == pyarrow.fs.FileType.File else None
+        if match:
+            session = sessions.setdefault(match["stamp"], Session(match["stamp"]))
+            session.files[match["kind"]] = info.base_name
+    return sessions
+
+
+def _problem(fs: pyarrow.fs.FileSystem, root: str, session: Session) -> str | None:
+    """Why ``session`` cannot be restored (a missing or cut-short file), or None."""
+    missing = [kind for kind in SNAPSHOT_KINDS if kind not in session.files]
+    if missing:
+        return f"missing {', '.join(missing)}"
+    for kind, name in session.files.items():
+        with fs.open_input_stream(f"{root}/{name}") as stream:
+            data = stream.readall()
+        if not _whole(kind, data):
+            return f"cut short ({name}, {len(data)} bytes)"
+    return None
+
+
+def _whole(kind: str, data: bytes) -> bool:
+    """Whether a snapshot file parses to its end: JSON for the experiment state, else a pickle
+    (``search_gen_state-S.json`` is a pickle despite its name) whose opcodes reach STOP."""
+    try:
+        if kind == "experiment_state":
+            json.loads(data)
+        else:
+            for _ in pickletools.genops(data):  # walks the opcodes without building objects
+                pass
+    except ValueError:  # json.JSONDecodeError and "pickle exhausted before seeing STOP" alike
+        return False
+    return True
+
+
+def _set_aside(fs: pyarrow.fs.FileSystem, path: str) -> None:
+    target = path + SET_ASIDE_SUFFIX
+    number = 1
+    while fs.get_file_info(target).type != pyarrow.fs.FileType.NotFound:
+        number += 1
+        target = f"{path}{SET_ASIDE_SUFFIX}-{number}"
+    fs.move(path, target)
+    log.info("set aside %s", target)

@@ -1,0 +1,53 @@
+"""The Optuna searcher without Tune: a searcher Tune restores but never sets up still finds its study."""
+
+from __future__ import annotations
+
+import pickle
+
+import optuna
+from optuna.trial import TrialState
+
+from ckd_search.search.optuna_search import IDS_ATTR
+from ckd_search.search.optuna_search import RAY_TRIAL_ATTR
+from ckd_search.search.optuna_search import StudySearch
+from ckd_search.search.optuna_search import journal_storage
+from ckd_search.search.space import load_space
+
+SPACE = {
+    "study": {"name": "t", "metric": "train_loss", "mode": "min", "num_trials": 4, "seed": 1},
+    "fixed": {"run.epochs": 2},
+    "space": {"loss.beta": {"type": "uniform", "low": 0.0, "high": 8.0}},
+    "scheduler": {"asha": {"max_t": 2, "grace_period": 1, "reduction_factor": 2}},
+}
+
+
+def as_restored(searcher: StudySearch) -> StudySearch:
+    """The searcher as ``Tuner.restore`` hands it back: unpickled from tuner.pkl, never set up."""
+    return pickle.loads(pickle.dumps(searcher))
+
+
+def test_a_searcher_never_set_up_opens_its_study(tmp_path, write_space):
+    space = load_space(write_space(SPACE))
+    journal = tmp_path / "optuna.journal"
+    searcher = as_restored(StudySearch(space, "s", journal, max_t=2))
+    params = searcher.suggest("a")
+    assert 0.0 <= params["loss.beta"] <= 8.0
+    searcher.on_trial_complete("a", {"train_loss": 0.5, "epoch": 2})
+    (trial,) = optuna.load_study(study_name="s", storage=journal_storage(journal)).trials
+    assert trial.state == TrialState.COMPLETE and trial.value == 0.5  # "min" came from the space
+
+
+def test_a_restarted_experiment_adopts_the_unfinished_trial(tmp_path, write_space):
+    space = load_space(write_space(SPACE))
+    journal = tmp_path / "optuna.journal"
+    first = StudySearch(space, "s", journal, max_t=2)
+    first.set_search_properties("train_loss", "min", {})
+    asked = first.suggest("a")  # the driver dies before trial a ends
+    # Tune restores the Tuner, cannot read its experiment state and starts the experiment afresh.
+    searcher = as_restored(StudySearch(space, "s", journal, max_t=2))
+    assert searcher.suggest("b") == asked
+    searcher.on_trial_result("b", {"train_loss": 0.9, "epoch": 1})
+    searcher.on_trial_complete("b", {"train_loss": 0.4, "epoch": 2})
+    (trial,) = optuna.load_study(study_name="s", storage=journal_storage(journal)).trials
+    assert trial.state == TrialState.COMPLETE and trial.intermediate_values == {1: 0.9, 2: 0.4}
+    assert trial.user_attrs[RAY_TRIAL_ATTR] == "b" and trial.system_attrs[IDS_ATTR] == ["a", "b"]

@@ -1,0 +1,80 @@
+"""Tune's experiment snapshot: a resume keeps the newest whole session and sets broken ones aside."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+from ckd_search.search.snapshot import SET_ASIDE_SUFFIX
+from ckd_search.search.snapshot import settle_snapshot
+
+OLD, NEW = "2026-11-27_03-43-06", "2026-11-27_03-43-55"
+
+
+def write_session(folder: Path, stamp: str, skip: str = "", cut: str = "") -> None:
+    """The four snapshot files of one driver session; ``skip`` leaves one out, ``cut`` halves one."""
+    files = {
+        f"experiment_state-{stamp}.json": json.dumps({"trial_data": [], "stamp": stamp}).encode(),
+        f"search_gen_state-{stamp}.json": pickle.dumps({"counter": 3}),  # a pickle, as Tune writes it
+        f"searcher-state-{stamp}.pkl": pickle.dumps({"_ot_trials": {"a": 1}, "stamp": stamp}),
+        f"callback-states-{stamp}.pkl": pickle.dumps([{"runs": {}}]),
+    }
+    for name, data in files.items():
+        if skip and name.startswith(skip):
+            continue
+        (folder / name).write_bytes(data[: len(data) // 2] if cut and name.startswith(cut) else data)
+
+
+def names(folder: Path) -> set[str]:
+    return {p.name for p in folder.iterdir()}
+
+
+def test_a_whole_newest_session_is_kept(tmp_path):
+    write_session(tmp_path, OLD)
+    write_session(tmp_path, NEW)
+    before = names(tmp_path)
+    assert settle_snapshot(str(tmp_path)) == NEW
+    assert names(tmp_path) == before
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [
+        {"skip": "searcher-state"},
+        {"skip": "experiment_state"},
+        {"cut": "experiment_state"},
+        {"cut": "searcher"},
+        {"cut": "search_gen_state"},
+    ],
+    ids=["searcher-missing", "state-missing", "state-cut", "searcher-cut", "generator-cut"],
+)
+def test_a_broken_newer_session_is_set_aside(tmp_path, damage):
+    write_session(tmp_path, OLD)
+    write_session(tmp_path, NEW, **damage)
+    new_files = {n for n in names(tmp_path) if NEW in n}
+    assert settle_snapshot(str(tmp_path)) == OLD
+    left = names(tmp_path)
+    assert not any(NEW in n and not n.endswith(SET_ASIDE_SUFFIX) for n in left)
+    assert {n + SET_ASIDE_SUFFIX for n in new_files} <= left  # kept, under a name Tune ignores
+    assert settle_snapshot(str(tmp_path)) == OLD  # settled: nothing more to do
+
+
+def test_no_whole_session_means_none(tmp_path):
+    assert settle_snapshot(str(tmp_path / "absent")) is None
+    write_session(tmp_path, OLD, cut="callback-states")
+    (tmp_path / "tuner.pkl").write_bytes(b"\x80")  # Tune's Tuner file is not a snapshot file
+    assert settle_snapshot(str(tmp_path)) is None
+    assert (tmp_path / "tuner.pkl").is_file()
+    assert not any(p.suffix in (".json", ".pkl") and OLD in p.name for p in tmp_path.iterdir())
+
+
+def test_setting_aside_twice_keeps_both_copies(tmp_path):
+    write_session(tmp_path, NEW, skip="searcher-state")
+    assert settle_snapshot(str(tmp_path)) is None
+    write_session(tmp_path, NEW, skip="searcher-state")  # the same session broken again
+    assert settle_snapshot(str(tmp_path)) is None
+    state = f"experiment_state-{NEW}.json"
+    assert {state + SET_ASIDE_SUFFIX, f"{state}{SET_ASIDE_SUFFIX}-2"} <= names(tmp_path)
