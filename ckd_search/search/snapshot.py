@@ -10,7 +10,8 @@ separately, so it mixes sessions or finds no searcher, and when the experiment s
 unreadable it silently starts the experiment afresh, without its search properties.
 
 :func:`settle_snapshot` runs before a resume. It keeps the newest session whose four files are all
-present and whole. It renames every file of newer, broken sessions to ``NAME.incomplete``, so Tune
+present, whole and of one save (a file the copy never reached still holds the session's previous
+save). It renames every file of newer, broken sessions to ``NAME.incomplete``, so Tune
 no longer matches it; nothing is deleted. It returns the session it kept, or None when no session is
 whole. In that case the search starts the Tune experiment again in the same study, as after a driver
 that stopped before the first snapshot.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import json
 import logging
+import pickle
 import pickletools
 import re
 from dataclasses import dataclass
@@ -90,11 +92,34 @@ def _problem(fs: pyarrow.fs.FileSystem, root: str, session: Session) -> str | No
     missing = [kind for kind in SNAPSHOT_KINDS if kind not in session.files]
     if missing:
         return f"missing {', '.join(missing)}"
+    contents: dict[str, bytes] = {}
     for kind, name in session.files.items():
         with fs.open_input_stream(f"{root}/{name}") as stream:
-            data = stream.readall()
-        if not _whole(kind, data):
-            return f"cut short ({name}, {len(data)} bytes)"
+            contents[kind] = stream.readall()
+        if not _whole(kind, contents[kind]):
+            return f"cut short ({name}, {len(contents[kind])} bytes)"
+    return _mismatch(contents)
+
+
+def _mismatch(contents: dict[str, bytes]) -> str | None:
+    """Why whole files of one session do not belong to the same save, or None.
+
+    A file that was not copied at all keeps the session's previous save. Every trial Tune creates
+    is first suggested by the searcher and counted by the search generator, in the same step, so in
+    one save the generator's count equals the experiment's trials and the searcher knows them all.
+    """
+    try:
+        state = json.loads(contents["experiment_state"])
+        trials = {json.loads(entry[0])["trial_id"] for entry in state["trial_data"]}
+        counted = pickle.loads(contents["search_gen_state"])["counter"]
+        searcher = pickle.loads(contents["searcher-state"])
+    except Exception as err:  # noqa: BLE001 - whatever Tune would fail on, it fails on here first
+        return f"unreadable ({type(err).__name__}: {err})"
+    if counted != len(trials):
+        return f"mixed (the search generator counted {counted} trials, the experiment has {len(trials)})"
+    known = set(searcher.get("_ot_trials", {})) if isinstance(searcher, dict) else trials
+    if not trials <= known:
+        return f"mixed (the searcher does not know trial(s) {', '.join(sorted(trials - known))})"
     return None
 
 

@@ -14,13 +14,26 @@ from ckd_search.search.snapshot import settle_snapshot
 OLD, NEW = "2026-11-27_03-43-06", "2026-11-27_03-43-55"
 
 
-def write_session(folder: Path, stamp: str, skip: str = "", cut: str = "") -> None:
-    """The four snapshot files of one driver session; ``skip`` leaves one out, ``cut`` halves one."""
+def write_session(
+    folder: Path,
+    stamp: str,
+    skip: str = "",
+    cut: str = "",
+    trials: str = "ab",
+    counted: int = 2,
+    asked: str = "ab",
+) -> None:
+    """The four snapshot files of one driver session, shaped as Tune writes them.
+
+    ``skip`` leaves one out, ``cut`` halves one; ``trials`` are the experiment's trial ids, ``counted``
+    the search generator's count and ``asked`` the trials the searcher knows.
+    """
+    trial_data = [[json.dumps({"trial_id": t, "status": "RUNNING"}), "{}"] for t in trials]
     files = {
-        f"experiment_state-{stamp}.json": json.dumps({"trial_data": [], "stamp": stamp}).encode(),
-        f"search_gen_state-{stamp}.json": pickle.dumps({"counter": 3}),  # a pickle, as Tune writes it
-        f"searcher-state-{stamp}.pkl": pickle.dumps({"_ot_trials": {"a": 1}, "stamp": stamp}),
-        f"callback-states-{stamp}.pkl": pickle.dumps([{"runs": {}}]),
+        f"experiment_state-{stamp}.json": json.dumps({"trial_data": trial_data, "stats": {}}).encode(),
+        f"search_gen_state-{stamp}.json": pickle.dumps({"counter": counted}),  # a pickle, as Tune writes it
+        f"searcher-state-{stamp}.pkl": pickle.dumps({"_ot_trials": dict.fromkeys(asked), "_metric": "m"}),
+        f"callback-states-{stamp}.pkl": pickle.dumps({1: {"runs": {}}}),
     }
     for name, data in files.items():
         if skip and name.startswith(skip):
@@ -48,8 +61,18 @@ def test_a_whole_newest_session_is_kept(tmp_path):
         {"cut": "experiment_state"},
         {"cut": "searcher"},
         {"cut": "search_gen_state"},
+        {"trials": "abc", "counted": 2, "asked": "abc"},  # the generator file kept the save before
+        {"trials": "abc", "counted": 3, "asked": "ab"},  # the searcher file kept the save before
     ],
-    ids=["searcher-missing", "state-missing", "state-cut", "searcher-cut", "generator-cut"],
+    ids=[
+        "searcher-missing",
+        "state-missing",
+        "state-cut",
+        "searcher-cut",
+        "generator-cut",
+        "mixed-count",
+        "mixed-ask",
+    ],
 )
 def test_a_broken_newer_session_is_set_aside(tmp_path, damage):
     write_session(tmp_path, OLD)
