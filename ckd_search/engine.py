@@ -102,6 +102,12 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def frame_dtype(precision: str, device: torch.device) -> torch.dtype:
+    """The dtype of the frames a batch source hands the step: bf16 only for bf16 runs on CUDA
+    (spikingjelly's bf16 path needs its CUDA neuron plan), fp32 otherwise."""
+    return torch.bfloat16 if precision == "bf16" and device.type == "cuda" else torch.float32
+
+
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
@@ -255,9 +261,7 @@ class Trainer:
         )
         self.cpu_gen = torch.Generator().manual_seed(cfg.run.seed)
         self.dev_gen = torch.Generator(device=device).manual_seed(cfg.run.seed + 1)
-        frame_dtype = (
-            torch.bfloat16 if cfg.run.precision == "bf16" and device.type == "cuda" else torch.float32
-        )
+        dtype = frame_dtype(cfg.run.precision, device)
         d = cfg.data
         self.train_source = BatchSource(
             data.train.frames,
@@ -271,7 +275,7 @@ class Trainer:
             rotation=d.rotation,
             balanced=d.balanced_sampler,
             drop_last=True,
-            dtype=frame_dtype,
+            dtype=dtype,
         )
         self.test_source = BatchSource(
             data.test.frames,
@@ -281,7 +285,7 @@ class Trainer:
             train=False,
             generator=self.cpu_gen,
             drop_last=False,
-            dtype=frame_dtype,
+            dtype=dtype,
         )
         self.schedules = Schedules(cfg, len(self.train_source))
         self.pairing = Pairing(data.train, d.pairing, device)
@@ -297,7 +301,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.loss_fn: Callable[[CKDModel, StepInputs, Config], dict[str, Tensor]] = ckd_losses
         if cfg.run.compile:
-            self._prime_for_compile(frame_dtype)
+            self._prime_for_compile(dtype)
             # reset_net fills its module cache on first use; doing that inside the compiled
             # function breaks a guard and recompiles on the second call.
             self.model.student.reset_state()
@@ -305,11 +309,11 @@ class Trainer:
         # CUDA graph replays reuse output memory: each step must say a new iteration began.
         self.cudagraphs = cfg.run.compile and cfg.run.compile_mode == "reduce-overhead"
 
-    def _prime_for_compile(self, frame_dtype: torch.dtype) -> None:
+    def _prime_for_compile(self, dtype: torch.dtype) -> None:
         """One eager forward of a 2-sample batch of the real shape and dtype (see prime_for_compile)."""
         student = self.model.student
         d = self.prepared.data
-        frames = torch.zeros(d.timesteps, 2, 2, d.size, d.size, device=self.device, dtype=frame_dtype)
+        frames = torch.zeros(d.timesteps, 2, 2, d.size, d.size, device=self.device, dtype=dtype)
 
         def forward() -> None:
             student.reset_state()

@@ -69,6 +69,7 @@ def _worker(rank: int, n: int, spec: TrialSpec, barrier: Any, results: Any) -> N
 def _trial(rank: int, n: int, spec: TrialSpec, barrier: Any) -> dict[str, Any]:
     from ckd_search.config import Config
     from ckd_search.engine import Trainer
+    from ckd_search.engine import frame_dtype
     from ckd_search.perf.synthetic import device_batches
     from ckd_search.perf.synthetic import synthetic_prepared
     from ckd_search.perf.timing import synchronize
@@ -97,7 +98,7 @@ def _trial(rank: int, n: int, spec: TrialSpec, barrier: Any) -> dict[str, Any]:
     torch.manual_seed(spec.seed + rank)
     prepared = synthetic_prepared(cfg, spec.classes, n_train=2 * spec.batch, n_test=8, seed=spec.seed + rank)
     trainer = Trainer(cfg, prepared, device)
-    dtype = torch.bfloat16 if spec.precision == "bf16" and device.type == "cuda" else torch.float32
+    dtype = frame_dtype(spec.precision, device)
     batches = device_batches(prepared, spec.batch, 4, device, dtype, seed=spec.seed + rank)
     p = torch.tensor(0.5, device=device)
     gamma = torch.tensor(1.0, device=device)

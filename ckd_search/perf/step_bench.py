@@ -251,19 +251,16 @@ def ckd_config(
     return Config.from_dict(values)
 
 
-def frame_dtype(cfg: Config, device: torch.device) -> torch.dtype:
-    """The dtype the engine's batch source hands out for this config (bf16 only on CUDA)."""
-    return torch.bfloat16 if cfg.run.precision == "bf16" and device.type == "cuda" else torch.float32
-
-
 def _time_ckd(args: argparse.Namespace, cfg: Config, device: torch.device) -> Timing:
     from ckd_search.engine import Trainer
+    from ckd_search.engine import frame_dtype
 
     torch.manual_seed(args.seed)
     prepared = synthetic_prepared(cfg, args.classes, n_train=2 * args.batch, n_test=16, seed=args.seed)
     trainer = Trainer(cfg, prepared, device)
     trainer.model.train()
-    batches = device_batches(prepared, args.batch, RESIDENT_BATCHES, device, frame_dtype(cfg, device))
+    dtype = frame_dtype(cfg.run.precision, device)
+    batches = device_batches(prepared, args.batch, RESIDENT_BATCHES, device, dtype)
     # Mid-run schedule values: half the hybrid samples replaced, KD on (all four losses).
     p = torch.tensor(0.5, device=device)
     gamma = torch.tensor(1.0, device=device)
@@ -285,6 +282,7 @@ def _time_ckd(args: argparse.Namespace, cfg: Config, device: torch.device) -> Ti
 
 
 def _time_baseline(args: argparse.Namespace, variant: Variant, cfg: Config, device: torch.device) -> Timing:
+    from ckd_search.engine import frame_dtype
     from ckd_search.perf.baseline import BaselineStep
 
     torch.manual_seed(args.seed)
@@ -298,7 +296,8 @@ def _time_baseline(args: argparse.Namespace, variant: Variant, cfg: Config, devi
         compile=variant.compile,
         channels_last=variant.channels_last,
     )
-    batches = device_batches(prepared, args.batch, RESIDENT_BATCHES + 1, device, frame_dtype(cfg, device))
+    dtype = frame_dtype(cfg.run.precision, device)
+    batches = device_batches(prepared, args.batch, RESIDENT_BATCHES + 1, device, dtype)
     del prepared
 
     def step(i: int) -> None:
