@@ -5,8 +5,12 @@
 ``status`` (completed / pruned / failed / incomplete), ``tune_status``, ``epochs_run``,
 ``ledger_only_epochs`` (epochs known only from the epoch ledger), the trial's config as
 ``config/<key>`` columns, the last epoch's metrics as ``final/<metric>`` and the best epoch of each
-study metric as ``best/<metric>``. Ranking uses the study metric of the last epoch (what Optuna was
-told); completed trials rank before pruned ones, failed and unfinished never rank.
+study metric as ``best/<metric>``. A trial that the Optuna journal records as ended but Tune's
+restored snapshot lacks (it ran after the snapshot a resume went back to, or before Tune restarted
+its experiment) still gets a row, with ``tune_status`` ``NOT_IN_SNAPSHOT``, its status from the
+journal and its history from its ``result.json`` and the ledger. Ranking uses the study metric of
+the last epoch (what Optuna was told); completed trials rank before pruned ones, failed and
+unfinished never rank.
 
 A multi-objective study ranks its Pareto-optimal trials first, marks them in a ``pareto`` column and
 writes ``OUT/pareto.json``: the completed trials no other completed trial dominates (as Optuna's
@@ -44,13 +48,18 @@ from ckd_search.search.outcome import PRUNED
 from ckd_search.search.outcome import TUNE_RESULT_KEYS
 from ckd_search.search.outcome import classify
 from ckd_search.search.outcome import finite
+from ckd_search.search.settings import TRIAL_DIR_PREFIX
 from ckd_search.search.settings import SearchSettings
+from ckd_search.search.settings import is_uri
+from ckd_search.search.space import SearchSpace
 from ckd_search.search.space import load_space
 from ckd_search.storage import atomic_write
 from ckd_search.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 INCOMPLETE = "incomplete"
+#: ``tune_status`` of a trial the journal records as ended but Tune's restored snapshot lacks.
+NOT_IN_SNAPSHOT = "NOT_IN_SNAPSHOT"
 TRIALS_FILE = "trials.parquet"
 INDEX_FILE = "export.json"
 PARETO_FILE = "pareto.json"
@@ -84,44 +93,129 @@ def collect_trials(settings: SearchSettings) -> tuple[list[dict[str, Any]], list
     rows = []
     for trial in analysis.trials:
         stored = frame_history(analysis.trial_dataframes.get(trial.trial_id))
-        logged = ledger.get(trial.trial_id, {})
-        history = {e: {**logged.get(e, {}), **stored.get(e, {})} for e in sorted({*stored, *logged})}
         last = dict(trial.last_result or {})
-        reached = latest_epoch(last, history)
-        if reached is not last and all(m in history[max(history)] for m in space.study.metrics):
-            last = reached  # a stale snapshot: later epochs are known, with their metrics
+        reached = latest_epoch(last, _merged(stored, ledger.get(trial.trial_id, {})))
         if trial.status == "ERROR":
             status = FAILED
         elif trial.status == "TERMINATED":
             status = classify(reached, error=False, max_t=max_t)
         else:
             status = INCOMPLETE
-        row: dict[str, Any] = {
-            "trial_id": trial.trial_id,
-            "status": status,
-            "tune_status": trial.status,
-            "epochs_run": int(reached.get(EPOCH_KEY, 0) or 0),
-            "ledger_only_epochs": len(set(logged) - set(stored)),
-        }
-        row.update({f"config/{k}": v for k, v in sorted(trial.config.items())})
-        for key, value in sorted(last.items()):
-            if key not in TUNE_RESULT_KEYS and finite(value) is not None:
-                row[f"final/{key}"] = float(value)
-        for metric, mode in zip(space.study.metrics, space.study.modes):
-            seen = [v[metric] for v in history.values() if metric in v]
-            seen += [row[f"final/{metric}"]] if f"final/{metric}" in row else []
-            if seen:
-                row[f"best/{metric}"] = max(seen) if mode == "max" else min(seen)
-        rows.append(row)
+        rows.append(_row(space, trial.trial_id, status, trial.status, trial.config, stored, ledger, last))
+    known = {trial.trial_id for trial in analysis.trials}
+    for trial_id, (status, params) in _finished_elsewhere(settings, known).items():
+        stored = {}
+        config: dict[str, Any] = {}
+        if not is_uri(settings.experiment_path):  # Tune's files for the trial, where they can be read
+            folder = Path(settings.experiment_path) / f"{TRIAL_DIR_PREFIX}{trial_id}"
+            stored = result_history(folder / "result.json")
+            config = _read_json(folder / "params.json")
+        config = config or params  # at least what Optuna sampled
+        rows.append(_row(space, trial_id, status, NOT_IN_SNAPSHOT, config, stored, ledger, {}))
     return rows, list(space.study.metrics), list(space.study.modes)
+
+
+def _row(
+    space: SearchSpace,
+    trial_id: str,
+    status: str,
+    tune_status: str,
+    config: Mapping[str, Any],
+    stored: History,
+    ledger: Mapping[str, History],
+    last: dict[str, Any],
+) -> dict[str, Any]:
+    """One trial's row from its config, its ``result.json`` history, the ledger and Tune's last result."""
+    logged = ledger.get(trial_id, {})
+    history = _merged(stored, logged)
+    reached = latest_epoch(last, history)
+    if reached is not last and all(m in history[max(history)] for m in space.study.metrics):
+        last = reached  # a stale snapshot: later epochs are known, with their metrics
+    row: dict[str, Any] = {
+        "trial_id": trial_id,
+        "status": status,
+        "tune_status": tune_status,
+        "epochs_run": int(reached.get(EPOCH_KEY, 0) or 0),
+        "ledger_only_epochs": len(set(logged) - set(stored)),
+    }
+    row.update({f"config/{k}": v for k, v in sorted(config.items())})
+    for key, value in sorted(last.items()):
+        if key not in TUNE_RESULT_KEYS and finite(value) is not None:
+            row[f"final/{key}"] = float(value)
+    for metric, mode in zip(space.study.metrics, space.study.modes):
+        seen = [v[metric] for v in history.values() if metric in v]
+        seen += [row[f"final/{metric}"]] if f"final/{metric}" in row else []
+        if seen:
+            row[f"best/{metric}"] = max(seen) if mode == "max" else min(seen)
+    return row
+
+
+def _merged(stored: History, logged: History) -> History:
+    """``result.json`` rows laid over the ledger's, epoch by epoch."""
+    return {e: {**logged.get(e, {}), **stored.get(e, {})} for e in sorted({*stored, *logged})}
+
+
+def _finished_elsewhere(settings: SearchSettings, known: set[str]) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Trial id -> (status, sampled params) of the Optuna trials that ended but whose Tune trial the
+    snapshot lacks.
+
+    A resume restores Tune's newest whole snapshot, which can predate trials that ran (and ended)
+    after it, and a restarted Tune experiment knows none of the earlier one's trials; the journal
+    records them all.
+    """
+    import optuna
+    from optuna.trial import TrialState
+
+    from ckd_search.search.optuna_search import ORPHAN_ATTR
+    from ckd_search.search.optuna_search import RAY_TRIAL_ATTR
+    from ckd_search.search.optuna_search import journal_storage
+
+    if not settings.journal_path.is_file():
+        return {}
+    study = optuna.load_study(study_name=settings.study_name, storage=journal_storage(settings.journal_path))
+    states = {TrialState.COMPLETE: COMPLETED, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED}
+    found: dict[str, tuple[str, dict[str, Any]]] = {}
+    for trial in study.get_trials(deepcopy=False, states=tuple(states)):
+        trial_id = trial.user_attrs.get(RAY_TRIAL_ATTR)
+        if trial_id and trial_id not in known and not trial.system_attrs.get(ORPHAN_ATTR):
+            found[str(trial_id)] = (states[trial.state], dict(trial.params))
+    return found
+
+
+def result_history(path: Path) -> History:
+    """Epoch -> finite metrics from a trial's ``result.json`` (one JSON object a line; a line cut
+    short by a killed writer is skipped)."""
+    records = []
+    try:
+        lines = path.read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return _history(records)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
 
 
 def frame_history(frame: Any) -> History:
     """Epoch -> finite metrics from a trial's ``result.json`` table (Ray's ``trial_dataframes``)."""
     if frame is None or len(frame) == 0 or EPOCH_KEY not in frame:
         return {}
+    return _history(frame.to_dict("records"))
+
+
+def _history(records: Sequence[Mapping[str, Any]]) -> History:
     history: History = {}
-    for record in frame.to_dict("records"):
+    for record in records:
         epoch = finite(record.get(EPOCH_KEY))
         if epoch is None:
             continue

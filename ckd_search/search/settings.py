@@ -8,7 +8,8 @@ Layout of ``RUN_DIR``::
     asha_state.json      ASHA rungs (restored on --resume)
     mlflow.db            MLflow tracking store (default; ``ckd-search ui RUN_DIR``)
     mlartifacts/         MLflow artifacts of the SQLite store
-    <study name>/        Ray Tune experiment (unless --storage puts it elsewhere)
+    <study name>/        Ray Tune experiment (unless --storage puts it elsewhere), a folder
+                         ``trial_<id>`` per trial (TRIAL_DIR_PREFIX)
     export/              ``ckd-search export`` output
 """
 
@@ -36,6 +37,7 @@ MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 DONE_FILE = "search_done.json"
 DRIVER_LOCK = "driver.lock"
+TRIAL_DIR_PREFIX = "trial_"
 FORMAT = 1
 #: search.yaml fields: (accepted types, required).
 _FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {

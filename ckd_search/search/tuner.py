@@ -46,6 +46,7 @@ from ckd_search.search.settings import DONE_FILE
 from ckd_search.search.settings import DRIVER_LOCK
 from ckd_search.search.settings import MLFLOW_ARTIFACTS
 from ckd_search.search.settings import SETTINGS_FILE
+from ckd_search.search.settings import TRIAL_DIR_PREFIX
 from ckd_search.search.settings import SearchSettings
 from ckd_search.search.settings import default_mlflow_uri
 from ckd_search.search.settings import is_uri
@@ -315,7 +316,7 @@ def _finished_trials(settings: SearchSettings, space: SearchSpace) -> int:
 
 def _trial_id_of(result: Any) -> str:
     name = Path(str(getattr(result, "path", "") or "")).name
-    return name.removeprefix("trial_")
+    return name.removeprefix(TRIAL_DIR_PREFIX)
 
 
 def _trainable(registry: Any, cpus: float, gpus: float) -> Any:
@@ -468,7 +469,7 @@ def trial_name(trial: Any) -> str:
 
 def trial_dirname(trial: Any) -> str:
     """Trial folders: ``trial_<id>`` (default names embed the config and grow too long)."""
-    return f"trial_{trial.trial_id}"
+    return f"{TRIAL_DIR_PREFIX}{trial.trial_id}"
 
 
 def _search_params(settings: SearchSettings, space: SearchSpace, plan: Any) -> dict[str, Any]:

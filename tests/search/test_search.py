@@ -267,6 +267,7 @@ def test_resume_finishes_an_interrupted_search(tmp_path, tiny_fixed, monkeypatch
     """The resume restores Tune's newest whole snapshot; with none it restarts Tune in the same study."""
     from optuna.trial import TrialState
 
+    from ckd_search.search.export import NOT_IN_SNAPSHOT
     from ckd_search.search.export import collect_trials
     from ckd_search.search.tuner import create_search
     from ckd_search.search.tuner import run_search
@@ -296,7 +297,11 @@ def test_resume_finishes_an_interrupted_search(tmp_path, tiny_fixed, monkeypatch
     assert len(trials) == 5 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     rows = collect_trials(settings)[0]
     if damage == "only-broken":  # a new Tune experiment ran just the trials the study lacked
-        assert len(rows) == 5 - len(finished) and {r["status"] for r in rows} <= {"completed", "pruned"}
+        earlier = [r for r in rows if r["tune_status"] == NOT_IN_SNAPSHOT]
+        ended = sorted(t.user_attrs["ray_trial_id"] for t in finished)
+        assert sorted(r["trial_id"] for r in earlier) == ended
+        assert all(r["epochs_run"] >= 1 and "final/train_loss" in r for r in earlier)
+        assert len(rows) == 5 and {r["status"] for r in rows} <= {"completed", "pruned"}
         return
     if damage == "newer-broken":
         assert len(list(Path(settings.experiment_path).glob("*2099-01-01_00-00-00*.incomplete"))) == 4
