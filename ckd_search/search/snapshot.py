@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import pickle
 import pickletools
 import re
 from dataclasses import dataclass
@@ -107,19 +106,38 @@ def _mismatch(contents: dict[str, bytes]) -> str | None:
     A file that was not copied at all keeps the session's previous save. Every trial Tune creates
     is first suggested by the searcher and counted by the search generator, in the same step, so in
     one save the generator's count equals the experiment's trials and the searcher knows them all.
+    The pickles are read as opcodes only (no object is built: storage is not trusted code).
     """
     try:
         state = json.loads(contents["experiment_state"])
         trials = {json.loads(entry[0])["trial_id"] for entry in state["trial_data"]}
-        counted = pickle.loads(contents["search_gen_state"])["counter"]
-        searcher = pickle.loads(contents["searcher-state"])
-    except Exception as err:  # noqa: BLE001 - whatever Tune would fail on, it fails on here first
-        return f"unreadable ({type(err).__name__}: {err})"
+    except (ValueError, KeyError, TypeError, IndexError) as err:
+        return f"unreadable experiment state ({type(err).__name__}: {err})"
+    counted = _int_after(contents["search_gen_state"], "counter")
     if counted != len(trials):
         return f"mixed (the search generator counted {counted} trials, the experiment has {len(trials)})"
-    known = set(searcher.get("_ot_trials", {})) if isinstance(searcher, dict) else trials
-    if not trials <= known:
-        return f"mixed (the searcher does not know trial(s) {', '.join(sorted(trials - known))})"
+    unknown = trials - _strings(contents["searcher-state"])
+    if unknown:
+        return f"mixed (the searcher does not know trial(s) {', '.join(sorted(unknown))})"
+    return None
+
+
+def _strings(data: bytes) -> set[str]:
+    """Every string a pickle holds (a trial the searcher knows appears as its id)."""
+    return {arg for _, arg, _ in pickletools.genops(data) if isinstance(arg, str)}
+
+
+#: Opcodes between a dict key and its value that are bookkeeping, not data.
+_BOOKKEEPING = frozenset({"MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT", "FRAME"})
+
+
+def _int_after(data: bytes, key: str) -> int | None:
+    """The integer that follows the string ``key`` in a pickle (a dict entry ``key: int``)."""
+    ops = (op for op in pickletools.genops(data) if op[0].name not in _BOOKKEEPING)
+    for _, arg, _ in ops:
+        if arg == key:
+            value = next(ops, (None, None, None))[1]
+            return value if isinstance(value, int) and not isinstance(value, bool) else None
     return None
 
 

@@ -101,3 +101,14 @@ def test_setting_aside_twice_keeps_both_copies(tmp_path):
     assert settle_snapshot(str(tmp_path)) is None
     state = f"experiment_state-{NEW}.json"
     assert {state + SET_ASIDE_SUFFIX, f"{state}{SET_ASIDE_SUFFIX}-2"} <= names(tmp_path)
+
+
+@pytest.mark.parametrize("protocol", range(pickle.HIGHEST_PROTOCOL + 1))
+def test_the_count_is_read_without_unpickling(protocol):
+    from ckd_search.search.snapshot import _int_after
+    from ckd_search.search.snapshot import _strings
+
+    data = pickle.dumps({"finished": False, "counter": 7, "live": {"ab12cd34"}}, protocol=protocol)
+    assert _int_after(data, "counter") == 7
+    assert _int_after(data, "finished") is None  # a bool is not a count
+    assert "ab12cd34" in _strings(data)
