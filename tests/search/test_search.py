@@ -301,8 +301,6 @@ def test_resume_finishes_an_interrupted_search(tmp_path, tiny_fixed, monkeypatch
         ended = sorted(t.user_attrs["ray_trial_id"] for t in finished)
         assert sorted(r["trial_id"] for r in earlier) == ended
         assert all(r["epochs_run"] >= 1 and "final/train_loss" in r for r in earlier)
-        assert len(rows) == 5 and {r["status"] for r in rows} <= {"completed", "pruned"}
-        return
     if damage == "newer-broken":
         assert len(list(Path(settings.experiment_path).glob("*2099-01-01_00-00-00*.incomplete"))) == 4
     assert len(rows) == 5 and {r["status"] for r in rows} <= {"completed", "pruned"}
