@@ -59,7 +59,7 @@ def settle_snapshot(experiment_path: str) -> str | None:
             return stamp
         log.warning(
             "Ray Tune snapshot %s is %s (the driver stopped while copying it to storage); "
-            "restoring an older one",
+            "trying an older one",
             stamp,
             problem,
         )
