@@ -1,8 +1,11 @@
-"""Atomic, verifiable file writes: a reader never sees a half-written file."""
+"""Atomic, verifiable file writes (a reader never sees a half-written file), and tolerant reads of
+the JSON files a killed writer may have left damaged."""
 
 from __future__ import annotations
 
 import hashlib
+import json
+import logging
 import os
 import shutil
 import tempfile
@@ -11,7 +14,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO
+from typing import Any
 
+log = logging.getLogger(__name__)
 _UMASK = os.umask(0)
 os.umask(_UMASK)
 
@@ -62,3 +67,33 @@ def given_or_temp_dir(path: str | None, prefix: str) -> Iterator[str]:
         yield tmp
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object file's contents; None when it is missing, unreadable (warned) or not an object."""
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        log.warning("%s: unreadable (%s); ignored", path, err)
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def read_json_lines(path: Path) -> tuple[list[dict[str, Any]], int]:
+    """The JSON objects of a JSON-lines file (Tune's ``result.json``) and how many lines were
+    skipped as unreadable (a line cut short by a crash). Raises OSError when the file cannot be read."""
+    rows: list[dict[str, Any]] = []
+    bad = 0
+    for raw in path.read_text().splitlines():
+        if not raw.strip():
+            continue
+        try:
+            row = json.loads(raw)
+        except ValueError:
+            bad += 1
+            continue
+        if isinstance(row, dict):
+            rows.append(row)
+    return rows, bad

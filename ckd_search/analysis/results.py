@@ -9,7 +9,6 @@ so nested layouts (``RUN_DIR/<experiment>/<trial>/result.json``) work too.
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from collections.abc import Iterable
@@ -26,6 +25,8 @@ from ckd_search.config import load_yaml_mapping
 from ckd_search.errors import UserError
 from ckd_search.search.outcome import finite
 from ckd_search.search.settings import SPACE_FILE  # its ``fixed`` section is a base config too
+from ckd_search.storage import read_json_lines
+from ckd_search.storage import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -149,7 +150,7 @@ def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun
         trials, epochs = _from_parquet(root / parquet, base, notes, metrics)
     else:
         raise UserError(f"{root}: no trial results (no **/result.json with records, no trials.parquet)")
-    descriptors = _read_json(root / "descriptors.json") or {}
+    descriptors = read_json_object(root / "descriptors.json") or {}
     if not descriptors and compute_descriptors and (root / SETTINGS_FILE).is_file():
         from ckd_search.analysis.descriptors import descriptors_for_run
 
@@ -167,17 +168,6 @@ def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun
 
 
 # --- reading -----------------------------------------------------------------------------------
-def _read_json(path: Path) -> dict[str, Any] | None:
-    if not path.is_file():
-        return None
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        log.warning("%s: unreadable (%s); ignored", path, err)
-        return None
-    return data if isinstance(data, dict) else None
-
-
 def _base_config(root: Path, notes: list[str]) -> dict[str, Any]:
     """Flat base config for keys a trial config lacks: ``base_config.yaml``, ``config.yaml`` or the
     ``fixed`` section of ``space.yaml`` in RUN_DIR (empty if none)."""
@@ -219,24 +209,12 @@ def _read_trial(path: Path, records: dict[str, dict[str, Any]], notes: list[str]
     """Add the JSON lines of one ``result.json`` to ``records[trial_id]``; bad lines are skipped."""
     folder = path.parent
     default_id = folder.name
-    params = _read_json(folder / "params.json") or {}
-    bad = 0
-    lines: list[dict[str, Any]] = []
+    params = read_json_object(folder / "params.json") or {}
     try:
-        text = path.read_text()
+        lines, bad = read_json_lines(path)
     except OSError as err:
         notes.append(f"{path}: unreadable ({err})")
         return
-    for raw in text.splitlines():
-        if not raw.strip():
-            continue
-        try:
-            row = json.loads(raw)
-        except ValueError:
-            bad += 1  # a line cut short by a crash
-            continue
-        if isinstance(row, dict):
-            lines.append(row)
     if bad:
         notes.append(f"{path}: {bad} unreadable line(s) skipped")
     trial_id = str(next((r["trial_id"] for r in lines if r.get("trial_id")), default_id))

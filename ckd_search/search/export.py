@@ -55,6 +55,8 @@ from ckd_search.search.space import SearchSpace
 from ckd_search.search.space import load_space
 from ckd_search.storage import atomic_write
 from ckd_search.storage import atomic_write_text
+from ckd_search.storage import read_json_lines
+from ckd_search.storage import read_json_object
 
 log = logging.getLogger(__name__)
 INCOMPLETE = "incomplete"
@@ -109,7 +111,7 @@ def collect_trials(settings: SearchSettings) -> tuple[list[dict[str, Any]], list
         if not is_uri(settings.experiment_path):  # Tune's files for the trial, where they can be read
             folder = Path(settings.experiment_path) / f"{TRIAL_DIR_PREFIX}{trial_id}"
             stored = result_history(folder / "result.json")
-            config = _read_json(folder / "params.json")
+            config = read_json_object(folder / "params.json") or {}
         config = config or params  # at least what Optuna sampled
         rows.append(_row(space, trial_id, status, NOT_IN_SNAPSHOT, config, stored, ledger, {}))
     return rows, list(space.study.metrics), list(space.study.modes)
@@ -183,27 +185,11 @@ def _finished_elsewhere(settings: SearchSettings, known: set[str]) -> dict[str, 
 
 
 def result_history(path: Path) -> History:
-    """Epoch -> finite metrics from a trial's ``result.json`` (one JSON object a line; a line cut
-    short by a killed writer is skipped)."""
-    records = []
+    """Epoch -> finite metrics from a trial's ``result.json`` (lines cut short are skipped)."""
     try:
-        lines = path.read_text().splitlines()
+        return _history(read_json_lines(path)[0])
     except OSError:
         return {}
-    for line in lines:
-        try:
-            records.append(json.loads(line))
-        except ValueError:
-            continue
-    return _history(records)
-
-
-def _read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return data if isinstance(data, dict) else {}
 
 
 def frame_history(frame: Any) -> History:
