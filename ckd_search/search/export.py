@@ -48,9 +48,9 @@ from ckd_search.search.outcome import PRUNED
 from ckd_search.search.outcome import TUNE_RESULT_KEYS
 from ckd_search.search.outcome import classify
 from ckd_search.search.outcome import finite
-from ckd_search.search.settings import TRIAL_DIR_PREFIX
 from ckd_search.search.settings import SearchSettings
 from ckd_search.search.settings import is_uri
+from ckd_search.search.settings import trial_folder
 from ckd_search.search.space import SearchSpace
 from ckd_search.search.space import load_space
 from ckd_search.storage import atomic_write
@@ -95,47 +95,47 @@ def collect_trials(settings: SearchSettings) -> tuple[list[dict[str, Any]], list
     rows = []
     for trial in analysis.trials:
         stored = frame_history(analysis.trial_dataframes.get(trial.trial_id))
-        last = dict(trial.last_result or {})
-        reached = latest_epoch(last, _merged(stored, ledger.get(trial.trial_id, {})))
+        logged = ledger.get(trial.trial_id, {})
+        last = trial.last_result
+        row, reached = _row(space, trial.trial_id, trial.status, trial.config, stored, logged, last)
         if trial.status == "ERROR":
-            status = FAILED
+            row["status"] = FAILED
         elif trial.status == "TERMINATED":
-            status = classify(reached, error=False, max_t=max_t)
-        else:
-            status = INCOMPLETE
-        rows.append(_row(space, trial.trial_id, status, trial.status, trial.config, stored, ledger, last))
+            row["status"] = classify(reached, error=False, max_t=max_t)
+        rows.append(row)
     known = {trial.trial_id for trial in analysis.trials}
     for trial_id, (status, params) in _finished_elsewhere(settings, known).items():
         stored = {}
         config: dict[str, Any] = {}
         if not is_uri(settings.experiment_path):  # Tune's files for the trial, where they can be read
-            folder = Path(settings.experiment_path) / f"{TRIAL_DIR_PREFIX}{trial_id}"
+            folder = Path(settings.experiment_path) / trial_folder(trial_id)
             stored = result_history(folder / "result.json")
             config = read_json_object(folder / "params.json") or {}
         config = config or params  # at least what Optuna sampled
-        rows.append(_row(space, trial_id, status, NOT_IN_SNAPSHOT, config, stored, ledger, {}))
+        row, _ = _row(space, trial_id, NOT_IN_SNAPSHOT, config, stored, ledger.get(trial_id, {}), None)
+        rows.append({**row, "status": status})
     return rows, list(space.study.metrics), list(space.study.modes)
 
 
 def _row(
     space: SearchSpace,
     trial_id: str,
-    status: str,
     tune_status: str,
     config: Mapping[str, Any],
     stored: History,
-    ledger: Mapping[str, History],
-    last: dict[str, Any],
-) -> dict[str, Any]:
-    """One trial's row from its config, its ``result.json`` history, the ledger and Tune's last result."""
-    logged = ledger.get(trial_id, {})
+    logged: History,
+    last_result: Mapping[str, Any] | None,
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """One trial's row (status ``incomplete`` until the caller knows better) from its config, its
+    ``result.json`` history, its ledger rows and Tune's last result; plus the latest epoch reached."""
     history = _merged(stored, logged)
+    last = dict(last_result or {})
     reached = latest_epoch(last, history)
     if reached is not last and all(m in history[max(history)] for m in space.study.metrics):
         last = reached  # a stale snapshot: later epochs are known, with their metrics
     row: dict[str, Any] = {
         "trial_id": trial_id,
-        "status": status,
+        "status": INCOMPLETE,
         "tune_status": tune_status,
         "epochs_run": int(reached.get(EPOCH_KEY, 0) or 0),
         "ledger_only_epochs": len(set(logged) - set(stored)),
@@ -149,7 +149,7 @@ def _row(
         seen += [row[f"final/{metric}"]] if f"final/{metric}" in row else []
         if seen:
             row[f"best/{metric}"] = max(seen) if mode == "max" else min(seen)
-    return row
+    return row, reached
 
 
 def _merged(stored: History, logged: History) -> History:

@@ -9,7 +9,7 @@ Layout of ``RUN_DIR``::
     mlflow.db            MLflow tracking store (default; ``ckd-search ui RUN_DIR``)
     mlartifacts/         MLflow artifacts of the SQLite store
     <study name>/        Ray Tune experiment (unless --storage puts it elsewhere), a folder
-                         ``trial_<id>`` per trial (TRIAL_DIR_PREFIX)
+                         ``trial_<id>`` per trial (trial_folder)
     export/              ``ckd-search export`` output
 """
 
@@ -146,6 +146,12 @@ def _check_fields(path: Path, data: dict[str, Any]) -> None:
             raise UserError(f"{path}: {key} is empty (the file is damaged)")
     if data["num_trials"] < 1:
         raise UserError(f"{path}: num_trials={data['num_trials']} must be >= 1 (the file is damaged)")
+
+
+def trial_folder(trial_id: str) -> str:
+    """The folder of one trial in the Tune experiment: ``trial_<id>`` (Tune's default names embed
+    the config and grow too long)."""
+    return f"{TRIAL_DIR_PREFIX}{trial_id}"
 
 
 def unique_study_name(name: str) -> str:

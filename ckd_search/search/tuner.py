@@ -50,6 +50,7 @@ from ckd_search.search.settings import TRIAL_DIR_PREFIX
 from ckd_search.search.settings import SearchSettings
 from ckd_search.search.settings import default_mlflow_uri
 from ckd_search.search.settings import is_uri
+from ckd_search.search.settings import trial_folder
 from ckd_search.search.settings import unique_study_name
 from ckd_search.search.space import Resources
 from ckd_search.search.space import SearchSpace
@@ -79,6 +80,7 @@ class SearchOutcome:
 
     settings: SearchSettings
     finished: bool
+    ended: int = 0  # Optuna trials complete, pruned or failed (orphans not counted)
     counts: dict[str, int] = field(default_factory=dict)
     best_value: float | list[float] | None = None
     best_trial: str | None = None
@@ -300,18 +302,12 @@ def _fail_orphans_if_done(settings: SearchSettings, space: SearchSpace, results:
         return
     if ended < total or not settings.journal_path.is_file():
         return
-    if _finished_trials(settings, space) < settings.num_trials:
+    if not read_outcome(settings, space).finished:
         return  # stopped early: the next resume adopts the unfinished ones
     keep = frozenset(_trial_id_of(r) for r in results) if results is not None else frozenset()
     marked = fail_orphans(settings.journal_path, settings.study_name, keep)
     if marked:
         log.warning("%d Optuna trial(s) belonged to no Tune trial; marked FAIL (orphaned)", marked)
-
-
-def _finished_trials(settings: SearchSettings, space: SearchSpace) -> int:
-    """Optuna trials of this search that have ended (complete, pruned or failed; orphans not counted)."""
-    counts = read_outcome(settings, space).counts
-    return sum(counts.get(state, 0) for state in ("complete", "pruned", "fail"))
 
 
 def _trial_id_of(result: Any) -> str:
@@ -338,7 +334,7 @@ def _new_tuner(
     """A new Tuner; None when a restart finds every trial of the study already run."""
     num_samples = settings.num_trials
     if restart:  # the new Tune experiment runs only what the study still lacks
-        num_samples -= _finished_trials(settings, space)
+        num_samples -= read_outcome(settings, space).ended
         if num_samples < 1:
             total = settings.num_trials
             log.info("search %s: the study holds all %d trials already", settings.study_name, total)
@@ -468,8 +464,8 @@ def trial_name(trial: Any) -> str:
 
 
 def trial_dirname(trial: Any) -> str:
-    """Trial folders: ``trial_<id>`` (default names embed the config and grow too long)."""
-    return f"{TRIAL_DIR_PREFIX}{trial.trial_id}"
+    """Trial folders: ``trial_<id>`` (settings.trial_folder)."""
+    return trial_folder(trial.trial_id)
 
 
 def _search_params(settings: SearchSettings, space: SearchSpace, plan: Any) -> dict[str, Any]:
@@ -519,8 +515,8 @@ def read_outcome(settings: SearchSettings, space: SearchSpace | None = None) -> 
     for t in trials:
         counts[t.state.name.lower()] = counts.get(t.state.name.lower(), 0) + 1
     outcome.counts = counts
-    finished = sum(1 for t in trials if t.state.is_finished())
-    outcome.finished = finished >= settings.num_trials
+    outcome.ended = sum(1 for t in trials if t.state.is_finished())
+    outcome.finished = outcome.ended >= settings.num_trials
     complete = [t for t in trials if t.state == TrialState.COMPLETE]
     if not complete:
         return outcome
