@@ -58,7 +58,7 @@ for name in $PARTS; do
   case $name in
     step) part step 320 $STEP ;;
     compiled) part compiled 160 $STEP --variants base-bf16-compile,ckd-bf16-compile ;;
-    precision) part precision 170 python3 bench/precision.py --device cuda --epochs 6 ;;
+    precision) part precision 230 python3 bench/precision.py --device cuda --epochs 6 ;;
     small) part small 90 $STEP --variants ckd-bf16,ckd-bf16-graphs --batch 32 ;;
     packing) part packing 120 $PACK --batch 32 ;;
     packing-digits) part packing-digits 90 $PACK --batch 64 --timesteps 6 --size 32 --width 0.125 --classes 10 ;;

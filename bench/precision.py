@@ -1,7 +1,9 @@
 """bf16 vs fp32 loss and accuracy curves of one run; see ckd_search.perf.precision.
 
-python bench/precision.py --device cuda --epochs 6      # the check that counts (GPU)
-python bench/precision.py --smoke                       # CI: fp32 only on a CPU, bf16 skipped with a note
+python bench/precision.py --device cuda --epochs 6      # on a GPU: cuDNN's and Triton's bf16 kernels
+python bench/precision.py --device cpu --epochs 15 --set data.timesteps=4 data.size=32 model.width=0.125 \
+    optim.batch_size=64 teacher.epochs=3                # the demo's trial shape on a CPU (~8 min)
+python bench/precision.py --smoke                       # CI: tiny shapes, 1 epoch
 """
 
 import sys

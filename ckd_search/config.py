@@ -221,7 +221,7 @@ class RunConfig:
     )
     precision: str = f(
         "fp32",
-        "bf16 uses spikingjelly's PrecisionConfig (fp32 neuron state) on CUDA",
+        "bf16: spikingjelly's PrecisionConfig, bf16 autocast with fp32 neuron state (CUDA or CPU)",
         one_of("fp32", "bf16"),
     )
     compile: bool = f(False, "torch.compile the student (CUDA)")

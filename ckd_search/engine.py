@@ -102,10 +102,9 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
-def frame_dtype(precision: str, device: torch.device) -> torch.dtype:
-    """The dtype of the frames a batch source hands the step: bf16 only for bf16 runs on CUDA
-    (spikingjelly's bf16 path needs its CUDA neuron plan), fp32 otherwise."""
-    return torch.bfloat16 if precision == "bf16" and device.type == "cuda" else torch.float32
+def frame_dtype(precision: str) -> torch.dtype:
+    """The dtype of the frames a batch source hands the step (event counts up to 256 are exact in bf16)."""
+    return torch.bfloat16 if precision == "bf16" else torch.float32
 
 
 def seed_everything(seed: int) -> None:
@@ -253,6 +252,8 @@ class Trainer:
             self.model = self.model.to(memory_format=torch.channels_last)
         if device.type == "cuda":
             self._setup_cuda()
+        if cfg.run.precision == "bf16":
+            self._setup_bf16()
         self.optimizer = torch.optim.AdamW(
             self._param_groups(),
             lr=cfg.optim.lr,
@@ -261,7 +262,7 @@ class Trainer:
         )
         self.cpu_gen = torch.Generator().manual_seed(cfg.run.seed)
         self.dev_gen = torch.Generator(device=device).manual_seed(cfg.run.seed + 1)
-        dtype = frame_dtype(cfg.run.precision, device)
+        dtype = frame_dtype(cfg.run.precision)
         d = cfg.data
         self.train_source = BatchSource(
             data.train.frames,
@@ -327,14 +328,22 @@ class Trainer:
         torch.backends.cudnn.benchmark = True
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
-        if self.cfg.run.precision == "bf16":
-            from spikingjelly.activation_based.precision import PrecisionConfig
-            from spikingjelly.activation_based.precision import prepare_model_for_precision
 
-            art = prepare_model_for_precision(
-                self.model, self.device, PrecisionConfig(mode="bf16", neuron_storage="fp32")
-            )
-            self.autocast = art.autocast_context
+    def _setup_bf16(self) -> None:
+        """spikingjelly's bf16 PrecisionConfig: bf16 autocast, fp32 neuron state.
+
+        On CUDA the Triton neuron plan keeps the state fp32 (``neuron_storage="fp32"``). That option
+        needs CUDA, so on a CPU the student casts each LIF input to fp32 itself (``neuron_dtype``):
+        the same arithmetic, which lets the bf16-vs-fp32 check run on a CPU too.
+        """
+        from spikingjelly.activation_based.precision import PrecisionConfig
+        from spikingjelly.activation_based.precision import prepare_model_for_precision
+
+        cuda = self.device.type == "cuda"
+        config = PrecisionConfig(mode="bf16", neuron_storage="fp32" if cuda else None)
+        self.autocast = prepare_model_for_precision(self.model, self.device, config).autocast_context
+        if not cuda:
+            self.model.student.neuron_dtype = torch.float32
 
     def _param_groups(self) -> list[dict[str, Any]]:
         """AdamW weight decay on weights of rank >= 2 only (timm's filter: no decay on BN, bias, theta)."""

@@ -103,6 +103,23 @@ def test_overfits_one_batch(prepared_tiny):
     assert acc > 0.8
 
 
+def test_bf16_trains_on_a_cpu_with_fp32_neuron_state(prepared_tiny):
+    cfg, prep = prepared_tiny
+    cfg = cfg.replace(**{"run.precision": "bf16", "optim.lr": 5e-3, "model.width": 0.25})
+    trainer = Trainer(cfg, prep, torch.device("cpu"))
+    assert trainer.model.student.neuron_dtype == torch.float32
+    batch = next(iter(trainer.train_source))
+    assert batch.frames.dtype == torch.bfloat16
+    losses = []
+    for _ in range(30):
+        parts = trainer.step(batch.frames, batch.labels, batch.index, torch.tensor(0.0), torch.tensor(1.0))
+        losses.append(float(parts["loss"].detach()))
+    assert parts["dvs_logits"].dtype == torch.bfloat16  # autocast is on
+    assert all(p.dtype == torch.float32 for p in trainer.model.parameters())  # fp32 master weights
+    assert math.isfinite(losses[-1]) and losses[-1] < 0.7 * losses[0]
+    assert 0.0 <= trainer.evaluate()["test_acc"] <= 1.0
+
+
 def strip(history):
     return [{k: v for k, v in m.items() if k not in TIMING} for m in history]
 

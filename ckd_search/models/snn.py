@@ -95,21 +95,34 @@ class VGGSNN(nn.Module):
             else layer.Linear(self.feature_dim, num_classes, step_mode="m")
         )
         self.record_firing = False
+        # None: each LIF runs in its input's dtype. float32 for bf16 on a CPU: spikingjelly's
+        # neuron_storage="fp32" (the CUDA bf16 path) needs its Triton plan, so the LIF input is cast
+        # up here instead and the membrane state stays fp32 as on a GPU; spikes go back down.
+        self.neuron_dtype: torch.dtype | None = None
 
     def forward(self, x: Tensor, head: str = "dvs") -> StudentOutput:
         membrane: Tensor | None = None
         rates: list[Tensor] = []
         for block in self.features:
-            if isinstance(block, MembraneTap):
-                x, membrane = block(x)
-            else:
+            if not isinstance(block, neuron.LIFNode | MembraneTap):
                 x = block(x)
-            if self.record_firing and isinstance(block, neuron.LIFNode | MembraneTap):
+                continue
+            x, v_seq = self._fire(block, x)
+            membrane = v_seq if v_seq is not None else membrane
+            if self.record_firing:
                 rates.append(x.detach().float().mean())
         assert membrane is not None
         logits = (self.static_head if head == "static" else self.dvs_head)(x.flatten(2))
         firing = torch.stack(rates) if rates else None
         return StudentOutput(logits=logits, membrane=membrane.flatten(2), firing=firing)
+
+    def _fire(self, block: neuron.LIFNode | MembraneTap, x: Tensor) -> tuple[Tensor, Tensor | None]:
+        """Spikes of one LIF layer in ``x``'s dtype, and the membrane sequence where it is tapped."""
+        dtype = x.dtype
+        if self.neuron_dtype is not None:
+            x = x.to(self.neuron_dtype)
+        spikes, v_seq = block(x) if isinstance(block, MembraneTap) else (block(x), None)
+        return spikes.to(dtype), v_seq
 
     def reset_state(self) -> None:
         """Reset every neuron's state (named so spikingjelly's reset_net does not recurse into it)."""

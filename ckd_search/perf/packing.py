@@ -98,7 +98,7 @@ def _trial(rank: int, n: int, spec: TrialSpec, barrier: Any) -> dict[str, Any]:
     torch.manual_seed(spec.seed + rank)
     prepared = synthetic_prepared(cfg, spec.classes, n_train=2 * spec.batch, n_test=8, seed=spec.seed + rank)
     trainer = Trainer(cfg, prepared, device)
-    dtype = frame_dtype(spec.precision, device)
+    dtype = frame_dtype(spec.precision)
     batches = device_batches(prepared, spec.batch, 4, device, dtype, seed=spec.seed + rank)
     p = torch.tensor(0.5, device=device)
     gamma = torch.tensor(1.0, device=device)

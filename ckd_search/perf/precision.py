@@ -1,13 +1,16 @@
 """Does the bf16 path train like fp32? Loss and accuracy curves of the same run in both precisions.
 
 ``python bench/precision.py [--epochs N] [--set KEY=VALUE ...] [--device cuda] [--smoke]``. Trains one
-config (same seed, same data, same teacher) with ``run.precision=fp32`` and ``run.precision=bf16`` and
-prints the per-epoch train loss and test accuracy side by side, the largest relative train-loss gap
-and the final/best accuracy differences.
+config (same seed, same data, same teacher) with ``run.precision=fp32`` and ``run.precision=bf16``,
+plus fp32 with the next ``run.seed`` as the noise floor: how far the curves of a rerun with
+another seed drift (student init, batch order, augmentation, the teacher's fine-tune) without any
+change of precision. Prints the per-epoch
+train loss and test accuracy side by side and, for each run against fp32, the largest relative
+train-loss gap and the final/best accuracy differences.
 
-bf16 is spikingjelly's PrecisionConfig (bf16 autocast, fp32 neuron state), which needs its CUDA
-Triton neuron plan; on a machine without CUDA the bf16 column is skipped with a note, so the script
-still runs end to end in CI (``--smoke``).
+bf16 is spikingjelly's PrecisionConfig (bf16 autocast, fp32 neuron state). It runs on a CPU too
+(the engine keeps the neuron state fp32 there itself, see ``Trainer._setup_bf16``), so the check
+is real on any machine; a GPU run adds cuDNN's and Triton's own bf16 kernels.
 """
 
 from __future__ import annotations
@@ -30,36 +33,40 @@ from ckd_search.storage import given_or_temp_dir
 
 log = logging.getLogger(__name__)
 
-PRECISIONS = ("fp32", "bf16")
+REFERENCE = "fp32"
 
 
-def available(precision: str, device: torch.device) -> str | None:
-    """Why ``precision`` cannot run on ``device`` (None when it can)."""
-    if precision == "bf16" and device.type != "cuda":
-        return "bf16 needs CUDA (spikingjelly's Triton neuron plan); skipped"
-    return None
+def runs(base: Config, noise_floor: bool = True) -> dict[str, dict[str, Any]]:
+    """The runs to compare, by name: the fp32 reference, bf16, and fp32 with the next seed."""
+    out: dict[str, dict[str, Any]] = {REFERENCE: {"run.precision": "fp32"}, "bf16": {"run.precision": "bf16"}}
+    if noise_floor:
+        seed = base.run.seed + 1
+        out[f"fp32 seed {seed}"] = {"run.precision": "fp32", "run.seed": seed}
+    return out
 
 
-def train_curves(base: Config, precisions: Sequence[str] = PRECISIONS) -> dict[str, list[dict[str, float]]]:
-    """Per-epoch metrics of ``base`` trained in each precision that can run here (same prepared data)."""
+def train_curves(base: Config, plan: Mapping[str, Mapping[str, Any]]) -> dict[str, list[dict[str, float]]]:
+    """Per-epoch metrics of each run in ``plan`` (name -> config overrides). Runs share the prepared
+    data and teacher where their config allows: the precision runs do; the next seed fine-tunes its
+    own teacher (its seed is part of the teacher's key), as a rerun with another seed would."""
     from ckd_search.engine import fit
-    from ckd_search.engine import resolve_device
+    from ckd_search.prepare import Prepared
     from ckd_search.prepare import prepare
+    from ckd_search.prepare import prepare_key
 
-    device = resolve_device(base.run.device)
-    prepared = prepare(base)  # the teacher and data do not depend on the student's precision
+    prepared: dict[str, Prepared] = {}
     curves: dict[str, list[dict[str, float]]] = {}
-    for precision in precisions:
-        if (why := available(precision, device)) is not None:
-            log.warning("%s", why)
-            continue
+    for name, overrides in plan.items():
+        cfg = base.replace(**overrides)
+        key = prepare_key(cfg)
+        if key not in prepared:
+            prepared[key] = prepare(cfg)
 
-        def progress(metrics: dict[str, float], _ckpt: object, name: str = precision) -> None:
+        def progress(metrics: dict[str, float], _ckpt: object, name: str = name) -> None:
             # on stderr as each epoch ends: a run cut short by a time limit still shows its curve
             print(f"{name} {metrics_line(metrics)}", file=sys.stderr, flush=True)
 
-        result = fit(base.replace(**{"run.precision": precision}), progress, prepared=prepared)
-        curves[precision] = result.metrics
+        curves[name] = fit(cfg, progress, prepared=prepared[key]).metrics
     return curves
 
 
@@ -68,8 +75,8 @@ def metrics_line(metrics: Mapping[str, float]) -> str:
     return " ".join(f"{k}={metrics[k]:.4g}" for k in keys if k in metrics)
 
 
-def compare(curves: Mapping[str, list[dict[str, float]]], ref: str = "fp32") -> dict[str, dict[str, Any]]:
-    """For each precision other than ``ref``: largest relative train-loss gap and accuracy deltas."""
+def compare(curves: Mapping[str, list[dict[str, float]]], ref: str = REFERENCE) -> dict[str, dict[str, Any]]:
+    """For each run other than ``ref``: largest relative train-loss gap and accuracy deltas."""
     out: dict[str, dict[str, Any]] = {}
     base = curves.get(ref, [])
     for name, rows in curves.items():
@@ -115,6 +122,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--cache-dir", default=None, help="data/teacher cache (default: a fresh temp dir)")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=None, help="config overrides (dotted)")
+    p.add_argument(
+        "--no-noise-floor",
+        dest="noise_floor",
+        action="store_false",
+        help="skip the fp32 run with the next seed (the seed-to-seed drift bf16 is judged against)",
+    )
     p.add_argument("--smoke", action="store_true", help="tiny subset and model, 1 epoch (CI)")
     return p.parse_args(argv)
 
@@ -129,17 +142,26 @@ def main(argv: Sequence[str] | None = None) -> int:
         values.update({"run.epochs": 1 if args.smoke else args.epochs, "run.device": args.device})
         values.update(parse_overrides(args.set))
         values["data.cache_dir"] = cache
-        curves = train_curves(Config.from_dict(values))
+        base = Config.from_dict(values)
+        curves = train_curves(base, runs(base, args.noise_floor))
     print(format_curves(curves))
     for name, c in compare(curves).items():
         gap = c["max_rel_loss_gap"]
         print(
-            f"{name} vs fp32: max relative train-loss gap {'-' if gap is None else f'{gap:.2%}'}, "
+            f"{name} vs {REFERENCE}: max relative train-loss gap {'-' if gap is None else f'{gap:.2%}'}, "
             f"final acc {c['final_acc_delta']:+.4f}, best acc {c['best_acc_delta']:+.4f}"
         )
-    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "CPU (no CUDA)"
-    print(f"device: {device}")
+    print(f"device: {device_name(base)}")
     return 0
+
+
+def device_name(cfg: Config) -> str:
+    from ckd_search.engine import resolve_device
+
+    device = resolve_device(cfg.run.device)
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"CPU, {torch.get_num_threads()} threads"
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from torch.profiler import profile
 from ckd_search.config import Config
 from ckd_search.engine import Trainer
 from ckd_search.engine import compile_options
+from ckd_search.engine import frame_dtype
 from ckd_search.perf import variants
 from ckd_search.perf.synthetic import StepBatch
 from ckd_search.perf.synthetic import device_batches
@@ -118,7 +119,7 @@ def build(
     torch.manual_seed(seed)
     prepared = synthetic_prepared(cfg, args.classes, n_train=2 * b, n_test=8, seed=seed)
     trainer = Trainer(cfg, prepared, device)
-    dtype = torch.bfloat16 if cfg.run.precision == "bf16" and device.type == "cuda" else torch.float32
+    dtype = frame_dtype(cfg.run.precision)
     return trainer, device_batches(prepared, b, 2, device, dtype, seed=seed + 1), cfg
 
 

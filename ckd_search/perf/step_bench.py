@@ -259,7 +259,7 @@ def _time_ckd(args: argparse.Namespace, cfg: Config, device: torch.device) -> Ti
     prepared = synthetic_prepared(cfg, args.classes, n_train=2 * args.batch, n_test=16, seed=args.seed)
     trainer = Trainer(cfg, prepared, device)
     trainer.model.train()
-    dtype = frame_dtype(cfg.run.precision, device)
+    dtype = frame_dtype(cfg.run.precision)
     batches = device_batches(prepared, args.batch, RESIDENT_BATCHES, device, dtype)
     # Mid-run schedule values: half the hybrid samples replaced, KD on (all four losses).
     p = torch.tensor(0.5, device=device)
@@ -296,7 +296,7 @@ def _time_baseline(args: argparse.Namespace, variant: Variant, cfg: Config, devi
         compile=variant.compile,
         channels_last=variant.channels_last,
     )
-    dtype = frame_dtype(cfg.run.precision, device)
+    dtype = frame_dtype(cfg.run.precision)
     batches = device_batches(prepared, args.batch, RESIDENT_BATCHES + 1, device, dtype)
     del prepared
 

@@ -71,3 +71,26 @@ def test_firing_rates_and_sops():
     assert energy == pytest.approx((macs[0] * 2 * 4.6 + sops * 0.9) * 1e-6)
     silent, _ = synaptic_ops(net, torch.zeros(8), 2)
     assert silent == 0.0
+
+
+def test_neuron_dtype_keeps_the_membrane_state_fp32_under_bf16_autocast():
+    """The CPU stand-in for spikingjelly's CUDA neuron_storage="fp32": the LIF integrates the bf16
+    inputs in fp32 (the membrane tap and the kept state are fp32), spikes go back to bf16."""
+    net = VGGSNN(ModelConfig(width=0.0625), num_classes=4, in_size=16)
+    x = torch.rand(3, 2, 2, 16, 16, generator=torch.Generator().manual_seed(0)).bfloat16()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        plain = net(x)
+        net.reset_state()
+        net.neuron_dtype = torch.float32
+        kept = net(x)
+    assert plain.membrane.dtype == torch.bfloat16  # spikingjelly's CPU default: state in the input dtype
+    assert kept.membrane.dtype == torch.float32
+    lifs = [m for m in net.modules() if isinstance(m, neuron.LIFNode)]
+    assert all(lif.v.dtype == torch.float32 for lif in lifs)
+    assert kept.logits.dtype == torch.bfloat16 and torch.isfinite(kept.logits).all()
+    # fp32 in, fp32 out: the cast is a no-op, so fp32 runs are untouched by the option
+    net.reset_state()
+    y32 = net(x.float()).logits
+    net.reset_state()
+    net.neuron_dtype = None
+    assert torch.equal(net(x.float()).logits, y32)
