@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 import torch._dynamo.utils
 from spikingjelly.activation_based import layer
@@ -37,10 +38,12 @@ def test_prime_for_compile_leaves_weights_statistics_and_mode_alone():
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats untouched
 
 
-def test_compiled_step_is_one_graph_across_epochs_and_evaluations():
+@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.slow)])  # bf16: 75 s
+def test_compiled_step_is_one_graph_across_epochs_and_evaluations(precision):
     args = step_bench.parse_args(["--smoke"])
     device = torch.device("cpu")
-    cfg = step_bench.ckd_config(args, {"run.compile": True, "run.epochs": 2}, 2, 16, device)
+    overrides = {"run.compile": True, "run.epochs": 2, "run.precision": precision}
+    cfg = step_bench.ckd_config(args, overrides, 2, 16, device)
     prepared = synthetic_prepared(cfg, 10, n_train=16, n_test=8, seed=0)
     torch._dynamo.reset()
     torch._dynamo.utils.counters.clear()
