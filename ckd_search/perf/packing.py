@@ -203,6 +203,15 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
+def gpu_sharing() -> str:
+    """How packed processes share a GPU: with an MPS daemon their kernels can run side by side,
+    without one the GPU time-slices between them, which decides what packing can gain."""
+    pipe = os.environ.get("CUDA_MPS_PIPE_DIRECTORY", "/tmp/nvidia-mps")
+    if os.path.exists(os.path.join(pipe, "control")):
+        return f"MPS daemon found ({pipe}): packed trials' kernels can overlap"
+    return "time-sliced (no MPS daemon found): packed trials' kernels take turns"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     with given_or_temp_dir(args.cache_dir, "ckd_packing_cache_") as cache_root:
@@ -217,6 +226,7 @@ def _run(args: argparse.Namespace, cache_root: str) -> int:
     lines = [f"# CKD trial packing (ckd_search.perf.packing){' [smoke]' if args.smoke else ''}"]
     if args.device.startswith("cuda"):
         lines.append(f"device: {torch.cuda.get_device_name(torch.device(args.device))}")
+        lines.append(f"sharing: {gpu_sharing()}")
     else:
         lines.append(f"device: CPU, {cores} cores, load average {os.getloadavg()[0]:.2f}")
     lines.append(

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from ckd_search.perf.packing import gpu_sharing
 from ckd_search.perf.timing import cell_number
 from ckd_search.perf.timing import format_table
 from ckd_search.perf.timing import parse_tables
@@ -96,6 +97,13 @@ def test_profile_smoke_variants_match_the_engine(capsys):
         assert positive(row["ms/step"]) and positive(row["pairs/s"]) and positive(row["speedup"])
         if name != "streams-jointBN":  # the one variant documented as not exact
             assert float(row["dloss"]) < 1e-4 and float(row["rel dgrad"]) < 1e-4, name
+
+
+def test_packing_names_how_the_gpu_is_shared(tmp_path, monkeypatch):
+    monkeypatch.setenv("CUDA_MPS_PIPE_DIRECTORY", str(tmp_path))
+    assert gpu_sharing().startswith("time-sliced")
+    (tmp_path / "control").touch()  # the MPS control daemon's pipe
+    assert gpu_sharing().startswith(f"MPS daemon found ({tmp_path})")
 
 
 def test_packing_smoke_subprocess():
