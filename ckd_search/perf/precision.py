@@ -4,9 +4,8 @@
 config (same seed, same data, same teacher) with ``run.precision=fp32`` and ``run.precision=bf16``,
 plus fp32 with the next ``run.seed`` as the noise floor: how far the curves of a rerun with
 another seed drift (student init, batch order, augmentation, the teacher's fine-tune) without any
-change of precision. Prints the per-epoch
-train loss and test accuracy side by side and, for each run against fp32, the largest relative
-train-loss gap and the final/best accuracy differences.
+change of precision. Prints the per-epoch train loss and test accuracy side by side and, for each
+run against fp32, the largest relative train-loss gap and the final/best accuracy differences.
 
 bf16 is spikingjelly's PrecisionConfig (bf16 autocast, fp32 neuron state). It runs on a CPU too
 (the engine keeps the neuron state fp32 there itself, see ``Trainer._setup_bf16``), so the check
@@ -30,8 +29,6 @@ from ckd_search.perf.cpu_epoch import SMOKE  # the same tiny run as the CPU epoc
 from ckd_search.perf.timing import fmt
 from ckd_search.perf.timing import format_table
 from ckd_search.storage import given_or_temp_dir
-
-log = logging.getLogger(__name__)
 
 REFERENCE = "fp32"
 
