@@ -11,7 +11,8 @@ from pathlib import Path
 # where the installed (editable) copy is stale or absent.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from ckd_search.errors import exit_code  # noqa: E402
 from ckd_search.perf.packing import main  # noqa: E402
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(exit_code(main, "packing"))

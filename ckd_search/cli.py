@@ -7,14 +7,17 @@ Heavy imports (torch, ray, mlflow) happen inside the commands so ``--help`` stay
 from __future__ import annotations
 
 import argparse
+import gc
 import logging
 import sys
 from collections.abc import Callable
 from collections.abc import Sequence
 from typing import Any
+from typing import NoReturn
 
 from ckd_search import __version__
 from ckd_search.errors import UserError
+from ckd_search.errors import exit_code
 
 log = logging.getLogger("ckd_search")
 
@@ -233,10 +236,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 2
     try:
-        return int(args.handler(args) or 0)
-    except UserError as err:
-        print(f"ckd-search: error: {' '.join(str(err).split())}", file=sys.stderr)
-        return 2
+        return exit_code(lambda: args.handler(args), "ckd-search")
     except KeyboardInterrupt:
         print("ckd-search: interrupted", file=sys.stderr)
         return 130
@@ -258,5 +258,17 @@ def _has_command(argv: Sequence[str]) -> bool:
     return any(a in commands for a in argv)
 
 
+def run() -> NoReturn:
+    """The ``ckd-search`` program: :func:`main`'s exit code, without the interpreter's final sweep.
+
+    Python's last garbage collection at exit walks every object torch, Ray and MLflow created and
+    frees nothing that outlives the process: 5-25 s after ``ckd-search demo`` on 2 cores. Frozen
+    objects are skipped by it; atexit handlers (Ray, MLflow, logging) still run.
+    """
+    code = main()
+    gc.freeze()
+    sys.exit(code)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    sys.exit(main())
+    run()

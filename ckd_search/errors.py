@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
+
 
 class UserError(ValueError):
     """Bad input from the user (file, flag, value): reported in one line, exit code 2."""
@@ -21,3 +24,12 @@ class DataError(UserError):
 
 class TrialFailure(RuntimeError):
     """A training run cannot go on (non-finite loss, ...); ends that trial only."""
+
+
+def exit_code(run: Callable[[], int | None], prog: str) -> int:
+    """``run()``'s exit code; a :class:`UserError` becomes one line on stderr and exit code 2."""
+    try:
+        return int(run() or 0)
+    except UserError as err:
+        print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2

@@ -24,6 +24,7 @@ import torch._dynamo.utils
 
 from ckd_search.config import Config
 from ckd_search.data.batches import Batch
+from ckd_search.errors import UserError
 from ckd_search.perf.synthetic import StepBatch
 from ckd_search.perf.synthetic import device_batches
 from ckd_search.perf.synthetic import synthetic_prepared
@@ -347,7 +348,7 @@ def select_variants(spec: str | None) -> list[Variant]:
     names = [s.strip() for s in spec.split(",") if s.strip()]
     unknown = [n for n in names if n not in known]
     if unknown:
-        raise SystemExit(f"step_throughput: unknown variant(s) {unknown}; known: {sorted(known)}")
+        raise UserError(f"--variants: unknown variant(s) {unknown}; known: {sorted(known)}")
     return [known[n] for n in names]
 
 
