@@ -5,6 +5,10 @@ cap their share of GPU memory with ``torch.cuda.set_per_process_memory_fraction(
 ``TORCHINDUCTOR_CACHE_DIR`` / ``TRITON_CACHE_DIR`` (so only the first compiles), build a
 ``Trainer`` on random data, warm up, wait at a barrier and time N steps together. Aggregate
 pairs/s = all pairs / (last finish - first start); speedup = aggregate(n) / aggregate(1).
+
+Without NVIDIA MPS, packed processes' kernels are time-sliced on the GPU; ``--mps`` starts an MPS
+control daemon of this run's own (pipe and log folders under the cache root, nothing system-wide
+touched) so they can run side by side, and stops it at the end: the two tables show what MPS buys.
 """
 
 from __future__ import annotations
@@ -14,16 +18,22 @@ import logging
 import multiprocessing as mp
 import os
 import queue
+import shutil
+import signal
+import subprocess
 import sys
 import time
 import traceback
+from collections.abc import Iterator
 from collections.abc import Sequence
+from contextlib import contextmanager
 from dataclasses import asdict
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 
+from ckd_search.errors import UserError
 from ckd_search.perf.timing import SMOKE_SHAPE
 from ckd_search.perf.timing import fmt
 from ckd_search.perf.timing import format_table
@@ -178,6 +188,11 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="shared TORCHINDUCTOR_CACHE_DIR/TRITON_CACHE_DIR root (default: a temp dir)",
     )
+    p.add_argument(
+        "--mps",
+        action="store_true",
+        help="run the trials under an MPS control daemon of this run's own (CUDA only)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny CPU run, 1 thread per trial (CI)")
     args = p.parse_args(argv)
@@ -197,9 +212,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.precision is None:
         args.precision = "bf16" if args.device.startswith("cuda") else "fp32"
-    args.levels = [int(x) for x in args.trials.split(",") if x.strip()]
+    try:
+        args.levels = [int(x) for x in args.trials.split(",") if x.strip()]
+    except ValueError:
+        args.levels = []
     if not args.levels or min(args.levels) < 1:
-        raise SystemExit(f"packing: --trials must list positive integers, got {args.trials!r}")
+        p.error(f"--trials must list positive integers, got {args.trials!r}")
+    if args.mps and not args.device.startswith("cuda"):
+        p.error(f"--mps needs a CUDA device, got --device {args.device}")
     return args
 
 
@@ -212,10 +232,51 @@ def gpu_sharing() -> str:
     return "time-sliced (no MPS daemon found): packed trials' kernels take turns"
 
 
+MPS_CONTROL = "nvidia-cuda-mps-control"
+MPS_ENV = ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY")
+
+
+@contextmanager
+def private_mps(root: str) -> Iterator[str]:
+    """An MPS control daemon of this process's own for the trials it spawns; its pipe folder.
+
+    The daemon listens under ``root`` (not the system's ``/tmp/nvidia-mps``), so no other program's
+    processes join it; children find it through ``CUDA_MPS_PIPE_DIRECTORY``, which is set here
+    before anything touches CUDA and restored after. ``quit`` stops it and its server on exit.
+    """
+    control = shutil.which(MPS_CONTROL)
+    if control is None:
+        raise UserError(f"--mps: {MPS_CONTROL} not found on PATH (it comes with the NVIDIA driver)")
+    folders = dict(zip(MPS_ENV, (os.path.join(root, "mps-pipe"), os.path.join(root, "mps-log"))))
+    for folder in folders.values():
+        os.makedirs(folder, exist_ok=True)
+    env = {**os.environ, **folders}
+    started = subprocess.run([control, "-d"], env=env, capture_output=True, text=True, timeout=60)
+    if started.returncode != 0:
+        raise UserError(f"--mps: {MPS_CONTROL} -d failed: {started.stderr.strip() or started.returncode}")
+    saved = {key: os.environ.get(key) for key in MPS_ENV}
+    os.environ.update(folders)
+    # `timeout` and schedulers stop a run with SIGTERM, which skips `finally`: make it an exit.
+    on_term = signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+    try:
+        yield folders["CUDA_MPS_PIPE_DIRECTORY"]
+    finally:
+        signal.signal(signal.SIGTERM, on_term)
+        subprocess.run([control], input="quit\n", env=env, capture_output=True, text=True, timeout=60)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     with given_or_temp_dir(args.cache_dir, "ckd_packing_cache_") as cache_root:
-        return _run(args, cache_root)
+        if not args.mps:
+            return _run(args, cache_root)
+        with private_mps(cache_root):
+            return _run(args, cache_root)
 
 
 def _run(args: argparse.Namespace, cache_root: str) -> int:

@@ -1,6 +1,7 @@
 """Every benchmark's --smoke mode runs and prints the table it promises (no timing thresholds)."""
 
 import math
+import os
 import re
 import subprocess
 import sys
@@ -8,7 +9,9 @@ from pathlib import Path
 
 import pytest
 
+from ckd_search.errors import UserError
 from ckd_search.perf.packing import gpu_sharing
+from ckd_search.perf.packing import private_mps
 from ckd_search.perf.timing import cell_number
 from ckd_search.perf.timing import format_table
 from ckd_search.perf.timing import parse_tables
@@ -106,6 +109,98 @@ def test_packing_names_how_the_gpu_is_shared(tmp_path, monkeypatch):
     assert gpu_sharing().startswith(f"MPS daemon found ({tmp_path})")
 
 
+FAKE_MPS_CONTROL = """#!/bin/sh
+# stands in for nvidia-cuda-mps-control: -d "starts the daemon" (its control pipe), stdin is a command
+if [ "$1" = "-d" ]; then
+  touch "$CUDA_MPS_PIPE_DIRECTORY/control"; echo "start $CUDA_MPS_LOG_DIRECTORY" >> "$LOG"
+else
+  read -r cmd; echo "$cmd" >> "$LOG"; rm -f "$CUDA_MPS_PIPE_DIRECTORY/control"
+fi
+"""
+
+
+def test_private_mps_daemon_lives_under_the_run_and_is_quit(tmp_path, monkeypatch):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    control = bin_dir / "nvidia-cuda-mps-control"
+    control.write_text(FAKE_MPS_CONTROL)
+    control.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    monkeypatch.setenv("LOG", str(tmp_path / "calls.log"))
+    monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
+    monkeypatch.setenv("CUDA_MPS_LOG_DIRECTORY", "/elsewhere")
+    with private_mps(str(tmp_path / "run")) as pipe:
+        assert pipe == str(tmp_path / "run" / "mps-pipe")
+        assert gpu_sharing().startswith(f"MPS daemon found ({pipe})")  # what spawned trials inherit
+    calls = (tmp_path / "calls.log").read_text().splitlines()
+    assert calls == [f"start {tmp_path / 'run' / 'mps-log'}", "quit"]
+    assert "CUDA_MPS_PIPE_DIRECTORY" not in os.environ  # the environment is restored
+    assert os.environ["CUDA_MPS_LOG_DIRECTORY"] == "/elsewhere"
+
+
+def test_private_mps_daemon_is_quit_when_the_run_is_terminated(tmp_path):
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    control = bin_dir / "nvidia-cuda-mps-control"
+    control.write_text(FAKE_MPS_CONTROL)
+    control.chmod(0o755)
+    code = (
+        "import os, signal, sys, time\n"
+        "from ckd_search.perf.packing import private_mps\n"
+        "with private_mps(sys.argv[1]):\n"
+        "    os.kill(os.getpid(), signal.SIGTERM)  # as `timeout` stops a run\n"
+        "    time.sleep(30)\n"
+    )
+    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(tmp_path / "calls.log")}
+    proc = subprocess.run(
+        [sys.executable, "-c", code, str(tmp_path / "run")],
+        env=env,
+        cwd=REPO,
+        timeout=60,
+        capture_output=True,
+    )
+    assert proc.returncode == 143
+    assert (tmp_path / "calls.log").read_text().splitlines()[-1] == "quit"
+
+
+def test_private_mps_without_the_control_binary_is_a_user_error(tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(UserError, match="nvidia-cuda-mps-control not found"):
+        with private_mps(str(tmp_path)):
+            pass
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--mps", "--device", "cpu"], "--mps needs a CUDA device"),
+        (["--trials", "0,x"], "--trials must list"),
+    ],
+)
+def test_packing_bad_flags_exit_2_naming_the_flag(args, message):
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "packing.py"), "--smoke", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert proc.returncode == 2 and message in proc.stderr
+
+
+def test_step_bench_unknown_variant_is_one_line_exit_2():
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "bench" / "step_throughput.py"), "--smoke", "--variants", "nope"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=REPO,
+    )
+    assert proc.returncode == 2
+    (line,) = proc.stderr.strip().splitlines()
+    assert line.startswith("step_throughput: error: --variants: unknown variant(s) ['nope']")
+
+
 def test_packing_smoke_subprocess():
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "packing.py"), "--smoke", "--trials", "1,2"],
@@ -120,3 +215,14 @@ def test_packing_smoke_subprocess():
     for row in rows:
         assert positive(row["pairs/s"]) and positive(row["pairs/s per trial"]) and positive(row["ms/step"])
     assert rows[0]["speedup"] == "1.00" and positive(rows[1]["speedup"])
+
+
+def test_gpu_session_script_parses_and_knows_every_default_part():
+    script = REPO / "bench" / "gpu_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    text = script.read_text()
+    (default,) = re.findall(r"^PARTS=\$\{PARTS:-(.+)\}$", text, flags=re.M)
+    cases = set(re.findall(r"^    ([a-z-]+)\) part \1 ", text, flags=re.M))
+    assert default.split() and set(default.split()) <= cases
+    described = set(re.findall(r"^#   ([a-z-]+) ", text, flags=re.M))
+    assert cases == described  # every part is in the header's list
