@@ -6,6 +6,11 @@ cap their share of GPU memory with ``torch.cuda.set_per_process_memory_fraction(
 ``Trainer`` on random data, warm up, wait at a barrier and time N steps together. Aggregate
 pairs/s = all pairs / (last finish - first start); speedup = aggregate(n) / aggregate(1).
 
+``--epochs N`` times whole trials instead of steps: each process runs ``engine.fit`` for N epochs
+on random data of the given split sizes (default: Digits-DVS's 1,437 / 360), evaluating and writing
+a checkpoint every epoch, as a Tune trial does. Those pauses (evaluation, the once-per-epoch metric
+read, checkpoint writes) leave the GPU idle for the other trials: packing gains more than in steps.
+
 Without NVIDIA MPS, packed processes' kernels are time-sliced on the GPU; ``--mps`` starts an MPS
 control daemon of this run's own (pipe and log folders under the cache root, nothing system-wide
 touched) so they can run side by side, and stops it at the end: the two tables show what MPS buys.
@@ -22,6 +27,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Iterator
@@ -62,6 +68,9 @@ class TrialSpec:
     channels_last: bool
     threads: int | None
     seed: int
+    epochs: int = 0  # > 0: time whole trials (engine.fit, eval and checkpoint every epoch)
+    train_samples: int = 0
+    test_samples: int = 0
 
 
 def _worker(rank: int, n: int, spec: TrialSpec, barrier: Any, results: Any) -> None:
@@ -79,6 +88,7 @@ def _worker(rank: int, n: int, spec: TrialSpec, barrier: Any, results: Any) -> N
 def _trial(rank: int, n: int, spec: TrialSpec, barrier: Any) -> dict[str, Any]:
     from ckd_search.config import Config
     from ckd_search.engine import Trainer
+    from ckd_search.engine import fit
     from ckd_search.engine import frame_dtype
     from ckd_search.perf.synthetic import device_batches
     from ckd_search.perf.synthetic import synthetic_prepared
@@ -92,21 +102,23 @@ def _trial(rank: int, n: int, spec: TrialSpec, barrier: Any) -> dict[str, Any]:
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
         torch.cuda.set_per_process_memory_fraction(1.0 / n, device)
-    cfg = Config.from_dict(
-        {
-            "data.timesteps": spec.timesteps,
-            "data.size": spec.size,
-            "model.width": spec.width,
-            "optim.batch_size": spec.batch,
-            "run.device": spec.device,
-            "run.seed": spec.seed + rank,
-            "run.precision": spec.precision,
-            "run.compile": spec.compile,
-            "run.channels_last": spec.channels_last,
-        }
-    )
+    values: dict[str, Any] = {
+        "data.timesteps": spec.timesteps,
+        "data.size": spec.size,
+        "model.width": spec.width,
+        "optim.batch_size": spec.batch,
+        "run.device": spec.device,
+        "run.seed": spec.seed + rank,
+        "run.precision": spec.precision,
+        "run.compile": spec.compile,
+        "run.channels_last": spec.channels_last,
+    }
+    if spec.epochs:
+        values.update({"run.epochs": spec.epochs, "run.eval_every": 1, "run.checkpoint_every": 1})
+    cfg = Config.from_dict(values)
     torch.manual_seed(spec.seed + rank)
-    prepared = synthetic_prepared(cfg, spec.classes, n_train=2 * spec.batch, n_test=8, seed=spec.seed + rank)
+    n_train, n_test = (spec.train_samples, spec.test_samples) if spec.epochs else (2 * spec.batch, 8)
+    prepared = synthetic_prepared(cfg, spec.classes, n_train=n_train, n_test=n_test, seed=spec.seed + rank)
     trainer = Trainer(cfg, prepared, device)
     dtype = frame_dtype(spec.precision)
     batches = device_batches(prepared, spec.batch, 4, device, dtype, seed=spec.seed + rank)
@@ -117,18 +129,26 @@ def _trial(rank: int, n: int, spec: TrialSpec, barrier: Any) -> dict[str, Any]:
         b = batches[i % len(batches)]
         trainer.step(b.frames, b.labels, b.index, p, gamma)
 
-    for i in range(spec.warmup):
+    for i in range(spec.warmup):  # kernels compiled and cached in this process before the clock starts
         step(i)
     synchronize(device)
     barrier.wait()  # all trials start timing together
     start = time.time()
-    for i in range(spec.steps):
-        step(spec.warmup + i)
+    if spec.epochs:
+        del trainer, batches
+        with tempfile.TemporaryDirectory(prefix="ckd-packed-trial-") as checkpoints:
+            result = fit(cfg, prepared=prepared, checkpoint_dir=checkpoints)
+        pairs = result.epochs_run * (n_train // spec.batch) * spec.batch  # drop_last batches
+    else:
+        for i in range(spec.steps):
+            step(spec.warmup + i)
+        pairs = spec.steps * spec.batch
     synchronize(device)
     end = time.time()
     # over the whole trial, warm-up and compilation included: what has to fit in the 1/n share
     peak = torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
-    return {"status": "ok", "start": start, "end": end, "pairs": spec.steps * spec.batch, "peak_gib": peak}
+    steps = pairs // spec.batch
+    return {"status": "ok", "start": start, "end": end, "pairs": pairs, "steps": steps, "peak_gib": peak}
 
 
 def run_packed(n: int, spec: TrialSpec) -> list[dict[str, Any]]:
@@ -175,6 +195,14 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=None,
         help="run.precision (default bf16 on CUDA, fp32 on CPU)",
     )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=0,
+        help="time whole trials of N epochs (engine.fit, eval + checkpoint each epoch) instead of steps",
+    )
+    p.add_argument("--train-samples", type=int, default=None, help="with --epochs (default 1437; smoke 32)")
+    p.add_argument("--test-samples", type=int, default=None, help="with --epochs (default 360; smoke 16)")
     p.add_argument("--compile", action="store_true", help="run.compile=true (compiles in every trial)")
     p.add_argument("--no-channels-last", action="store_true", help="run.channels_last=false")
     p.add_argument(
@@ -196,8 +224,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny CPU run, 1 thread per trial (CI)")
     args = p.parse_args(argv)
-    smoke = {**SMOKE_SHAPE, "threads_per_trial": 1}
+    smoke = {**SMOKE_SHAPE, "threads_per_trial": 1, "train_samples": 32, "test_samples": 16}
     full = {
+        "train_samples": 1437,  # Digits-DVS's train / test split
+        "test_samples": 360,
         "batch": 64,
         "timesteps": 10,
         "size": 48,
@@ -218,6 +248,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         args.levels = []
     if not args.levels or min(args.levels) < 1:
         p.error(f"--trials must list positive integers, got {args.trials!r}")
+    if args.epochs < 0:
+        p.error(f"--epochs must be >= 0, got {args.epochs}")
+    if args.epochs and args.train_samples < args.batch:
+        p.error(f"--train-samples {args.train_samples} is smaller than --batch {args.batch}")
     if args.mps and not args.device.startswith("cuda"):
         p.error(f"--mps needs a CUDA device, got --device {args.device}")
     return args
@@ -296,9 +330,15 @@ def _run(args: argparse.Namespace, cache_root: str) -> int:
         f"{str(args.compile).lower()}, channels_last={str(not args.no_channels_last).lower()}; "
         f"RANDOM inputs (throughput only)"
     )
+    timed = (
+        f"whole trials of {args.epochs} epochs (engine.fit on {args.train_samples} / {args.test_samples} "
+        "samples, eval and checkpoint every epoch; ms/step = trial time / train steps)"
+        if args.epochs
+        else f"{args.steps} steps per trial"
+    )
     lines.append(
-        f"timing: {args.steps} steps per trial after {args.warmup} warm-up, all trials started at a "
-        f"barrier; compile caches under {cache_root}"
+        f"timing: {timed} after {args.warmup} warm-up steps, all trials started at a barrier; "
+        f"compile caches under {cache_root}"
     )
     rows = []
     notes = []
@@ -319,6 +359,9 @@ def _run(args: argparse.Namespace, cache_root: str) -> int:
             channels_last=not args.no_channels_last,
             threads=threads,
             seed=args.seed,
+            epochs=args.epochs,
+            train_samples=args.train_samples,
+            test_samples=args.test_samples,
         )
         log.info("packing %d trial(s): %s", n, asdict(spec))
         reports = run_packed(n, spec)
@@ -335,7 +378,7 @@ def _run(args: argparse.Namespace, cache_root: str) -> int:
         span = max(r["end"] for r in reports) - min(r["start"] for r in reports)
         aggregate = sum(r["pairs"] for r in reports) / span
         per_trial = [r["pairs"] / (r["end"] - r["start"]) for r in reports]
-        ms_step = sum((r["end"] - r["start"]) * 1e3 / args.steps for r in reports) / n
+        ms_step = sum((r["end"] - r["start"]) * 1e3 / r["steps"] for r in reports) / n
         peaks = [r["peak_gib"] for r in reports if r["peak_gib"] is not None]
         base = base if base is not None else (aggregate if n == args.levels[0] else None)
         speedup = aggregate / base if base else None

@@ -159,6 +159,8 @@ def run_search(
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     from ckd_search.search.faults import install_failure_policy
+    from ckd_search.search.import_ahead import ENGINE_MODULES
+    from ckd_search.search.import_ahead import importing
     from ckd_search.search.resources import plan_trials
     from ckd_search.search.resources import start_or_join
 
@@ -168,7 +170,8 @@ def run_search(
             check_journal(settings.journal_path, settings.study_name)
             restorable = _can_restore(settings)
         install_failure_policy()
-        cluster = start_or_join(settings.address, settings.cpus, settings.gpus)
+        with importing(ENGINE_MODULES):  # torch loads from disk while Ray's processes start
+            cluster = start_or_join(settings.address, settings.cpus, settings.gpus)
         try:
             plan = plan_trials(
                 space.resources, space.study, settings.num_trials, cluster, settings.gpus, settings.cpus

@@ -201,9 +201,10 @@ def test_step_bench_unknown_variant_is_one_line_exit_2():
     assert line.startswith("step_throughput: error: --variants: unknown variant(s) ['nope']")
 
 
-def test_packing_smoke_subprocess():
+@pytest.mark.parametrize("mode", [[], ["--epochs", "2"]], ids=["steps", "whole-trials"])
+def test_packing_smoke_subprocess(mode):
     proc = subprocess.run(
-        [sys.executable, str(REPO / "bench" / "packing.py"), "--smoke", "--trials", "1,2"],
+        [sys.executable, str(REPO / "bench" / "packing.py"), "--smoke", "--trials", "1,2", *mode],
         capture_output=True,
         text=True,
         timeout=300,
@@ -215,6 +216,10 @@ def test_packing_smoke_subprocess():
     for row in rows:
         assert positive(row["pairs/s"]) and positive(row["pairs/s per trial"]) and positive(row["ms/step"])
     assert rows[0]["speedup"] == "1.00" and positive(rows[1]["speedup"])
+    if mode:  # 2 epochs of 32 // 8 steps of 8 pairs each: the aggregate counts exactly those pairs
+        assert "whole trials of 2 epochs" in proc.stdout
+        per_trial, ms_step = cell_number(rows[0]["pairs/s per trial"]), cell_number(rows[0]["ms/step"])
+        assert per_trial == pytest.approx(8e3 / ms_step, rel=0.02)
 
 
 def test_gpu_session_script_parses_and_knows_every_default_part():
