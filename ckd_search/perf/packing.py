@@ -342,6 +342,8 @@ def _run(args: argparse.Namespace, cache_root: str) -> int:
     )
     rows = []
     notes = []
+    if args.epochs and args.compile:
+        notes.append("--compile with --epochs: each trial's fit compiles again inside the clock (cache hits)")
     base: float | None = None
     for n in args.levels:
         threads = args.threads_per_trial or (2 if args.device.startswith("cuda") else max(1, cores // n))

@@ -27,16 +27,15 @@ log = logging.getLogger(__name__)
 
 # What prepare_all imports after ray.init (the engine, data, teacher, descriptors); no Ray inside.
 ENGINE_MODULES = ("ckd_search.engine", "ckd_search.analysis.descriptors")
-# What export_run and analyze_runs import (directly or lazily) beyond the search itself.
+# What export_run and analyze_runs import (directly or lazily) beyond what the search loads: no
+# Ray or MLflow, which the driver's loop may be importing lazily at the same moment.
 REPORT_MODULES = (
     "ckd_search.analysis.report",
     "ckd_search.analysis.tracking",
-    "ckd_search.search.export",
     "matplotlib.cm",
     "matplotlib.colors",
     "optuna.importance",
     "pyarrow.parquet",
-    "mlflow.entities",
 )
 
 
