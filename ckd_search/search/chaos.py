@@ -355,15 +355,25 @@ class TrialAudit:
         return self.budget is not None and self.last_epoch >= self.budget
 
     def resume_points(self) -> list[tuple[int, int]]:
-        """(epoch of the last checkpoint before a restart, first epoch after it) per restart."""
-        points = []
-        checkpointed = 0
-        for number, segment in enumerate(self.segments):
-            if number > 0:
-                points.append((checkpointed, int(segment[0]["epoch"])))
-            for row in segment:
-                if row.get("checkpoint"):
-                    checkpointed = int(row["epoch"])
+        """(epoch of the last checkpoint before a restart, first epoch after it) per restart.
+
+        The last checkpoint is the last one Tune registered (``checkpoint`` events): a result's
+        checkpoint becomes the one a restart resumes from only then. A ledger without those events
+        (written before they existed) falls back to the results that carried a checkpoint.
+        """
+        registered = any(e.get("event") == "checkpoint" for e in self.events)
+        points: list[tuple[int, int]] = []
+        checkpointed, started = 0, False
+        for event in self.events:
+            kind = event.get("event")
+            if kind == "checkpoint" and registered:
+                checkpointed = int(event.get("epoch", 0))
+            elif kind == "result" and "epoch" in event:
+                if started and int(event.get("since_restore", 0)) == 1:
+                    points.append((checkpointed, int(event["epoch"])))
+                started = True
+                if not registered and event.get("checkpoint"):
+                    checkpointed = int(event["epoch"])
         return points
 
     def bad_resumes(self) -> list[tuple[int, int]]:

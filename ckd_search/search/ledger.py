@@ -10,8 +10,15 @@ event, appended (and flushed) by a driver-side callback, never rewritten, kept a
 Events: ``start`` (a trial (re)starts), ``result`` (``epoch``, ``since_restore`` = Tune's
 ``iterations_since_restore``, ``checkpoint`` = whether the result carried one, worker ``pid`` and
 ``node``, ``metrics`` = the engine metrics a study may name, so export can restore a result lost
-from ``result.json``), ``recover`` (an error Tune retries; ``error`` is one line), ``error`` (the trial ended
-failed), ``complete``. Every line has ``trial``, ``event``, ``t`` (Unix time) and ``driver`` (pid).
+from ``result.json``), ``checkpoint`` (Tune registered the checkpoint of the result before it, at
+``epoch``: what a restart resumes from), ``recover`` (an error Tune retries; ``error`` is one line),
+``error`` (the trial ended failed), ``complete``. Every line has ``trial``, ``event``, ``t`` (Unix
+time) and ``driver`` (pid).
+
+A result's checkpoint is registered one round trip after the result: Tune processes the result
+(callbacks included), then asks the trial's actor for it (``save``). A node lost in between leaves
+the previous checkpoint as the latest, though the new one was already stored; the trial then replays
+an epoch. The ``checkpoint`` event tells the two apart.
 """
 
 from __future__ import annotations
@@ -71,6 +78,9 @@ class EpochLedger(Callback):
             node=result.get("node_ip"),
             metrics=engine_metrics(result),
         )
+
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        self._write(trial, "checkpoint", epoch=int((trial.last_result or {}).get(EPOCH_KEY, 0)))
 
     def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         from ckd_search.search.faults import last_error

@@ -99,7 +99,8 @@ def test_nan_and_oom_stay_in_their_trial(tmp_path, tiny_fixed, helpers, monkeypa
     assert hopeless.user_attrs["error"].startswith("OutOfMemoryError: CUDA out of memory")
     assert tune_trials[hopeless_id].run_metadata.num_failures == 1 + MAX_FAILURES
     events = [e["event"] for e in audits[hopeless_id].events]
-    assert events == ["start", "result", *(["recover", "start"] * MAX_FAILURES), "error"]
+    # epoch 1's checkpoint registered; every retry resumes from it and fails at epoch 2 again
+    assert events == ["start", "result", "checkpoint", *(["recover", "start"] * MAX_FAILURES), "error"]
     assert audits[hopeless_id].epochs == [1]  # each retry resumed at epoch 2 and failed there
     assert runs[hopeless_id].info.status == "FAILED"
     assert "OutOfMemoryError" in runs[hopeless_id].data.tags["ckd.error"]
