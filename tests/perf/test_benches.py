@@ -119,13 +119,19 @@ fi
 """
 
 
-def test_private_mps_daemon_lives_under_the_run_and_is_quit(tmp_path, monkeypatch):
+@pytest.fixture
+def fake_mps_bin(tmp_path):
+    """A folder holding the fake ``nvidia-cuda-mps-control``, to put first on PATH."""
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     control = bin_dir / "nvidia-cuda-mps-control"
     control.write_text(FAKE_MPS_CONTROL)
     control.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    return bin_dir
+
+
+def test_private_mps_daemon_lives_under_the_run_and_is_quit(tmp_path, monkeypatch, fake_mps_bin):
+    monkeypatch.setenv("PATH", f"{fake_mps_bin}:/usr/bin:/bin")
     monkeypatch.setenv("LOG", str(tmp_path / "calls.log"))
     monkeypatch.delenv("CUDA_MPS_PIPE_DIRECTORY", raising=False)
     monkeypatch.setenv("CUDA_MPS_LOG_DIRECTORY", "/elsewhere")
@@ -138,12 +144,7 @@ def test_private_mps_daemon_lives_under_the_run_and_is_quit(tmp_path, monkeypatc
     assert os.environ["CUDA_MPS_LOG_DIRECTORY"] == "/elsewhere"
 
 
-def test_private_mps_daemon_is_quit_when_the_run_is_terminated(tmp_path):
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    control = bin_dir / "nvidia-cuda-mps-control"
-    control.write_text(FAKE_MPS_CONTROL)
-    control.chmod(0o755)
+def test_private_mps_daemon_is_quit_when_the_run_is_terminated(tmp_path, fake_mps_bin):
     code = (
         "import os, signal, sys, time\n"
         "from ckd_search.perf.packing import private_mps\n"
@@ -151,7 +152,7 @@ def test_private_mps_daemon_is_quit_when_the_run_is_terminated(tmp_path):
         "    os.kill(os.getpid(), signal.SIGTERM)  # as `timeout` stops a run\n"
         "    time.sleep(30)\n"
     )
-    env = {**os.environ, "PATH": f"{bin_dir}:{os.environ['PATH']}", "LOG": str(tmp_path / "calls.log")}
+    env = {**os.environ, "PATH": f"{fake_mps_bin}:{os.environ['PATH']}", "LOG": str(tmp_path / "calls.log")}
     proc = subprocess.run(
         [sys.executable, "-c", code, str(tmp_path / "run")],
         env=env,
