@@ -20,7 +20,9 @@ Entries of trials that Tune does not restore (orphans: created after the last sn
 driver that stopped before the first one) are dropped once the restored trials are known (the
 scheduler's first call with Tune's controller): such a trial never runs again, and its configuration
 is re-run from epoch 1 by the trial that adopts its Optuna record, so keeping its results would
-count that configuration twice in the rung cut-offs.
+count that configuration twice in the rung cut-offs. A trial whose Optuna record has ended is no
+orphan, even when the Tune experiment lacks it (a restart without a whole snapshot runs only the
+trials the study lacks): its results stay, as the study's other trials were judged against them.
 """
 
 from __future__ import annotations
@@ -47,19 +49,27 @@ class PersistentASHA(ASHAScheduler):
     """
 
     def __init__(
-        self, state_path: str | Path, *, max_t: int, grace_period: int, reduction_factor: float
+        self,
+        state_path: str | Path,
+        *,
+        max_t: int,
+        grace_period: int,
+        reduction_factor: float,
+        journal: tuple[str, str] | None = None,
     ) -> None:
+        """``journal``: (Optuna journal path, study name), to keep the entries of ended trials."""
         super().__init__(
             time_attr=EPOCH_KEY, max_t=max_t, grace_period=grace_period, reduction_factor=reduction_factor
         )
         self._state_path = str(state_path)
+        self._journal = journal
         self._stopped: dict[str, float] = {}  # trial id -> epoch ASHA stopped it at (before max_t)
         # True from loading saved rungs until the restored trials are known (see _drop_orphans).
         self._orphans_unchecked = False
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # Tune unpickles the scheduler from tuner.pkl on restore, possibly written by older code.
-        self.__dict__.update({"_stopped": {}, "_orphans_unchecked": False, **state})
+        self.__dict__.update({"_stopped": {}, "_orphans_unchecked": False, "_journal": None, **state})
 
     def set_search_properties(self, metric: str | None, mode: str | None, **spec: Any) -> bool:
         ok = super().set_search_properties(metric, mode, **spec)
@@ -102,7 +112,12 @@ class PersistentASHA(ASHAScheduler):
         if not self._orphans_unchecked or tune_controller is None:
             return
         self._orphans_unchecked = False
-        removed = self.drop_unknown({t.trial_id for t in tune_controller.get_trials()})
+        known = {t.trial_id for t in tune_controller.get_trials()}
+        if self._journal is not None:
+            from ckd_search.search.optuna_search import ended_ray_trials
+
+            known |= ended_ray_trials(*self._journal)
+        removed = self.drop_unknown(known)
         if removed:
             log.info(
                 "ASHA: dropped %d rung entries of %d trial(s) Tune did not restore (orphans): %s",

@@ -288,6 +288,19 @@ class StudySearch(OptunaSearch):
             )
 
 
+def ended_ray_trials(journal_path: str | Path, study_name: str) -> set[str]:
+    """Tune trial ids of the study's ended trials (orphans aside): their records are final, whichever
+    Tune experiment ran them (a restart without a snapshot leaves them out of the new one)."""
+    if not Path(journal_path).is_file():
+        return set()
+    study = optuna.load_study(study_name=study_name, storage=journal_storage(journal_path))
+    return {
+        str(t.user_attrs[RAY_TRIAL_ATTR])
+        for t in study.get_trials(deepcopy=False)
+        if t.state.is_finished() and RAY_TRIAL_ATTR in t.user_attrs and not t.system_attrs.get(ORPHAN_ATTR)
+    }
+
+
 def fail_orphans(journal_path: str | Path, study_name: str, keep: frozenset[str] = frozenset()) -> int:
     """Mark unfinished journal trials whose Tune trial is not in ``keep`` FAIL (``ckd:orphaned``).
 

@@ -362,6 +362,7 @@ def _new_tuner(
             max_t=space.scheduler.max_t,
             grace_period=space.scheduler.grace_period,
             reduction_factor=space.scheduler.reduction_factor,
+            journal=(str(settings.journal_path), settings.study_name),
         )
     sqlite_default = settings.mlflow_uri == default_mlflow_uri(settings.root)
     tracking = MlflowTrackingCallback(

@@ -127,16 +127,22 @@ def test_driver_killed_three_times_then_resumed(tmp_path, tiny_fixed, helpers, d
 
     tune_trials = {t.trial_id: t for t in ExperimentAnalysis(settings.experiment_path).trials}
     statuses = {t.trial_id: t.status for t in tune_trials.values()}
-    assert len(tune_trials) == TRIALS and set(statuses.values()) == {"TERMINATED"}, (statuses, kills)
+    assert set(statuses.values()) == {"TERMINATED"}, (statuses, kills)
 
-    # Optuna: one record per Tune trial, all finished
+    # Optuna: one record per Tune trial; TRIALS finished ones (orphans aside), each run by Tune
     trials = helpers.journal_trials(settings)
     assert {t.state.name for t in trials} <= {"COMPLETE", "PRUNED", "FAIL"}, kills
     owners = [t.user_attrs.get("ray_trial_id") for t in trials]
     assert sorted(o for o in owners if o in tune_trials) == sorted(tune_trials), (owners, kills)
-    live = [t for t in trials if t.user_attrs.get("ray_trial_id") in tune_trials]
-    assert all(not t.system_attrs.get("ckd:orphaned") for t in live), kills
+    live = [t for t in trials if not t.system_attrs.get("ckd:orphaned")]
+    assert len(live) == TRIALS, ([t.state.name for t in trials], kills)
     assert {t.state.name for t in live} <= {"COMPLETE", "PRUNED"}, ([t.state.name for t in live], kills)
+    ran = {t.user_attrs["ray_trial_id"] for t in live}
+    assert set(tune_trials) <= ran, (sorted(tune_trials), sorted(ran), kills)
+    if ran != set(tune_trials):
+        # With no whole Tune snapshot to restore, a resume starts Tune again in the same study for
+        # the trials it lacks: those that ended under the earlier Tune experiment are not in it.
+        assert "starting the Tune experiment again in the same study" in log, (sorted(ran), kills)
     audits = audit_run(run)
     for t in live:
         audit = audits[t.user_attrs["ray_trial_id"]]
@@ -149,8 +155,8 @@ def test_driver_killed_three_times_then_resumed(tmp_path, tiny_fixed, helpers, d
     # ASHA: the rungs of the search's trials only grow across kills (entries of trials Tune did not
     # restore, orphans, are dropped on resume and none are left); entries are real
     for before, after in zip(rungs, rungs[1:]):
-        assert {e for e in before if e[1] in tune_trials} <= after, kills
-    assert {t for _, t in rungs[-1]} <= set(tune_trials), (rungs[-1], kills)
+        assert {e for e in before if e[1] in ran} <= after, kills
+    assert {t for _, t in rungs[-1]} <= ran, (rungs[-1], kills)
     reached = {a.trial_id: a.last_epoch for a in audits.values()}
     for milestone, trial_id in rungs[-1]:
         assert reached.get(trial_id, 0) >= milestone, (trial_id, milestone, kills)
@@ -161,7 +167,7 @@ def test_driver_killed_three_times_then_resumed(tmp_path, tiny_fixed, helpers, d
     by_trial: dict[str, list] = {}
     for r in children:
         by_trial.setdefault(r.data.tags["ckd.trial_id"], []).append(r)
-    for trial_id in tune_trials:
+    for trial_id in ran:
         (child,) = by_trial.pop(trial_id)
         assert child.info.status == "FINISHED", (trial_id, child.info.status, kills)
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "train_loss")]

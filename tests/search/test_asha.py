@@ -140,3 +140,29 @@ def test_an_earlier_replayed_epoch_still_continues(tmp_path: Path):
     assert restored.on_trial_result(None, trial, {"epoch": 1.0, METRIC: 0.9}) == "CONTINUE"
     # ... where it is stopped as it was
     assert restored.on_trial_result(None, trial, {"epoch": 2.0, METRIC: 0.5}) == "STOP"
+
+
+def test_restart_keeps_the_entries_of_trials_whose_optuna_record_ended(tmp_path: Path):
+    import optuna
+    from optuna.trial import TrialState
+
+    from ckd_search.search.optuna_search import RAY_TRIAL_ATTR
+    from ckd_search.search.optuna_search import journal_storage
+
+    journal = tmp_path / "optuna.journal"
+    study = optuna.create_study(study_name="s", storage=journal_storage(journal), direction="maximize")
+    for ray_id, state in (("a0", TrialState.PRUNED), ("a1", None)):  # a1: asked, never ended
+        trial = study.ask()
+        trial.set_user_attr(RAY_TRIAL_ATTR, ray_id)
+        if state is not None:
+            study.tell(trial, state=state)
+    path = tmp_path / "asha_state.json"
+    _first_driver(path, {"a0": 0.9, "a1": 0.8})
+
+    # no whole snapshot: a new Tune experiment runs only what the study lacks; a0 ended, a1 did not
+    restarted = PersistentASHA(path, max_t=4, grace_period=1, reduction_factor=2, journal=(str(journal), "s"))
+    restarted.set_search_properties(METRIC, "max")
+    fresh = [_trial("n0", "PENDING")]
+    restarted.on_trial_add(None, fresh[0])
+    restarted.on_trial_result(_controller(fresh), fresh[0], {"epoch": 1.0, METRIC: 0.1})
+    assert _entries(path) == {"a0", "n0"}  # a0 is the study's, a1's config is re-run by an adopter
