@@ -262,8 +262,9 @@ def run() -> NoReturn:
     """The ``ckd-search`` program: :func:`main`'s exit code, without the interpreter's final sweep.
 
     Python's last garbage collection at exit walks every object torch, Ray and MLflow created and
-    frees nothing that outlives the process: 5-25 s after ``ckd-search demo`` on 2 cores. Frozen
-    objects are skipped by it; atexit handlers (Ray, MLflow, logging) still run.
+    frees nothing that outlives the process: seconds after ``ckd-search demo`` on 2 cores (a stack
+    dump of a 5 s exit showed it). Frozen objects are skipped by it; atexit handlers (Ray, MLflow,
+    logging) still run.
     """
     code = main()
     gc.freeze()
