@@ -51,11 +51,17 @@ def import_all(modules: Sequence[str]) -> list[str]:
     return failed
 
 
+def start_importing(modules: Sequence[str]) -> threading.Thread:
+    """A started daemon thread running :func:`import_all` over ``modules``."""
+    thread = threading.Thread(target=import_all, args=(tuple(modules),), name="ckd-import-ahead", daemon=True)
+    thread.start()
+    return thread
+
+
 @contextmanager
 def importing(modules: Sequence[str]) -> Iterator[None]:
     """Import ``modules`` in a thread while the block runs; wait for it at the block's end."""
-    thread = threading.Thread(target=import_all, args=(tuple(modules),), name="ckd-import-ahead", daemon=True)
-    thread.start()
+    thread = start_importing(modules)
     try:
         yield
     finally:
@@ -71,10 +77,7 @@ class ImportAhead(Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if self.thread is None:
-            self.thread = threading.Thread(
-                target=import_all, args=(self.modules,), name="ckd-import-ahead", daemon=True
-            )
-            self.thread.start()
+            self.thread = start_importing(self.modules)
 
     def __getstate__(self) -> dict[str, Any]:  # Tune snapshots its callbacks: a thread does not pickle
         return {"modules": self.modules, "thread": None}
