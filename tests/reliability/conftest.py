@@ -20,7 +20,8 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
-import yaml
+
+from tests.helpers import two_key_space
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -31,23 +32,6 @@ def tiny_fixed(
 ) -> dict[str, Any]:
     """The tiny config with one data/teacher cache for the whole suite (built once)."""
     return {**tiny_search_config, "data.cache_dir": str(tmp_path_factory.mktemp("reliability-cache"))}
-
-
-def write_space(folder: Path, fixed: dict[str, Any], name: str = "space.yaml", **sections: Any) -> Path:
-    """A search-space file: two searched keys, CPU trials, overridable sections."""
-    raw: dict[str, Any] = {
-        "study": {"name": "rel", "metric": "train_loss", "mode": "min", "num_trials": 3, "seed": 0},
-        "fixed": fixed,
-        "space": {
-            "loss.beta": {"type": "uniform", "low": 0.0, "high": 4.0},
-            "kd.temperature": {"type": "choice", "values": [2.0, 4.0]},
-        },
-        "resources": {"cpu": 1, "gpu": 0},
-    }
-    raw.update(sections)
-    path = folder / name
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
 
 
 class Driver:
@@ -148,7 +132,7 @@ def mlflow_runs(settings: Any) -> tuple[Any, list, list]:
 @pytest.fixture
 def helpers() -> SimpleNamespace:
     return SimpleNamespace(
-        write_space=write_space,
+        write_space=two_key_space,
         start_driver=start_driver,
         journal_trials=journal_trials,
         mlflow_runs=mlflow_runs,

@@ -15,30 +15,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 from ray.tune import Callback
 
 from ckd_search.cli import main
 from ckd_search.search.settings import SearchSettings
+from tests.helpers import two_key_space
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-
-
-def space_file(tmp_path: Path, fixed: dict[str, Any], **sections: Any) -> Path:
-    raw = {
-        "study": {"name": "t", "metric": "train_loss", "mode": "min", "num_trials": 4, "seed": 1},
-        "fixed": fixed,
-        "space": {
-            "loss.beta": {"type": "uniform", "low": 0.0, "high": 8.0},
-            "kd.temperature": {"type": "choice", "values": [2.0, 4.0]},
-        },
-        "resources": {"cpu": 1, "gpu": 0},
-    }
-    raw.update(sections)
-    path = tmp_path / "space.yaml"
-    path.write_text(yaml.safe_dump(raw, sort_keys=False))
-    return path
 
 
 def journal_trials(settings: SearchSettings) -> list:
@@ -72,7 +56,7 @@ def gpu_search(tmp_path_factory, tiny_fixed) -> Iterator[tuple[SearchSettings, A
     from ckd_search.search.tuner import run_search
 
     tmp = tmp_path_factory.mktemp("gpu-search")
-    path = space_file(
+    path = two_key_space(
         tmp,
         {**tiny_fixed, "run.epochs": 3},
         study={"name": "lgpu", "metric": "train_loss", "mode": "min", "num_trials": 5, "seed": 1},
@@ -177,7 +161,7 @@ def test_export_retrains_to_the_same_metric(gpu_search, tmp_path, capsys):
 
 def test_warm_start_from_an_earlier_search(gpu_search, tmp_path, tiny_fixed):
     settings, outcome = gpu_search
-    path = space_file(
+    path = two_key_space(
         tmp_path,
         {**tiny_fixed, "run.epochs": 3},
         study={"name": "warm", "metric": "train_loss", "mode": "min", "num_trials": 1},
@@ -206,7 +190,7 @@ def test_failing_trials_are_recorded_as_failed(tmp_path, tiny_fixed, ray_cleanup
     from ckd_search.search.tuner import create_search
     from ckd_search.search.tuner import run_search
 
-    path = space_file(
+    path = two_key_space(
         tmp_path,
         tiny_fixed,
         study={"name": "fail", "num_trials": 2, "max_failures": 0},
@@ -273,7 +257,7 @@ def test_resume_finishes_an_interrupted_search(tmp_path, tiny_fixed, monkeypatch
     from ckd_search.search.tuner import run_search
 
     monkeypatch.setenv("TUNE_GLOBAL_CHECKPOINT_S", "0")
-    path = space_file(
+    path = two_key_space(
         tmp_path,
         {**tiny_fixed, "run.epochs": 3},
         study={"name": "resume", "metric": "train_loss", "mode": "min", "num_trials": 5, "seed": 3},
@@ -416,7 +400,7 @@ def two_node_cluster(tmp_path) -> Iterator[tuple[str, dict[str, str]]]:
 
 def test_search_on_a_two_node_cluster(two_node_cluster, tmp_path, tiny_fixed):
     address, env = two_node_cluster
-    path = space_file(
+    path = two_key_space(
         tmp_path,
         tiny_fixed,
         study={"name": "cluster", "num_trials": 2, "seed": 0},
