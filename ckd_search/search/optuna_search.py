@@ -34,10 +34,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import optuna
 from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from ckd_search.search.outcome import COMPLETED
@@ -55,14 +57,14 @@ RAY_TRIAL_ATTR = "ray_trial_id"
 ERROR_ATTR = "error"
 
 
-def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
-    """The sampler named in ``searcher``, seeded with ``study.seed``.
+def make_sampler(space: SearchSpace, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler named in ``searcher``, seeded with ``seed`` (default ``study.seed``).
 
     TPE is Optuna 5's default (multivariate, constant liar: parallel ``ask()`` calls see running
     trials as bad, so concurrent trials spread out); with conditions it groups the conditional
     sub-spaces (``group=True``) so multivariate TPE still models them.
     """
-    seed = space.study.seed
+    seed = space.study.seed if seed is None else seed
     opts = dict(space.searcher.options)
     kind = space.searcher.type
     if kind == "tpe":
@@ -89,6 +91,12 @@ def make_sampler(space: SearchSpace) -> optuna.samplers.BaseSampler:
     raise ValueError(f"unknown searcher {kind!r}")  # load_space rejects it first
 
 
+def resumed_seed(seed: int, trials: int) -> int:
+    """The sampler seed of a search resumed with ``trials`` trials in its study: past every draw
+    made so far, yet the same for the same journal (a resumed search stays reproducible)."""
+    return int(np.random.SeedSequence([seed, trials]).generate_state(1)[0])
+
+
 def journal_storage(path: str | Path) -> JournalStorage:
     """A journal-file storage; ``optuna-dashboard PATH`` opens it."""
     Path(path).parent.mkdir(parents=True, exist_ok=True)
@@ -104,6 +112,8 @@ class StudySearch(OptunaSearch):
         journal_path: the study's journal file.
         max_t: ASHA's ``max_t`` (None without ASHA): the budget that counts as complete.
         warm_start: parameter sets enqueued before the sampler's own (``--warm-start-from``).
+        num_trials: the study's trial budget (default ``study.num_trials``); a restored experiment
+            asks no new trial past it (its snapshot may predate trials the journal holds).
     """
 
     def __init__(
@@ -113,6 +123,7 @@ class StudySearch(OptunaSearch):
         journal_path: str | Path,
         max_t: int | None,
         warm_start: list[dict[str, Any]] | None = None,
+        num_trials: int | None = None,
     ) -> None:
         multi = space.study.multi_objective
         super().__init__(
@@ -128,6 +139,8 @@ class StudySearch(OptunaSearch):
             storage=journal_storage(journal_path),
         )
         self._space = SpaceSampler(space.params)
+        self._search_space = space
+        self._num_trials = space.study.num_trials if num_trials is None else int(num_trials)
         self._max_t = max_t
         self._journal_path = str(journal_path)
         self._orphans: list[int] = []  # journal trial ids (storage ids) waiting to be adopted
@@ -157,6 +170,7 @@ class StudySearch(OptunaSearch):
             self._setup_study(self._mode or "max")
             if existing:  # the Tune experiment starts again (no snapshot): every RUNNING trial is stale
                 self._collect_orphans()
+                self._advance_sampler()
         assert self._ot_study is not None
         return self._ot_study
 
@@ -164,9 +178,36 @@ class StudySearch(OptunaSearch):
     def study(self) -> optuna.Study:
         return self._open_study()
 
-    def suggest(self, trial_id: str) -> dict | None:
+    def _advance_sampler(self) -> None:
+        """Reseed the sampler past the draws the study has used (search.md pitfall 12).
+
+        A restart builds the sampler from ``study.seed`` again and a restore brings back the
+        snapshot's; both would replay the random draws of the trials asked since, so the resumed
+        search would propose configurations it has already run.
+        """
+        study = self._open_study()
+        trials = len(study.get_trials(deepcopy=False))
+        self._sampler = make_sampler(
+            self._search_space, seed=resumed_seed(self._search_space.study.seed, trials)
+        )
+        study.sampler = self._sampler
+
+    def _budget_spent(self) -> bool:
+        """The study already holds ``num_trials`` trials that ran or run (orphans marked FAIL aside)."""
+        live = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+        held = [
+            t
+            for t in self.study.get_trials(deepcopy=False, states=live)
+            if not t.system_attrs.get(ORPHAN_ATTR)
+        ]
+        return len(held) >= self._num_trials
+
+    def suggest(self, trial_id: str) -> dict | str | None:
         self._open_study()  # before Ray's suggest, which uses the study unchecked
         adopted = trial_id not in self._ot_trials and self._adopt(trial_id)
+        if trial_id not in self._ot_trials and self._budget_spent():
+            log.info("the study holds its %d trials; no new trial for %s", self._num_trials, trial_id)
+            return Searcher.FINISHED
         params = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and (adopted or RAY_TRIAL_ATTR not in ot_trial.user_attrs):
@@ -273,6 +314,7 @@ class StudySearch(OptunaSearch):
         if self._ot_study is None:
             return
         self._collect_orphans()
+        self._advance_sampler()
 
     def _collect_orphans(self) -> None:
         known = {t._trial_id for t in self._ot_trials.values()}

@@ -51,3 +51,53 @@ def test_a_restarted_experiment_adopts_the_unfinished_trial(tmp_path, write_spac
     (trial,) = optuna.load_study(study_name="s", storage=journal_storage(journal)).trials
     assert trial.state == TrialState.COMPLETE and trial.intermediate_values == {1: 0.9, 2: 0.4}
     assert trial.user_attrs[RAY_TRIAL_ATTR] == "b" and trial.system_attrs[IDS_ATTR] == ["a", "b"]
+
+
+RANDOM = {**SPACE, "searcher": "random"}
+
+
+def _run(searcher: StudySearch, trial_id: str, loss: float) -> dict:
+    params = searcher.suggest(trial_id)
+    searcher.on_trial_complete(trial_id, {"train_loss": loss, "epoch": 2})
+    return params
+
+
+def test_a_restarted_search_draws_past_the_trials_it_has(tmp_path, write_space):
+    space = load_space(write_space(RANDOM))
+    journal = tmp_path / "optuna.journal"
+    first = StudySearch(space, "s", journal, max_t=2)
+    first.set_search_properties("train_loss", "min", {})
+    earlier = [_run(first, "a", 0.5), _run(first, "b", 0.4)]
+    # a fresh sampler seeded with study.seed would propose trial a's parameters again
+    restarted = StudySearch(space, "s", journal, max_t=2)
+    restarted.set_search_properties("train_loss", "min", {})
+    assert restarted.suggest("c") not in earlier
+
+
+def test_a_restored_search_draws_past_its_snapshot(tmp_path, write_space):
+    space = load_space(write_space(RANDOM))
+    journal = tmp_path / "optuna.journal"
+    first = StudySearch(space, "s", journal, max_t=2)
+    first.set_search_properties("train_loss", "min", {})
+    _run(first, "a", 0.5)
+    first.save(str(tmp_path / "searcher.pkl"))
+    after_snapshot = _run(first, "b", 0.4)  # ended before the driver died, after the snapshot
+    restored = StudySearch(space, "s", journal, max_t=2)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("c") != after_snapshot  # the snapshot's sampler state would replay b
+
+
+def test_a_resumed_search_asks_no_trial_past_its_budget(tmp_path, write_space):
+    from ray.tune.search import Searcher
+
+    space = load_space(write_space(RANDOM))
+    journal = tmp_path / "optuna.journal"
+    first = StudySearch(space, "s", journal, max_t=2, num_trials=2)
+    first.set_search_properties("train_loss", "min", {})
+    first.save(str(tmp_path / "searcher.pkl"))  # the snapshot knows no trial
+    _run(first, "a", 0.5)
+    _run(first, "b", 0.4)
+    restored = StudySearch(space, "s", journal, max_t=2, num_trials=2)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    assert restored.suggest("c") == Searcher.FINISHED
+    assert len(optuna.load_study(study_name="s", storage=journal_storage(journal)).trials) == 2
