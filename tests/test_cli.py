@@ -42,3 +42,30 @@ def test_exit_code_lets_other_errors_through():
 
     with pytest.raises(RuntimeError):
         exit_code(broken, "packing")
+
+
+@pytest.mark.parametrize(
+    ("flags", "shown"),
+    [
+        (["--num-trials", "50"], "drop --num-trials 50"),
+        (["--set", "run.epochs=3", "kd.k=1"], "drop --set run.epochs=3 kd.k=1"),
+        (["--set"], "drop --set\n"),  # a bare --set is given too (an empty list, not None)
+        (["--out", "elsewhere"], "drop --out elsewhere"),
+        (["--storage", "/nfs/x"], "drop --storage /nfs/x"),
+        (["--mlflow-uri", "http://m:5000"], "drop --mlflow-uri http://m:5000"),
+        (["--num-trials", "5", "--out", "o"], "drop --num-trials 5, --out o"),
+    ],
+)
+def test_resume_refuses_flags_of_a_new_search(tmp_path, capsys, flags, shown):
+    assert cli.main(["search", "--resume", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ckd-search: error: --resume RUN_DIR continues a search as it was")
+    assert shown in err and err.count("\n") == 1
+
+
+def test_resume_lets_the_cluster_change(tmp_path, capsys):
+    # --address/--cpus/--gpus pass the flag check; the empty RUN_DIR is what fails (no settings)
+    flags = ["--address", "auto", "--cpus", "2", "--gpus", "0"]
+    assert cli.main(["search", "--resume", str(tmp_path), *flags]) == 2
+    err = capsys.readouterr().err
+    assert "drop" not in err and str(tmp_path) in err

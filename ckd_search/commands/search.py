@@ -83,6 +83,10 @@ def run_search_command(args: argparse.Namespace) -> int:
             raise UserError("--resume RUN_DIR continues a search as it was; drop --space")
         if args.warm_start_from:
             raise UserError("--warm-start-from applies to new searches only")
+        # The study, run directory and stores are fixed when a search starts (settings.json);
+        # only where it runs (--address, --cpus, --gpus) may change.
+        if given := _fixed_on_resume(args):
+            raise UserError(f"--resume RUN_DIR continues a search as it was; drop {', '.join(given)}")
         settings = SearchSettings.load(args.resume, for_resume=True)
         for name in ("address", "cpus", "gpus"):
             if getattr(args, name) is not None:
@@ -113,6 +117,27 @@ def run_search_command(args: argparse.Namespace) -> int:
             raise
     print_outcome(outcome)
     return 0 if outcome.finished else 130
+
+
+#: ``search`` flags that set up a new search; a resumed one keeps what it was started with.
+_NEW_SEARCH_FLAGS = (
+    ("num_trials", "--num-trials"),
+    ("set", "--set"),
+    ("out", "--out"),
+    ("storage", "--storage"),
+    ("mlflow_uri", "--mlflow-uri"),
+)
+
+
+def _fixed_on_resume(args: argparse.Namespace) -> list[str]:
+    """Each new-search flag given, with its value as typed (a bare ``--set`` is ``[]``, not None)."""
+    given = []
+    for name, flag in _NEW_SEARCH_FLAGS:
+        value = getattr(args, name, None)
+        if value is not None:
+            shown = " ".join(value) if isinstance(value, list) else str(value)
+            given.append(f"{flag} {shown}".rstrip())
+    return given
 
 
 #: What ``create_search`` (and the driver lock) write before a search starts.

@@ -202,12 +202,12 @@ class StudySearch(OptunaSearch):
         ]
         return len(held) >= self._num_trials
 
-    def suggest(self, trial_id: str) -> dict | str | None:
+    def suggest(self, trial_id: str) -> dict | None:
         self._open_study()  # before Ray's suggest, which uses the study unchecked
         adopted = trial_id not in self._ot_trials and self._adopt(trial_id)
         if trial_id not in self._ot_trials and self._budget_spent():
             log.info("the study holds its %d trials; no new trial for %s", self._num_trials, trial_id)
-            return Searcher.FINISHED
+            return Searcher.FINISHED  # type: ignore[return-value]  # Ray's sentinel string
         params = super().suggest(trial_id)
         ot_trial = self._ot_trials.get(trial_id)
         if ot_trial is not None and (adopted or RAY_TRIAL_ATTR not in ot_trial.user_attrs):

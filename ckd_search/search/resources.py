@@ -1,7 +1,10 @@
 """Ray cluster start/join and per-trial resources: how many trials fit, failing fast when none can.
 
 ``--gpus N`` is the search's GPU budget: with a per-trial share ``f`` at most ``N / f`` trials run at
-once (Ray's fractions are bookkeeping, pitfall 10; :mod:`trainables.ckd` caps each trial's memory).
+once (Ray's fractions are bookkeeping, pitfall 10; :mod:`trainables.ckd` caps each trial's memory),
+and at most ``floor(1 / f)`` on each card, since Ray never splits one trial's share across cards.
+Without ``study.max_concurrent`` the cap is what the resources allow; a warning says when that is
+over half the study (a model-based searcher then samples mostly blind, ray#14770).
 ``--gpus 0`` or ``resources.gpu: 0`` runs CPU trials. A request no node can satisfy would stay
 PENDING forever in Ray (pitfall 9), so it is a UserError before any trial starts.
 """
@@ -144,7 +147,7 @@ def plan_trials(
     fits = 0
     for node_cpus, node_gpus in cluster.nodes:
         by_cpu = math.floor(node_cpus / trial.cpu + 1e-9)
-        by_gpu = math.floor(node_gpus / share + 1e-9) if share > 0 else by_cpu
+        by_gpu = _trials_on_gpus(node_gpus, share) if share > 0 else by_cpu
         fits += min(by_cpu, by_gpu)
     limits = [fits, num_trials]
     if share > 0:
@@ -154,4 +157,24 @@ def plan_trials(
     if study.max_concurrent:
         limits.append(study.max_concurrent)
     max_concurrent = max(1, min(limits))
+    if not study.max_concurrent and num_trials > 1 and max_concurrent > num_trials // 2:
+        # ray#14770: trials started together are sampled before any result is back, so with most of
+        # the study in flight TPE (or CMA-ES) has little to learn from: it is close to random search
+        log.warning(
+            "%d of %d trials may run at once (all the resources allow): a model-based searcher "
+            "samples most of them before any finishes; set study.max_concurrent to cap this",
+            max_concurrent,
+            num_trials,
+        )
     return Plan(trial, max_concurrent, budget)
+
+
+def _trials_on_gpus(node_gpus: float, share: float) -> int:
+    """Trials of ``share`` GPU that fit on a node: Ray places a fractional request on one card, so
+    the cards count separately (2 GPUs at 0.4 each: 2 per card, 4, not 2 / 0.4 = 5)."""
+    if share >= 1:
+        return math.floor(node_gpus / share + 1e-9)
+    per_card = math.floor(1 / share + 1e-9)
+    cards = math.floor(node_gpus + 1e-9)
+    rest = node_gpus - cards  # a node with a fractional GPU count: its last, partial card
+    return cards * per_card + (math.floor(rest / share + 1e-9) if rest > 1e-9 else 0)

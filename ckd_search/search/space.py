@@ -10,7 +10,7 @@ naming the file, the key and the value (``space.kd.k.low=-1.0 must be > 0 for a 
       metric: best_test_acc         # an engine metric, or a list of them (multi-objective)
       mode: max                     # max | min, or a list as long as the metric list
       num_trials: 32                # trials to run (>= 1)
-      seed: 0                       # seed of the searcher
+      seed: 0                       # seed of the searcher (0 .. 2**32 - 1)
       max_concurrent: 4             # cap on trials at once (default: what the resources allow)
       max_failures: 1               # retries of a crashed trial from its last checkpoint
     fixed:                          # dotted engine-config keys (ckd_search.config), held constant
@@ -36,10 +36,15 @@ Rules checked by :func:`load_space` (before Ray starts):
   ``loguniform`` and ``int`` with ``log: true`` need ``low > 0``; ``choice``/``grid`` need a non-empty
   list of distinct scalars; every bound and value is valid for its config field (``Config.from_dict``);
 - ``condition`` names another ``choice``/``grid`` parameter and one (or a list) of its values; no cycles;
-- ``grid`` parameters need ``searcher: grid``, which takes only ``grid``/``choice`` parameters;
+- ``grid`` parameters need ``searcher: grid``, which takes only ``grid``/``choice`` parameters
+  without conditions (GridSampler would run the same config several times);
 - ``scheduler.asha``: ``max_t >= 1``, ``1 <= grace_period <= max_t``, ``reduction_factor > 1``;
   ASHA needs one metric (pitfall 1: it cannot rank several);
 - a list of metrics needs ``searcher: tpe`` or ``nsga2``; ``nsga2`` needs a list of metrics;
+- every metric is reported on every epoch of every trial (Tune stops a trial missing it):
+  ``test_acc``, ``timesteps``, ``sops_per_sample``, ``energy_uj`` need ``run.eval_every: 1``;
+  ``loss_kd`` and ``teacher_test_acc`` need KD (``kd.enabled`` and ``loss.method: ckd``);
+  ``loss_cls_s`` and ``loss_da`` need ``loss.method: ckd``;
 - ``resources.cpu > 0``; ``0 <= resources.gpu <= 1`` (0 = CPU trial, else ``0 < gpu <= 1``);
 - ``data.*``/``teacher.*`` parameters change the prepared data and teacher, which a search prepares
   once per distinct setting on the driver: they must be ``choice`` (or ``grid``);
@@ -90,7 +95,8 @@ PARAM_KEYS: dict[str, tuple[str, ...]] = {
     "choice": ("values",),
     "grid": ("values",),
 }
-#: Metrics the engine reports every epoch (engine.fit's ``on_epoch_end``); ``study.metric`` is one.
+#: Metrics the engine reports (engine.fit's ``on_epoch_end``); ``study.metric`` is one of them. Some
+#: are missing from some epochs or runs (below), which Tune refuses for its metric.
 ENGINE_METRICS = frozenset(
     {
         "test_acc",
@@ -113,6 +119,14 @@ ENGINE_METRICS = frozenset(
         "teacher_test_acc",
     }
 )
+#: Reported only on evaluation epochs (engine.fit: every ``run.eval_every`` epochs and the last).
+EVAL_METRICS = frozenset({"test_acc", "timesteps", "sops_per_sample", "energy_uj"})
+#: Reported only when the run distils from a teacher (``kd.enabled`` and ``loss.method: ckd``).
+KD_METRICS = frozenset({"loss_kd", "teacher_test_acc"})
+#: Reported only by the two-stream loss (``loss.method: ckd``; dvs_only has loss_cls_e alone).
+TWO_STREAM_METRICS = frozenset({"loss_cls_s", "loss_da"})
+#: Optuna's samplers seed numpy's generator, which takes at most 32 bits.
+MAX_SEED = 2**32 - 1
 #: Prefixes of config keys whose values change ``engine.prepare_key`` (data and teacher).
 PREPARE_PREFIXES = ("data.", "teacher.")
 Scalar = bool | int | float | str | None
@@ -337,7 +351,8 @@ def parse_space(
     searcher = _parse_searcher(raw.get("searcher", "tpe"), study, params, err)
     resources = _parse_resources(_mapping(raw, "resources", err), err)
     space = SearchSpace(where, study, fixed, params, scheduler, searcher, resources)
-    _check_against_config(space, err)
+    base = _check_against_config(space, err)
+    _check_metrics(space, base, err)
     return space
 
 
@@ -369,7 +384,7 @@ def _number(value: Any, key: str, err: _Errors, *, integer: bool = False) -> flo
         err.fail(key, value, "must be an integer" if integer else "must be a number")
     try:
         number = float(value)
-    except (TypeError, ValueError):
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an int too large for a float
         err.fail(key, value, "must be an integer" if integer else "must be a number")
     if not math.isfinite(number):
         err.fail(key, value, "must be finite")
@@ -390,6 +405,8 @@ def _parse_study(raw: dict[str, Any], err: _Errors, default_name: str) -> Study:
     if not metrics:
         err.fail("study.metric", metric, "must not be an empty list")
     for m in metrics:
+        if not isinstance(m, str):  # a mapping or nested list is unhashable: no set lookup
+            err.fail("study.metric", m, "must be a metric name or a list of metric names")
         if m not in ENGINE_METRICS:
             err.fail(
                 "study.metric", m, f"is not an engine metric (known: {', '.join(sorted(ENGINE_METRICS))})"
@@ -407,8 +424,8 @@ def _parse_study(raw: dict[str, Any], err: _Errors, default_name: str) -> Study:
     if num_trials < 1:
         err.fail("study.num_trials", num_trials, "must be >= 1")
     seed = int(_number(raw.get("seed", 0), "study.seed", err, integer=True))
-    if seed < 0:
-        err.fail("study.seed", seed, "must be >= 0")
+    if not 0 <= seed <= MAX_SEED:
+        err.fail("study.seed", seed, f"must be in 0 .. {MAX_SEED} (2**32 - 1)")
     max_conc = raw.get("max_concurrent")
     if max_conc is not None:
         max_conc = int(_number(max_conc, "study.max_concurrent", err, integer=True))
@@ -662,6 +679,14 @@ def _parse_searcher(raw: Any, study: Study, params: Sequence[Param], err: _Error
                     p.type,
                     "cannot be enumerated by searcher: grid; use grid or choice",
                 )
+            if p.condition:
+                # GridSampler enumerates the full product: skipping a conditioned key repeats configs
+                err.fail(
+                    f"space.{p.key}.condition",
+                    {k: list(v) for k, v in p.condition},
+                    "cannot be used with searcher: grid (it would run the same config several "
+                    "times); drop the condition or use searcher: tpe or random",
+                )
     else:
         for p in params:
             if p.type == "grid":
@@ -684,14 +709,17 @@ def _parse_resources(raw: dict[str, Any], err: _Errors) -> Resources:
     return Resources(cpu, gpu)
 
 
-def _check_against_config(space: SearchSpace, err: _Errors) -> None:
-    """Build configs from fixed values plus the bounds/values of each parameter (ConfigError -> key)."""
+def _check_against_config(space: SearchSpace, err: _Errors) -> Config:
+    """Build configs from fixed values plus the bounds/values of each parameter (ConfigError -> key).
+
+    Returns the config of the first probe: its unsearched values are those of every trial.
+    """
     base: dict[str, Any] = {}
     for p in space.params:
         if p.applies(base):
             base[p.key] = p.probe_values()[0]
     try:
-        space.build_config(base)
+        config = space.build_config(base)
     except ConfigError as exc:
         where = "fixed" if exc.key in space.fixed or exc.key not in space.keys else "space"
         err.fail(f"{where}.{exc.key}", exc.value, exc.rule)
@@ -706,6 +734,39 @@ def _check_against_config(space: SearchSpace, err: _Errors) -> None:
                 detail = "" if exc.key == p.key else f" ({exc.key}={exc.value!r} {exc.rule})"
                 rule = exc.rule if exc.key == p.key else "gives an invalid config"
                 err.fail(f"space.{p.key}", value, rule + detail)
+    return config
+
+
+def _trial_values(space: SearchSpace, base: Config, key: str) -> set[Any]:
+    """Values ``key`` can take in a trial: the fixed (or default) one, or those searched."""
+    if key not in space.keys:
+        return {base.flat()[key]}
+    p = space.param(key)
+    values = set(p.probe_values())  # int: low < high, so the bounds show whether it varies
+    if p.condition:  # where the condition fails, the trial keeps the config default
+        values.add(Config().flat()[key])
+    return values
+
+
+def _check_metrics(space: SearchSpace, base: Config, err: _Errors) -> None:
+    """Refuse metrics some epochs or runs never report: Tune stops a trial missing its metric."""
+    eval_every = _trial_values(space, base, "run.eval_every")
+    enabled = _trial_values(space, base, "kd.enabled")
+    methods = _trial_values(space, base, "loss.method")
+    for m in space.study.metrics:
+        if m in EVAL_METRICS and eval_every != {1}:
+            shown = ", ".join(str(v) for v in sorted(eval_every))
+            err.fail(
+                "study.metric",
+                m,
+                f"is reported only on evaluation epochs, but run.eval_every is {shown} (not 1); "
+                "set run.eval_every: 1 or use best_test_acc",
+            )
+        if m in TWO_STREAM_METRICS and "ckd" not in methods:
+            err.fail("study.metric", m, "is not reported with loss.method: dvs_only (one stream only)")
+        if m in KD_METRICS and (True not in enabled or "ckd" not in methods):
+            why = "kd.enabled is false" if True not in enabled else "loss.method is not ckd"
+            err.fail("study.metric", m, f"is reported only when the run distils from a teacher, but {why}")
 
 
 def check_draws(

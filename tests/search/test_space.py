@@ -112,6 +112,11 @@ def test_define_by_run_honours_conditions(write_space):
         (mutate("study/num_trials", 0), "study.num_trials"),
         (mutate("study/budget", 3), "study.budget"),
         (mutate("study/metric", ["best_test_acc", "sops_per_sample"]), "scheduler"),
+        (mutate("study/seed", 2**32), "study.seed=4294967296"),
+        (mutate("study/seed", -1), "study.seed=-1"),
+        (mutate("study/seed", 10**400), "study.seed"),  # too large even for a float
+        (mutate("study/metric", {"best_test_acc": "max"}), "study.metric={'best_test_acc': 'max'}"),
+        (mutate("study/metric", [["best_test_acc"]]), "study.metric=['best_test_acc']"),
     ],
 )
 def test_malformed_space_names_the_key(write_space, raw, names):
@@ -166,6 +171,77 @@ def test_grid_searcher_enumerates(write_space):
     raw["space"]["loss.beta"] = {"type": "uniform", "low": 0.0, "high": 1.0}
     with pytest.raises(UserError, match="space.loss.beta.type"):
         load_space(write_space(raw))
+
+
+def test_grid_searcher_refuses_conditions():
+    raw = {
+        "space": {
+            "kd.schedule": {"type": "choice", "values": ["phased", "adaptive"]},
+            "kd.p_th": {"type": "grid", "values": [0.3, 0.6], "condition": {"kd.schedule": "adaptive"}},
+        },
+        "searcher": "grid",
+    }
+    with pytest.raises(UserError, match=r"space\.kd\.p_th\.condition=.* searcher: grid"):
+        parse_space(raw)
+    del raw["space"]["kd.p_th"]["condition"]
+    assert parse_space(raw).grid_size() == 4
+
+
+def test_seed_bounds():
+    assert parse_space(mutate("study/seed", 2**32 - 1)).study.seed == 2**32 - 1
+    assert parse_space(mutate("study/seed", 0)).study.seed == 0
+
+
+@pytest.mark.parametrize("metric", ["test_acc", "timesteps", "sops_per_sample", "energy_uj"])
+def test_eval_only_metrics_need_eval_every_1(metric):
+    raw = mutate("study/metric", metric)
+    assert parse_space(raw).study.metric == metric  # default run.eval_every is 1
+    raw["fixed"]["run.eval_every"] = 2
+    with pytest.raises(UserError, match=f"study.metric='{metric}' .*run.eval_every is 2"):
+        parse_space(raw)
+    # --set reaches the same check
+    with pytest.raises(UserError, match="run.eval_every is 3"):
+        parse_space(mutate("study/metric", metric), overrides={"run.eval_every": 3})
+    raw = mutate("study/metric", metric)
+    raw["space"]["run.eval_every"] = {"type": "choice", "values": [1, 2]}
+    with pytest.raises(UserError, match="run.eval_every is 1, 2"):
+        parse_space(raw)
+    raw["space"]["run.eval_every"] = {"type": "choice", "values": [1]}
+    assert parse_space(raw).study.metric == metric
+    # metrics reported every epoch do not care
+    raw = mutate("fixed/run.eval_every", 2)
+    assert parse_space(raw).study.metric == "best_test_acc"
+
+
+@pytest.mark.parametrize(
+    ("metric", "fixed", "match"),
+    [
+        ("loss_kd", {"kd.enabled": False}, "kd.enabled is false"),
+        ("teacher_test_acc", {"kd.enabled": False}, "kd.enabled is false"),
+        ("loss_kd", {"loss.method": "dvs_only"}, "loss.method is not ckd"),
+        ("teacher_test_acc", {"loss.method": "dvs_only"}, "loss.method is not ckd"),
+        ("loss_da", {"loss.method": "dvs_only"}, "dvs_only"),
+        ("loss_cls_s", {"loss.method": "dvs_only"}, "dvs_only"),
+    ],
+)
+def test_metrics_a_fixed_config_never_reports(metric, fixed, match):
+    raw = mutate("study/metric", metric)
+    assert parse_space(raw).study.metric == metric  # KD on by default
+    raw["fixed"].update(fixed)
+    with pytest.raises(UserError, match=f"study.metric='{metric}' .*{match}"):
+        parse_space(raw)
+    # as a --set override too
+    with pytest.raises(UserError, match=match):
+        parse_space(mutate("study/metric", metric), overrides=fixed)
+
+
+def test_metrics_of_searched_kd_settings_are_left_to_the_trials():
+    raw = mutate("study/metric", "loss_kd")
+    raw["space"]["kd.enabled"] = {"type": "choice", "values": [True, False]}
+    assert parse_space(raw).study.metric == "loss_kd"
+    raw["space"]["kd.enabled"] = {"type": "choice", "values": [False]}
+    with pytest.raises(UserError, match="kd.enabled is false"):
+        parse_space(raw)
 
 
 @pytest.mark.parametrize(

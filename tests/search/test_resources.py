@@ -1,0 +1,63 @@
+"""Concurrency plans from per-trial resources (no Ray: the cluster is described by hand)."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from ckd_search.search.resources import Cluster
+from ckd_search.search.resources import plan_trials
+from ckd_search.search.space import Resources
+from ckd_search.search.space import Study
+
+
+@pytest.mark.parametrize(
+    ("nodes", "share", "expected"),
+    [
+        (((8.0, 2.0),), 0.4, 4),  # 2 per card (floor(1 / 0.4)), not 2 / 0.4 = 5
+        (((16.0, 3.0),), 0.3, 9),  # 3 per card, not floor(3 / 0.3) = 10
+        (((16.0, 3.0),), 0.4, 6),  # not floor(3 / 0.4) = 7
+        (((8.0, 2.0), (8.0, 1.0)), 0.4, 6),  # per node and card: 4 + 2, not floor(7.5) = 7
+        (((8.0, 2.0),), 0.5, 4),  # exact fractions are unchanged
+        (((8.0, 2.0),), 1.0, 2),  # whole GPUs are unchanged
+        (((8.0, 0.5),), 0.4, 1),  # a node with part of one GPU: what fits in that part
+    ],
+)
+def test_fractional_gpus_are_counted_per_card(nodes, share, expected):
+    plan = plan_trials(Resources(1, share), Study("t"), 100, Cluster(False, nodes), gpus=None, cpus=None)
+    assert plan.max_concurrent == expected
+
+
+def test_gpu_budget_still_caps_below_the_cards():
+    cluster = Cluster(False, ((8.0, 2.0),))
+    plan = plan_trials(Resources(1, 0.4), Study("t"), 100, cluster, gpus=1.0, cpus=None)
+    assert plan.max_concurrent == 2  # floor(1.0 / 0.4)
+
+
+def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_uncapped_concurrency_over_half_the_study_warns(caplog):
+    cluster = Cluster(False, ((16.0, 0.0),))
+    with caplog.at_level(logging.INFO, logger="ckd_search.search.resources"):
+        plan = plan_trials(Resources(1, 0), Study("t"), 20, cluster, gpus=0, cpus=None)
+    assert plan.max_concurrent == 16  # the default cap itself is unchanged
+    (message,) = _warnings(caplog)
+    assert "16 of 20 trials" in message and "study.max_concurrent" in message
+
+
+@pytest.mark.parametrize(
+    ("study", "num_trials", "cpus"),
+    [
+        (Study("t", max_concurrent=16), 20, None),  # the user chose the cap
+        (Study("t"), 20, 10.0),  # resources allow 10: half of 20, not over it
+        (Study("t"), 1, None),  # one trial: nothing to learn from anyway
+    ],
+)
+def test_no_concurrency_warning_when_capped_or_small(caplog, study, num_trials, cpus):
+    cluster = Cluster(False, ((16.0, 0.0),))
+    with caplog.at_level(logging.INFO, logger="ckd_search.search.resources"):
+        plan_trials(Resources(1, 0), study, num_trials, cluster, gpus=0, cpus=cpus)
+    assert _warnings(caplog) == []
