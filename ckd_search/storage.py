@@ -30,7 +30,8 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
 
 
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
-    """Write through ``write(handle)`` into a temp file beside ``path``, fsync, then rename over it."""
+    """Write through ``write(handle)`` into a temp file beside ``path``, fsync, rename over it, then
+    fsync the folder (so the rename itself is on disk)."""
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
@@ -44,7 +45,28 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+    _fsync_dir(target.parent)
     return target
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename in ``folder`` survive a power cut; skipped where a folder cannot be synced."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # Windows and some network file systems refuse fsync on a folder
+    finally:
+        os.close(fd)
+
+
+def atomic_copy(src: str | Path, dst: str | Path) -> Path:
+    """Copy the bytes of ``src`` to ``dst`` through :func:`atomic_write` (never a half-copied ``dst``)."""
+    with open(src, "rb") as source:  # opened first: a missing source creates nothing
+        return atomic_write(dst, lambda handle: shutil.copyfileobj(source, handle))
 
 
 def atomic_write_text(path: str | Path, text: str) -> Path:

@@ -29,7 +29,8 @@ sends queued calls for at most ``flush_budget_s`` seconds before handing the thr
 (the rest go at the next step). A user's own ``MLFLOW_HTTP_REQUEST_TIMEOUT``/``MAX_RETRIES`` wins;
 the variables this callback sets are removed when the search ends. When the search ends during an
 outage the callback keeps retrying for up to ``end_wait_s`` seconds, then saves the queue to
-``RUN_DIR/mlflow_pending.json``; ``--resume`` sends it.
+``RUN_DIR/mlflow_pending.json``; ``--resume`` sends it, and the file keeps the calls not yet sent
+(a driver killed meanwhile loses none).
 """
 
 from __future__ import annotations
@@ -130,6 +131,7 @@ class MlflowTrackingCallback(Callback):
         self._done: dict[str, str] = {}
         self._logged_upto: dict[str, int] = {}
         self._pending: list[dict[str, Any]] = []
+        self._spilled = 0  # how many calls at the head of _pending the spill file still holds
         self._restored = False
         self._reconciled = not restart
         self._verified: set[str] = set()
@@ -145,7 +147,7 @@ class MlflowTrackingCallback(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A callback restored from an older search's snapshot lacks the settings added since.
-        self.__dict__.update(end_wait_s=60.0, call_timeout_s=3.0, flush_budget_s=2.0, _env_set=[])
+        self.__dict__.update(end_wait_s=60.0, call_timeout_s=3.0, flush_budget_s=2.0, _env_set=[], _spilled=0)
         self.__dict__.update(state)
 
     # -- Tune callback API ----------------------------------------------------------------------
@@ -254,7 +256,7 @@ class MlflowTrackingCallback(Callback):
             "runs": dict(self._runs),
             "done": dict(self._done),
             "logged_upto": dict(self._logged_upto),
-            "pending": list(self._pending),
+            "pending": list(self._pending[self._spilled :]),  # the spill file holds the rest
         }
 
     def set_state(self, state: dict) -> None:
@@ -264,6 +266,7 @@ class MlflowTrackingCallback(Callback):
         self._done = dict(state.get("done", {}))
         self._logged_upto = {k: int(v) for k, v in state.get("logged_upto", {}).items()}
         self._pending = list(state.get("pending", []))
+        self._spilled = 0  # setup loads the spill file in front of these
         self._restored = True
         self._verified = set()
 
@@ -309,6 +312,15 @@ class MlflowTrackingCallback(Callback):
         Without ``force`` it stops after ``flush_budget_s`` (True: nothing failed; the rest is sent
         at the next step), so a slow server never holds Tune's driver loop for long.
         """
+        before = len(self._pending)
+        ok = self._send(force)
+        if self._spilled:
+            # a call queued while sending makes this count short: the file then keeps a sent call
+            # (sent again after a crash) but never loses an unsent one
+            self._forget_spilled(before - len(self._pending))
+        return ok
+
+    def _send(self, force: bool) -> bool:
         if not self._pending:
             return True
         now = time.monotonic()
@@ -351,24 +363,52 @@ class MlflowTrackingCallback(Callback):
     def _spill(self) -> None:
         path = Path(self.run_dir) / PENDING_FILE
         if self._pending:
-            path.parent.mkdir(parents=True, exist_ok=True)
             atomic_write_text(path, json.dumps(self._pending))
+            self._spilled = len(self._pending)
             log.warning(
                 "MLflow still unreachable: %d tracking calls saved to %s; `--resume` sends them",
                 len(self._pending),
                 path,
             )
-        elif path.exists():
-            path.unlink()
+        else:
+            path.unlink(missing_ok=True)
+            self._spilled = 0
 
     def _load_spilled(self) -> None:
+        """Queue the calls a search that ended during an outage saved, in front of the restored ones.
+
+        The file stays until they are sent (:meth:`_forget_spilled`): a driver killed before
+        that finds them again at the next ``--resume``.
+        """
         path = Path(self.run_dir) / PENDING_FILE
-        if path.is_file():
-            try:
-                self._pending = json.loads(path.read_text()) + self._pending
-            except ValueError:
-                log.warning("%s: unreadable; ignored", path)
+        if self._spilled:
+            return  # already queued: loading them again would send them twice
+        if not path.is_file():
+            return
+        try:
+            spilled = json.loads(path.read_text())
+            if not isinstance(spilled, list):
+                raise ValueError("not a list of calls")
+        except ValueError as err:
+            log.warning("%s: unreadable (%s); ignored", path, err)
             path.unlink()
+            return
+        self._pending = spilled + self._pending
+        self._spilled = len(spilled)
+
+    def _forget_spilled(self, sent: int) -> None:
+        """Drop the first ``sent`` calls from the spill file (removed once all were sent)."""
+        if sent <= 0:
+            return
+        self._spilled = max(0, self._spilled - sent)
+        path = Path(self.run_dir) / PENDING_FILE
+        try:
+            if self._spilled:
+                atomic_write_text(path, json.dumps(self._pending[: self._spilled]))
+            else:
+                path.unlink(missing_ok=True)
+        except OSError as err:  # the old file only holds more: those calls are sent again, not lost
+            log.warning("%s: not updated (%s)", path, err)
 
     # -- operations ---------------------------------------------------------------------------
     def _run_start_op(self, trial: Any) -> dict[str, Any]:

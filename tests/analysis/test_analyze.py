@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import re
 import shutil
+from contextlib import nullcontext
 
 import pytest
 
@@ -208,3 +210,24 @@ def test_export_parquet_is_read_when_no_result_json(search_run, tmp_path):
     assert run.epochs.empty
     assert main(["analyze", str(run_dir), "--out", str(tmp_path / "report")]) == 0
     assert "hyperparameter importance" in (tmp_path / "report" / "report.md").read_text()
+
+
+def test_a_figure_replaces_its_file_whole_or_not_at_all(tmp_path, monkeypatch):
+    from ckd_search.analysis import plots
+
+    path = tmp_path / "figures" / "plane.png"
+    fig = plots._figure()
+    fig.add_subplot().plot([0, 1], [1, 0])
+    assert plots._save(fig, path) == path
+    old = path.read_bytes()
+    assert old.startswith(b"\x89PNG")
+
+    def torn(target, **kwargs) -> None:  # the canvas fails half way through the PNG
+        with open(target, "wb") if isinstance(target, str | os.PathLike) else nullcontext(target) as out:
+            out.write(old[:40])
+        raise RuntimeError("killed mid-draw")
+
+    monkeypatch.setattr(fig, "savefig", torn)
+    with pytest.raises(RuntimeError, match="mid-draw"):
+        plots._save(fig, path)
+    assert path.read_bytes() == old and os.listdir(path.parent) == ["plane.png"]  # no temp file left

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import threading
@@ -111,7 +112,7 @@ def test_a_callback_pickled_before_the_newer_settings_restores_with_their_defaul
     restored = pickle.loads(pickle.dumps(cb))
     assert restored.end_wait_s == 7.0  # a snapshot's own values win
     old = cb.__getstate__()
-    for name in ("end_wait_s", "call_timeout_s", "flush_budget_s", "_env_set"):
+    for name in ("end_wait_s", "call_timeout_s", "flush_budget_s", "_env_set", "_spilled"):
         del old[name]  # what a snapshot from before these settings holds
     legacy = MlflowTrackingCallback.__new__(MlflowTrackingCallback)
     legacy.__setstate__(old)
@@ -121,4 +122,92 @@ def test_a_callback_pickled_before_the_newer_settings_restores_with_their_defaul
         2.0,
         [],
     )
+    assert legacy._spilled == 0 and legacy.get_state()["pending"] == []
     assert legacy.study_name == "study-1"
+
+
+def _spill_file(run_dir: Path, calls: list[dict]) -> Path:
+    path = run_dir / "mlflow_pending.json"
+    path.write_text(json.dumps(calls))
+    return path
+
+
+def test_spilled_calls_stay_on_disk_until_mlflow_took_them(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking_callback
+):
+    spilled = [{"op": "metrics", "n": n} for n in range(3)]
+    path = _spill_file(tmp_path, spilled)
+    cb = tracking_callback("sqlite:///unused.db", tmp_path, retry_s=0.0)
+    sent: list[int] = []
+    up = {"calls": 1}  # MLflow takes this many calls, then goes down again
+
+    def execute(op: dict) -> None:
+        if not up["calls"]:
+            raise ConnectionError("MLflow down")
+        up["calls"] -= 1
+        sent.append(op.get("n", -1))
+
+    monkeypatch.setattr(cb, "_execute", execute)
+    cb._load_spilled()
+    cb._queue({"op": "parent_start"})
+    assert not cb._flush(force=True) and sent == [0]
+    assert json.loads(path.read_text()) == spilled[1:]  # was deleted on load: lost if killed now
+    assert cb.get_state()["pending"] == [{"op": "parent_start"}]  # the file holds the others
+
+    # the driver is killed here; the resumed one sends what neither MLflow nor the file lost, once
+    resumed = tracking_callback("sqlite:///unused.db", tmp_path, retry_s=0.0)
+    resumed.set_state(cb.get_state())
+    resumed._load_spilled()
+    monkeypatch.setattr(resumed, "_execute", execute)
+    up["calls"] = 10
+    assert resumed._flush(force=True) and resumed.pending == 0
+    assert sent == [0, 1, 2, -1] and not path.exists()
+
+
+def test_a_search_ending_in_an_outage_spills_once_and_loads_once(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking_callback
+):
+    cb = tracking_callback("sqlite:///unused.db", tmp_path, retry_s=0.0)
+
+    def down(op: dict) -> None:
+        raise ConnectionError("MLflow down")
+
+    monkeypatch.setattr(cb, "_execute", down)
+    for n in range(2):
+        cb._queue({"op": "metrics", "n": n})
+    assert not cb._flush(force=True)
+    cb._spill()
+    path = tmp_path / "mlflow_pending.json"
+    assert len(json.loads(path.read_text())) == 2 and cb.get_state()["pending"] == []
+    cb._load_spilled()  # already queued: not queued twice
+    assert cb.pending == 2
+
+
+def test_a_resumed_search_sends_the_spilled_calls_then_removes_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking_callback
+):
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+    monkeypatch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "2")
+    first = tracking_callback("http://127.0.0.1:9", tmp_path, retry_s=0.0, end_wait_s=0.0)  # nothing there
+    first.setup(total_num_samples=1)
+    trial = SimpleNamespace(trial_id="a1", config={"run.epochs": 2}, last_result={}, status="RUNNING")
+    first.on_trial_start(0, [trial], trial)
+    first.on_trial_result(0, [trial], trial, {"epoch": 1.0, "best_test_acc": 0.5})
+    snapshot = first.get_state()  # Tune's last snapshot comes before on_experiment_end
+    first.on_experiment_end([trial])
+    path = tmp_path / "mlflow_pending.json"
+    assert path.is_file()
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    resumed = tracking_callback(uri, tmp_path, retry_s=0.0)
+    resumed.set_state(snapshot)
+    resumed.setup(total_num_samples=1)
+    assert resumed.pending == 0 and not path.exists()
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    child = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    assert len(child) == 1 and child[0].data.tags["ckd.status"] == "interrupted"
+    history = client.get_metric_history(child[0].info.run_id, "best_test_acc")
+    assert [(m.step, m.value) for m in history] == [(1, 0.5)]
