@@ -95,7 +95,12 @@ class DataConfig:
         between(1, 64),
     )
     size: int = f(32, "student input size S (frames and V channel are S x S; paper: 48)", between(8, 512))
-    pairing: str = f("same_image", "RGB partner of a DVS sample", one_of("same_image", "same_class_random"))
+    pairing: str = f(
+        "same_image",
+        "RGB partner of a DVS sample: the recording's own image (embedded sets) or, as He et al./CKD, "
+        "a random train image of its class (same_class_random; the paper search spaces set it)",
+        one_of("same_image", "same_class_random"),
+    )
     include_background: bool = f(True, "N-Caltech101: keep BACKGROUND_Google (101 classes) or drop it (100)")
     crop_padding: int = f(4, "train augmentation: random crop with this zero padding (0 = off)", ge(0))
     flip: bool = f(False, "train augmentation: random horizontal flip (CEP-DVS recipe)")
@@ -124,6 +129,12 @@ class ModelConfig:
     detach_reset: bool = f(True, "detach the hard reset from the graph (He et al.)")
     shared_head: bool = f(False, "one classifier for both streams instead of separate heads (ablation)")
     conv_bias: bool = f(False, "bias in conv layers (He et al.: none)")
+    bn_statistics: str = f(
+        "per_step",
+        "BatchNorm batch statistics: per_step over the B samples of each time step (He et al., whose "
+        "network runs step by step) or joint over all T*B (spikingjelly multi-step, TET; one kernel)",
+        one_of("per_step", "joint"),
+    )
 
 
 @dataclass(frozen=True)
@@ -134,7 +145,12 @@ class TeacherConfig:
     weights: str | None = f(None, "local weights file to start from (never downloaded)")
     input_size: int = f(28, "teacher input size (paper [GUESS]: 224)", between(8, 512))
     epochs: int = f(8, "fine-tune epochs (paper: 20)", ge(0))
-    lr: float = f(2e-3, "fine-tune learning rate (AdamW, cosine) [GUESS]", gt(0))
+    lr: float = f(
+        2e-3,
+        "fine-tune learning rate (AdamW, cosine) [GUESS]: 2e-3 trains the small teachers from scratch; "
+        "for ImageNet weights ckd-method.md 3.2 suggests AdamW 1e-4 (the paper search spaces set it)",
+        gt(0),
+    )
     batch_size: int = f(64, "fine-tune batch size", ge(1))
     hsv: bool = f(True, "feed the teacher HSV rather than RGB (paper: HSV)")
 
@@ -148,14 +164,17 @@ class KDConfig:
     temperature: float = f(4.0, "KD temperature tau [GUESS]", gt(0))
     schedule: str = f(
         "phased",
-        "gamma: phased sigma(-k(e-e_th)), constant 1, or adaptive in P_replace",
+        "gamma: phased sigma(-k(e-e_th)) [GUESS: the paper's exact form], constant 1, "
+        "or adaptive in P_replace",
         one_of("phased", "constant", "adaptive"),
     )
     e_th: float | None = f(
-        None, "switch point in `units` (None = half the run); relative to run.epochs", opt(ge(0))
+        None,
+        "switch point in `units` (None = half the run; paper: 150 of 300 N-Caltech101, 90 of 200 CEP-DVS)",
+        opt(ge(0)),
     )
     k: float = f(100.0, "switch steepness (paper: 100 N-Caltech101, 0.001 CEP-DVS)", gt(0))
-    units: str = f("epoch", "unit of e and e_th in gamma", one_of("epoch", "iteration"))
+    units: str = f("epoch", "unit of e and e_th in gamma [GUESS]", one_of("epoch", "iteration"))
     p_th: float = f(0.5, "adaptive schedule: gamma = sigma(-k (P_replace - p_th))", between(0, 1))
     target: str = f(
         "mean",
@@ -179,7 +198,8 @@ class LossConfig:
     theta_init: float = f(1.0, "initial theta_t (sigma = 0.731)")
     replace: str = f(
         "sliding",
-        "replacement: sliding P=(progress)^p, step (0 then 1 at half), none",
+        "replacement: sliding P=(progress)^p, step (P=0 for epochs e <= E/2, then 1; He et al.'s "
+        "'no sliding' ablation, which also dropped L_DA: set loss.beta=0 for that), none",
         one_of("sliding", "step", "none"),
     )
     replace_power: float = f(3.0, "exponent p of P_replace (He et al.: 3)", gt(0))

@@ -20,14 +20,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from ckd_search import schedules
 from ckd_search.checkpoint import has_checkpoint
 from ckd_search.checkpoint import load_checkpoint
 from ckd_search.checkpoint import save_checkpoint
-from ckd_search.color import value_channel
+from ckd_search.color import static_value_maps
 from ckd_search.config import Config
 from ckd_search.data.base import Split
 from ckd_search.data.batches import BatchSource
@@ -144,14 +143,8 @@ class Schedules:
         )
 
     def p_replace(self, it: int, epoch: int) -> float:
-        mode = self.cfg.loss.replace
-        if mode == "none":
-            return 0.0
-        if mode == "step":
-            return schedules.step_replace_probability(it, epoch, self.iters_per_epoch, self.span)
-        return schedules.replace_probability(
-            it, epoch, self.iters_per_epoch, self.span, self.cfg.loss.replace_power
-        )
+        mode, power = self.cfg.loss.replace, self.cfg.loss.replace_power
+        return schedules.replacement(mode, it, epoch, self.iters_per_epoch, self.span, power)
 
     def switch_point(self) -> float:
         """e_th in schedule units (default: half the run), rescaled to the span under compress."""
@@ -290,9 +283,7 @@ class Trainer:
         )
         self.schedules = Schedules(cfg, len(self.train_source))
         self.pairing = Pairing(data.train, d.pairing, device)
-        static = value_channel(data.train.images)
-        if static.shape[-1] != data.size:
-            static = F.interpolate(static, size=(data.size, data.size), mode="bilinear", align_corners=False)
+        static = static_value_maps(data.train.images, data.size)
         self.static = static.to(device)
         self.teacher_logits = (
             prepared.teacher_logits.to(device) if prepared.teacher_logits is not None else None

@@ -28,7 +28,8 @@ from ckd_search.storage import atomic_write
 from ckd_search.storage import stable_hash
 
 log = logging.getLogger(__name__)
-TEACHER_FORMAT = 1
+#: 2: H scaled as OpenCV's uint8 hue (color.HUE_SCALE), logits bound to the data cache files.
+TEACHER_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,8 @@ def prepare(cfg: Config) -> Prepared:
 def _teacher_logits(cfg: Config, data: PairedData, key: str) -> tuple[Tensor, float]:
     folder = Path(cfg.data.cache_dir).expanduser() / "teachers" / key
     logits_path = folder / "logits.arrow"
-    cached = _read_logits(logits_path, len(data.train.images), data.num_classes)
+    data_id = data_identity(data)
+    cached = _read_logits(logits_path, len(data.train.images), data.num_classes, data_id)
     if cached is not None:
         return cached
     tc = cfg.teacher
@@ -101,8 +103,16 @@ def _teacher_logits(cfg: Config, data: PairedData, key: str) -> tuple[Tensor, fl
     )
     state = {k: v.detach().cpu() for k, v in net.state_dict().items()}
     atomic_write(folder / "teacher.pt", lambda fh: torch.save(state, fh))
-    _write_logits(logits_path, train_logits, {"test_acc": test_acc, "train_acc": train_acc, "arch": tc.arch})
+    meta = {"test_acc": test_acc, "train_acc": train_acc, "arch": tc.arch, "data": data_id}
+    _write_logits(logits_path, train_logits, meta)
     return train_logits, test_acc
+
+
+def data_identity(data: PairedData) -> str:
+    """The data cache files the teacher was trained and evaluated on (their names carry the hash of
+    the file listing, data version and format), so a rebuilt data cache never meets stale logits."""
+    files = data.descriptors.get("cache_files", {})
+    return stable_hash(sorted(Path(f).name for f in files.values()))
 
 
 def _finetune(net: torch.nn.Module, cfg: Config, data: PairedData) -> None:
@@ -166,8 +176,9 @@ def _write_logits(path: Path, logits: Tensor, meta: dict[str, Any]) -> None:
     atomic_write(path, write)
 
 
-def _read_logits(path: Path, rows: int, classes: int) -> tuple[Tensor, float] | None:
-    """Cached logits if present and intact (shape and checksum match), else None (rebuild)."""
+def _read_logits(path: Path, rows: int, classes: int, data_id: str) -> tuple[Tensor, float] | None:
+    """Cached logits if present, intact (shape and checksum match), of this format and of these
+    data files, else None (rebuild)."""
     if not path.is_file():
         return None
     try:
@@ -176,6 +187,8 @@ def _read_logits(path: Path, rows: int, classes: int) -> tuple[Tensor, float] | 
         meta = json.loads(table.schema.metadata[b"ckd_search"])
         flat = table.column("logits").combine_chunks().flatten().to_numpy()
         arr = flat.reshape(meta["rows"], meta["classes"]).copy()
+        if meta.get("format") != TEACHER_FORMAT or meta.get("data") != data_id:
+            raise ValueError(f"made by format {meta.get('format')} or for other data files")
         if (
             meta["rows"] != rows
             or meta["classes"] != classes

@@ -32,10 +32,20 @@ def replace_probability(
     return min(1.0, max(progress, 0.0) ** power)
 
 
-def step_replace_probability(iteration: int, epoch: int, iters_per_epoch: int, total_epochs: int) -> float:
-    """The "no sliding training" ablation: P = 0 for the first half of the run, 1 afterwards."""
-    progress = training_progress(iteration, epoch, iters_per_epoch, total_epochs)
-    return 0.0 if progress <= 0.5 else 1.0
+def step_replace_probability(epoch: int, total_epochs: int) -> float:
+    """He et al.'s "no sliding training" ablation: P = 0 for (0-based) epochs e <= E/2, 1 afterwards."""
+    return 0.0 if epoch <= total_epochs / 2 else 1.0
+
+
+def replacement(
+    mode: str, iteration: int, epoch: int, iters_per_epoch: int, total_epochs: int, power: float = 3.0
+) -> float:
+    """P_replace of ``loss.replace``: "sliding" (He et al.), "step" (its ablation) or "none" (0)."""
+    if mode == "none":
+        return 0.0
+    if mode == "step":
+        return step_replace_probability(epoch, total_epochs)
+    return replace_probability(iteration, epoch, iters_per_epoch, total_epochs, power)
 
 
 def kd_switch_weight(epoch: float, e_th: float, k: float) -> float:

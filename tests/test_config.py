@@ -54,6 +54,7 @@ def test_replace_returns_validated_copy():
         ({"kd.k": 0}, "kd.k", "must be > 0"),
         ({"kd.schedule": "sometimes"}, "kd.schedule", "must be one of"),
         ({"kd.units": "days"}, "kd.units", "must be one of"),
+        ({"model.bn_statistics": "per_batch"}, "model.bn_statistics", "must be one of"),
         ({"kd.e_th": -1}, "kd.e_th", "must be >= 0"),
         ({"kd.e_th": 99, "run.epochs": 10}, "kd.e_th", "must be <= run.epochs"),
         ({"kd.p_th": 1.5}, "kd.p_th", "must be in"),

@@ -24,9 +24,14 @@ def test_replace_probability_is_monotone():
 
 
 def test_step_replacement_is_zero_then_one():
-    assert s.step_replace_probability(0, 4, 10, 10) == 0.0
-    assert s.step_replace_probability(0, 5, 10, 10) == 0.0
-    assert s.step_replace_probability(1, 5, 10, 10) == 1.0
+    # ckd-method.md 2.2: P = 0 for e <= E/2 (0-based), 1 afterwards, whatever the batch index
+    assert s.step_replace_probability(4, 10) == 0.0
+    assert s.step_replace_probability(5, 10) == 0.0
+    assert s.step_replace_probability(6, 10) == 1.0
+    assert [s.replacement("step", i, 5, 10, 10) for i in range(10)] == [0.0] * 10
+    assert s.replacement("step", 0, 6, 10, 10) == 1.0
+    assert s.replacement("none", 9, 9, 10, 10) == 0.0
+    assert s.replacement("sliding", 5, 5, 10, 10, 3.0) == s.replace_probability(5, 5, 10, 10, 3.0)
 
 
 def test_gamma_is_half_at_switch_point_and_decreasing():

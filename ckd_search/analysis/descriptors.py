@@ -16,10 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 
 from ckd_search.analysis.results import plain_scalar
-from ckd_search.color import value_channel
+from ckd_search.color import static_value_maps
 from ckd_search.config import Config
 from ckd_search.losses import linear_cka
 from ckd_search.models.snn import VGGSNN
@@ -100,9 +99,7 @@ def rgb_dvs_cka(prepared: Prepared, cfg: Config, max_samples: int = MAX_SAMPLES)
     gen = torch.Generator().manual_seed(cfg.run.seed)
     idx = torch.randperm(len(train), generator=gen)[:n].sort().values
     dvs = train.frames[idx].float().transpose(0, 1).contiguous()  # [T, n, 2, S, S]
-    static = value_channel(train.images[train.pair_index[idx]])
-    if static.shape[-1] != data.size:
-        static = F.interpolate(static, size=(data.size, data.size), mode="bilinear", align_corners=False)
+    static = static_value_maps(train.images[train.pair_index[idx]], data.size)
     static_seq = hybrid_stream(dvs, static, torch.zeros(n, dtype=torch.bool))
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(cfg.run.seed)

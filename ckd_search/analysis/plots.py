@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from ckd_search import schedules
 from ckd_search.analysis.results import METRIC
+from ckd_search.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -33,9 +34,8 @@ def _figure(width: float = 6.4, height: float = 4.2) -> Figure:
 
 
 def _save(fig: Figure, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, format="png")
-    return path
+    # through a temp file: a report read (or a run killed) mid-draw never holds a torn PNG
+    return atomic_write(path, lambda handle: fig.savefig(handle, format="png"))
 
 
 # --- importance --------------------------------------------------------------------------------
@@ -160,12 +160,7 @@ def switch_curves(
     xs, gs, ps = [], [], []
     for epoch in range(epochs):
         for it in range(ipe):
-            if mode == "none":
-                p = 0.0
-            elif mode == "step":
-                p = schedules.step_replace_probability(it, epoch, ipe, epochs)
-            else:
-                p = schedules.replace_probability(it, epoch, ipe, epochs, power)
+            p = schedules.replacement(mode, it, epoch, ipe, epochs, power)
             if not flat.get("kd.enabled", True) or flat.get("loss.method") == "dvs_only":
                 g = 0.0
             elif kind == "constant":

@@ -30,6 +30,7 @@ import pyarrow as pa
 
 from ckd_search.data.built import COLUMNS
 from ckd_search.data.built import SplitArrays
+from ckd_search.errors import DataError
 
 log = logging.getLogger(__name__)
 
@@ -88,8 +89,11 @@ def write_split(path: Path, data: SplitArrays, params: Mapping[str, Any], info: 
             _META_INFO: json.dumps(dict(info), sort_keys=True, default=str),
         },
     )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    make_cache_folder(path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as err:
+        raise DataError(f"{path.parent}: cannot write the data cache ({err.strerror or err})") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             with pa.ipc.new_file(fh, schema) as writer:
@@ -169,15 +173,28 @@ def _column(batch: pa.RecordBatch, name: str, root: pa.Buffer, buf: mmap.mmap) -
 @contextlib.contextmanager
 def build_lock(path: Path) -> Iterator[None]:
     """Advisory inter-process lock next to ``path`` so concurrent trials build a cache once."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_cache_folder(path.parent)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - non-POSIX: atomic writes still keep files whole
         yield
         return
-    with open(path.with_name(path.name + ".lock"), "a") as fh:
+    lock = path.with_name(path.name + ".lock")
+    try:
+        handle = open(lock, "a")  # noqa: SIM115 - closed by the with below
+    except OSError as err:
+        raise DataError(f"{lock}: cannot create the cache lock ({err.strerror or err})") from None
+    with handle as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
             yield
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def make_cache_folder(folder: Path) -> None:
+    """``mkdir -p folder``, or a one-line DataError naming it (data.cache_dir is a file, read-only, ...)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise DataError(f"{folder}: cannot create the data cache folder ({err.strerror or err})") from None

@@ -110,7 +110,7 @@ def describe(
         "class_counts": {
             s: np.bincount(splits[s].labels, minlength=len(class_names)).tolist() for s in SPLITS
         },
-        "pairing": "same_image",
+        "pairing": cfg.pairing,
         "synthetic_events": bool(info.get("synthetic_events", False)),
         "synthetic_images": bool(info.get("synthetic_images", False)),
         "source": info.get("source", ""),

@@ -38,6 +38,27 @@ def make_lif(cfg: ModelConfig) -> neuron.LIFNode:
     )
 
 
+class StepwiseBatchNorm2d(layer.BatchNorm2d):
+    """He et al.'s BatchNorm (ckd-method.md 3.1): one layer shared by all time steps, applied step
+    by step, so each step is normalised with the statistics of its own B samples and the running
+    statistics move once per step. spikingjelly's multi-step BatchNorm pools all T*B samples
+    instead (``model.bn_statistics="joint"``). Eval mode is the same in both: running statistics.
+    """
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.step_mode == "s":
+            return self.super_forward(x)
+        if not self.training:  # running statistics: per step and joint agree, joint is one kernel
+            return super().forward(x)
+        return torch.stack([self.super_forward(x_t) for x_t in x.unbind(0)])
+
+
+def make_bn(cfg: ModelConfig, channels: int) -> layer.BatchNorm2d:
+    if cfg.bn_statistics == "per_step":
+        return StepwiseBatchNorm2d(channels, step_mode="m")
+    return layer.BatchNorm2d(channels, step_mode="m")
+
+
 class MembraneTap(nn.Module):
     """A LIF layer that also returns its post-reset membrane potential sequence [T, ...].
 
@@ -79,7 +100,7 @@ class VGGSNN(nn.Module):
                 continue
             out = max(1, round(int(item) * cfg.width))
             blocks.append(layer.Conv2d(channels, out, 3, padding=1, bias=cfg.conv_bias, step_mode="m"))
-            blocks.append(layer.BatchNorm2d(out, step_mode="m"))
+            blocks.append(make_bn(cfg, out))
             is_last_conv = sum(1 for c in PLAN[: i + 1] if c != "P") == len(convs)
             blocks.append(MembraneTap(make_lif(cfg)) if is_last_conv else make_lif(cfg))
             self.conv_shapes.append((channels, out, size))

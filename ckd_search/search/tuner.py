@@ -30,7 +30,6 @@ import contextlib
 import json
 import logging
 import os
-import shutil
 import socket
 from collections.abc import Iterator
 from collections.abc import Mapping
@@ -56,6 +55,7 @@ from ckd_search.search.space import Resources
 from ckd_search.search.space import SearchSpace
 from ckd_search.search.space import check_paths
 from ckd_search.search.space import load_space
+from ckd_search.storage import atomic_copy
 from ckd_search.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ def create_search(
         warm_start=warm_start_points(space, warm_start_from),
         created=_now(),
     )
-    shutil.copyfile(Path(space_path).expanduser(), settings.space_file)
+    atomic_copy(Path(space_path).expanduser(), settings.space_file)  # a torn copy would break --resume
     settings.save()
     return settings
 
@@ -354,7 +354,9 @@ def _new_tuner(
 
     study = space.study
     max_t = space.scheduler.max_t if space.scheduler else None
-    searcher = StudySearch(space, settings.study_name, settings.journal_path, max_t, settings.warm_start)
+    searcher = StudySearch(
+        space, settings.study_name, settings.journal_path, max_t, settings.warm_start, settings.num_trials
+    )
     scheduler = None
     if space.scheduler is not None:
         scheduler = PersistentASHA(

@@ -166,3 +166,29 @@ def test_bad_image_size_is_a_user_error(data_cfg: Callable[..., DataConfig]) -> 
 
     with pytest.raises(UserError, match="image_size=0 must be >= 1"):
         load_paired(data_cfg(), 0)
+
+
+def test_an_unwritable_cache_folder_is_one_line_naming_it(tmp_path):
+    from ckd_search.errors import DataError
+
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("")
+    with pytest.raises(DataError, match=f"{not_a_folder}/data.*cannot create the data cache folder"):
+        cache.write_split(not_a_folder / "data" / "x.arrow", tiny_split(), {"a": 1}, {})
+    with pytest.raises(DataError, match="cannot create the data cache folder"):
+        with cache.build_lock(not_a_folder / "data" / "x.arrow"):
+            pass
+
+
+def test_a_read_only_cache_folder_is_one_line_naming_it(tmp_path):
+    from ckd_search.errors import DataError
+
+    (tmp_path / "ro").mkdir()
+    os.chmod(tmp_path / "ro", 0o500)
+    try:
+        if os.access(tmp_path / "ro", os.W_OK):  # root ignores permissions
+            pytest.skip("running as root")
+        with pytest.raises(DataError, match="cannot write the data cache"):
+            cache.write_split(tmp_path / "ro" / "x.arrow", tiny_split(), {"a": 1}, {})
+    finally:
+        os.chmod(tmp_path / "ro", 0o700)

@@ -94,3 +94,35 @@ def test_neuron_dtype_keeps_the_membrane_state_fp32_under_bf16_autocast():
     net.reset_state()
     net.neuron_dtype = None
     assert torch.equal(net(x.float()).logits, y32)
+
+
+def test_per_step_batchnorm_normalises_each_step_with_its_own_samples():
+    from spikingjelly.activation_based import layer
+
+    from ckd_search.models.snn import StepwiseBatchNorm2d
+    from ckd_search.models.snn import make_bn
+
+    gen = torch.Generator().manual_seed(0)
+    # steps with very different scales: pooled statistics would leave them apart
+    x = torch.randn(3, 8, 4, 5, 5, generator=gen) * torch.tensor([1.0, 5.0, 20.0]).view(3, 1, 1, 1, 1)
+    bn = make_bn(ModelConfig(), 4)
+    assert isinstance(bn, StepwiseBatchNorm2d)
+    y = bn(x)
+    for t in range(3):
+        mean, var = x[t].mean(dim=(0, 2, 3)), x[t].var(dim=(0, 2, 3), unbiased=False)
+        expected = (x[t] - mean.view(1, 4, 1, 1)) / torch.sqrt(var.view(1, 4, 1, 1) + bn.eps)
+        assert torch.allclose(y[t], expected, atol=1e-4)
+    # running statistics moved once per step (He et al.'s loop), not once per forward
+    ref = torch.nn.BatchNorm2d(4)
+    for t in range(3):
+        ref(x[t])
+    assert torch.allclose(bn.running_mean, ref.running_mean) and torch.allclose(
+        bn.running_var, ref.running_var
+    )
+    joint = make_bn(ModelConfig(bn_statistics="joint"), 4)
+    assert type(joint) is layer.BatchNorm2d
+    assert not torch.allclose(joint(x)[0], y[0], atol=1e-2)
+    bn.eval()
+    joint.load_state_dict(bn.state_dict())
+    joint.eval()
+    assert torch.allclose(bn(x), joint(x))  # eval: running statistics either way
