@@ -11,6 +11,8 @@
 # Parts:
 #   step       every default variant of bench/step_throughput.py at B=120, T=10, 48x48 (~300 s cold)
 #   compiled   base-bf16-compile then ckd-bf16-compile, fresh process: graph-break counts (~130 s)
+#   bn         ckd-bf16 (per-step BatchNorm, the default since He et al. do it) vs ckd-bf16-jointbn
+#              (spikingjelly's T*B statistics, what the H200 figures of session 3 were measured with)
 #   precision  bf16 vs fp32 loss/accuracy curves on Digits-DVS, 6 epochs each (~150 s; the seed noise
 #              floor is measured on a CPU, bench/cpu-results.md)
 #   small      ckd-bf16 vs ckd-bf16-graphs at B=32 (launch-bound: where CUDA graphs should pay)
@@ -26,7 +28,7 @@ OUT=${OUT:-runs/gpu}
 BUDGET=${BUDGET:-520}  # seconds for all parts together
 # Packing first: its 1.3x goal is the one of issue #8 not met yet (1.11x at B=32, full width).
 # What the budget cuts off at the end is named "skipped": run those in a second call (PARTS="...").
-PARTS=${PARTS:-packing-digits packing-digits-trials packing-digits-mps compiled precision small scaling}
+PARTS=${PARTS:-packing-digits packing-digits-trials packing-digits-mps compiled bn precision small scaling}
 mkdir -p "$OUT"
 if ls .whl/*.whl >/dev/null 2>&1; then
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site \
@@ -72,6 +74,7 @@ for name in $PARTS; do
   case $name in
     step) part step 320 $STEP ;;
     compiled) part compiled 160 $STEP --variants base-bf16-compile,ckd-bf16-compile ;;
+    bn) part bn 90 $STEP --variants ckd-bf16,ckd-bf16-jointbn ;;
     precision) part precision 170 python3 bench/precision.py --device cuda --epochs 6 --no-noise-floor ;;
     small) part small 90 $STEP --variants ckd-bf16,ckd-bf16-graphs --batch 32 ;;
     packing) part packing 120 $PACK --batch 32 ;;

@@ -135,6 +135,13 @@ EXTRA_VARIANTS: tuple[Variant, ...] = (
     Variant(
         "base-bf16", "baseline", "plain step, bf16 PrecisionConfig, eager", precision="bf16", gpu_only=True
     ),
+    Variant(
+        "ckd-bf16-jointbn",
+        "ckd",
+        "as ckd-bf16 with BatchNorm statistics over all T*B (model.bn_statistics=joint)",
+        {"run.precision": "bf16", "run.channels_last": True, "model.bn_statistics": "joint"},
+        gpu_only=True,
+    ),
 )
 
 
