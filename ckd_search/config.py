@@ -71,7 +71,11 @@ DATASETS = ("digits_dvs", "shapes_dvs", "ncaltech101", "cepdvs")
 
 @dataclass(frozen=True)
 class SimulatorConfig:
-    """ESIM-style saccade simulator (data.md 2.3); used by the embedded sets only."""
+    """ESIM-style saccade simulator (data.md 2.3); used by the embedded sets only.
+
+    Of data.md 2.3's noise (step 8, off by default there) only shot noise is modelled; leak events,
+    the photoreceptor low-pass, latency/jitter and v2e's lin_log are not (yet).
+    """
 
     contrast: float = f(0.2, "mean contrast threshold C+ = C- (log units)", gt(0))
     contrast_sigma: float = f(0.03, "per-pixel threshold mismatch sigma (v2e default)", ge(0))

@@ -28,6 +28,7 @@ import numpy as np
 from ckd_search.config import SimulatorConfig
 from ckd_search.data.events import EVENT_DTYPE
 from ckd_search.data.frames import time_bins
+from ckd_search.errors import UserError
 
 # Lower clip of the per-pixel thresholds (v2e): keeps a mismatched pixel from firing on noise.
 MIN_THRESHOLD = 0.01
@@ -449,6 +450,12 @@ def _saccade_setup(
 ) -> tuple[Levels, np.ndarray, tuple[int, int, int], _Renderer]:
     _check_images(images)
     pos = saccade_path(cfg.amplitude, cfg.steps_per_leg) if path is None else np.asarray(path, float)
+    if path is None and np.abs(pos).max() > margin:
+        # the saccade would carry the image off the sensor and its events would be cut silently
+        raise UserError(
+            f"data.simulator.amplitude={cfg.amplitude}: the saccade moves the image up to "
+            f"{np.abs(pos).max():g} px, past the sensor's {margin} px margin (use <= {margin})"
+        )
     if pos.ndim != 2 or pos.shape[1] != 2 or len(pos) < 2:
         raise ValueError(f"path must be [N + 1, 2] offsets with N >= 1, got shape {pos.shape}")
     renderer = _Renderer(images.astype(np.float64), margin, float(np.abs(pos).max()))

@@ -240,3 +240,12 @@ def test_bad_shapes_are_rejected() -> None:
         simulate_video_events(np.zeros((1, 3, 2, 2)), np.array([0, 5, 5]), SIM)
     with pytest.raises(ValueError, match="video must be"):
         simulate_video_frames(np.zeros((1, 1, 2, 2)), np.array([0]), SIM, 2)
+
+
+def test_an_amplitude_past_the_margin_is_refused_naming_the_key():
+    from ckd_search.errors import UserError
+
+    images = np.full((1, 8, 8), 0.5)
+    with pytest.raises(UserError, match=r"data\.simulator\.amplitude=3\.5.*3 px margin"):
+        simulate_saccade_frames(images, SimulatorConfig(amplitude=3.5), 2, margin=3)
+    assert simulate_saccade_frames(images, SimulatorConfig(amplitude=3.0), 2, margin=3).shape[-1] == 14
