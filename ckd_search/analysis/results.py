@@ -144,6 +144,9 @@ def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun
     records: dict[str, dict[str, Any]] = {}
     for path in files:
         _read_trial(path, records, notes)
+    for trial_id in superseded_trials(root) & set(records):
+        del records[trial_id]
+        notes.append(f"trial {trial_id} left out: a resume handed its Optuna trial on, or it was orphaned")
     if records:
         trials, epochs = _tables(records, base, notes, metrics)
     elif parquet := next((p for p in PARQUET_FILES if (root / p).is_file()), None):
@@ -223,6 +226,45 @@ def _read_trial(path: Path, records: dict[str, dict[str, Any]], notes: list[str]
     config = next((r["config"] for r in reversed(lines) if isinstance(r.get("config"), Mapping)), params)
     entry["config"].update(_flatten(config))
     entry["error"] = entry["error"] or (folder / "error.txt").exists() or (folder / "error.pkl").exists()
+
+
+def superseded_trials(root: Path) -> set[str]:
+    """Tune trial ids whose folders do not stand for a trial of the study (its Optuna journal says).
+
+    A driver that died leaves the folders of its running trials; on resume their Optuna trials are
+    adopted by new Tune trials (``ckd:ray_trial_ids`` lists both ids, the last one current) or, when
+    nothing adopts them, marked FAIL as orphaned. Counting those folders too would add trials the
+    search never ran to the end.
+    """
+    from ckd_search.search.settings import JOURNAL_FILE
+
+    journal = root / JOURNAL_FILE
+    if not journal.is_file() or not (root / SETTINGS_FILE).is_file():
+        return set()
+    try:
+        study_name = load_yaml_mapping(root / SETTINGS_FILE).get("study_name")
+    except UserError:
+        return set()
+    if not isinstance(study_name, str):
+        return set()
+    import optuna
+
+    from ckd_search.search.optuna_search import IDS_ATTR
+    from ckd_search.search.optuna_search import ORPHAN_ATTR
+    from ckd_search.search.optuna_search import RAY_TRIAL_ATTR
+    from ckd_search.search.optuna_search import journal_storage
+
+    try:
+        study = optuna.load_study(study_name=study_name, storage=journal_storage(journal))
+    except (KeyError, ValueError, OSError):
+        return set()
+    stale: set[str] = set()
+    for trial in study.get_trials(deepcopy=False):
+        current = trial.user_attrs.get(RAY_TRIAL_ATTR)
+        stale.update(str(i) for i in trial.system_attrs.get(IDS_ATTR, []) if i != current)
+        if trial.system_attrs.get(ORPHAN_ATTR) and current:
+            stale.add(str(current))
+    return stale
 
 
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

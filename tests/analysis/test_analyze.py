@@ -231,3 +231,40 @@ def test_a_figure_replaces_its_file_whole_or_not_at_all(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="mid-draw"):
         plots._save(fig, path)
     assert path.read_bytes() == old and os.listdir(path.parent) == ["plane.png"]  # no temp file left
+
+
+def test_folders_the_journal_says_were_handed_on_or_orphaned_are_left_out(tmp_path):
+    """After a resume: a dead trial's folder stays, its Optuna trial went on under another id."""
+    import optuna
+    import yaml
+
+    from ckd_search.search.optuna_search import IDS_ATTR
+    from ckd_search.search.optuna_search import ORPHAN_ATTR
+    from ckd_search.search.optuna_search import RAY_TRIAL_ATTR
+    from ckd_search.search.optuna_search import journal_storage
+
+    run = tmp_path / "run"
+    for trial_id, epochs in (("a", 1), ("b", 3), ("c", 1), ("d", 3)):
+        folder = run / f"trial_{trial_id}"
+        folder.mkdir(parents=True)
+        lines = [
+            {"epoch": e, "test_acc": 0.2 * e, "trial_id": trial_id, "config": {"kd.k": 1.0}}
+            for e in (1, 2, 3)
+        ]
+        (folder / "result.json").write_text("".join(json.dumps(x) + "\n" for x in lines[:epochs]))
+    (run / "search.yaml").write_text(yaml.safe_dump({"study_name": "s"}))
+    study = optuna.create_study(study_name="s", storage=journal_storage(run / "optuna.journal"))
+    adopted = study.ask()  # asked for a, which died; b ran it to the end
+    adopted.set_user_attr(RAY_TRIAL_ATTR, "b")
+    study._storage.set_trial_system_attr(adopted._trial_id, IDS_ATTR, ["a", "b"])
+    study.tell(adopted, 0.6)
+    orphan = study.ask()  # asked for c, nothing adopted it
+    orphan.set_user_attr(RAY_TRIAL_ATTR, "c")
+    study._storage.set_trial_system_attr(orphan._trial_id, ORPHAN_ATTR, True)
+    study.tell(orphan, state=optuna.trial.TrialState.FAIL)
+    plain = study.ask()
+    plain.set_user_attr(RAY_TRIAL_ATTR, "d")
+    study.tell(plain, 0.6)
+    loaded = load_run(run)
+    assert sorted(loaded.trials["trial_id"]) == ["b", "d"]
+    assert any("trial a left out" in n for n in loaded.notes)
