@@ -165,23 +165,14 @@ def _finished_elsewhere(settings: SearchSettings, known: set[str]) -> dict[str, 
     after it, and a restarted Tune experiment knows none of the earlier one's trials; the journal
     records them all.
     """
-    import optuna
-    from optuna.trial import TrialState
+    from ckd_search.search.optuna_search import ended_trials
+    from ckd_search.search.optuna_search import trial_status
 
-    from ckd_search.search.optuna_search import ORPHAN_ATTR
-    from ckd_search.search.optuna_search import RAY_TRIAL_ATTR
-    from ckd_search.search.optuna_search import journal_storage
-
-    if not settings.journal_path.is_file():
-        return {}
-    study = optuna.load_study(study_name=settings.study_name, storage=journal_storage(settings.journal_path))
-    states = {TrialState.COMPLETE: COMPLETED, TrialState.PRUNED: PRUNED, TrialState.FAIL: FAILED}
-    found: dict[str, tuple[str, dict[str, Any]]] = {}
-    for trial in study.get_trials(deepcopy=False, states=tuple(states)):
-        trial_id = trial.user_attrs.get(RAY_TRIAL_ATTR)
-        if trial_id and trial_id not in known and not trial.system_attrs.get(ORPHAN_ATTR):
-            found[str(trial_id)] = (states[trial.state], dict(trial.params))
-    return found
+    return {
+        trial_id: (trial_status(trial), dict(trial.params))
+        for trial_id, trial in ended_trials(settings.journal_path, settings.study_name).items()
+        if trial_id not in known
+    }
 
 
 def result_history(path: Path) -> History:

@@ -45,6 +45,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ckd_search.search.outcome import COMPLETED
 from ckd_search.search.outcome import EPOCH_KEY
 from ckd_search.search.outcome import FAILED
+from ckd_search.search.outcome import PRUNED
 from ckd_search.search.outcome import classify
 from ckd_search.search.outcome import finite
 from ckd_search.search.space import SearchSpace
@@ -330,17 +331,28 @@ class StudySearch(OptunaSearch):
             )
 
 
-def ended_ray_trials(journal_path: str | Path, study_name: str) -> set[str]:
-    """Tune trial ids of the study's ended trials (orphans aside): their records are final, whichever
-    Tune experiment ran them (a restart without a snapshot leaves them out of the new one)."""
+def ended_trials(journal_path: str | Path, study_name: str) -> dict[str, optuna.trial.FrozenTrial]:
+    """Tune trial id -> Optuna record of the study's ended trials (orphans aside): their records are
+    final, whichever Tune experiment ran them (a restart without a snapshot leaves them out of the
+    new one; a restore, those that ended after its snapshot)."""
     if not Path(journal_path).is_file():
-        return set()
+        return {}
     study = optuna.load_study(study_name=study_name, storage=journal_storage(journal_path))
     return {
-        str(t.user_attrs[RAY_TRIAL_ATTR])
+        str(t.user_attrs[RAY_TRIAL_ATTR]): t
         for t in study.get_trials(deepcopy=False)
         if t.state.is_finished() and RAY_TRIAL_ATTR in t.user_attrs and not t.system_attrs.get(ORPHAN_ATTR)
     }
+
+
+def trial_status(trial: optuna.trial.FrozenTrial) -> str:
+    """completed / pruned / failed of an ended Optuna trial."""
+    return {TrialState.COMPLETE: COMPLETED, TrialState.PRUNED: PRUNED}.get(trial.state, FAILED)
+
+
+def ended_ray_trials(journal_path: str | Path, study_name: str) -> set[str]:
+    """Tune trial ids of :func:`ended_trials`."""
+    return set(ended_trials(journal_path, study_name))
 
 
 def fail_orphans(journal_path: str | Path, study_name: str, keep: frozenset[str] = frozenset()) -> int:

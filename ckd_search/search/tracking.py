@@ -109,6 +109,8 @@ class MlflowTrackingCallback(Callback):
         end_wait_s: float = 60.0,
         call_timeout_s: float = 3.0,
         flush_budget_s: float = 2.0,
+        journal_path: str | Path | None = None,
+        base_config: Mapping[str, Any] | None = None,
     ) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
@@ -124,6 +126,8 @@ class MlflowTrackingCallback(Callback):
         self.end_wait_s = end_wait_s
         self.call_timeout_s = call_timeout_s
         self.flush_budget_s = flush_budget_s
+        self.journal_path = str(journal_path) if journal_path else None
+        self.base_config = dict(base_config or {})
         self._client: Any = None
         self._experiment_id: str | None = None
         self._parent_run_id: str | None = None
@@ -218,8 +222,9 @@ class MlflowTrackingCallback(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         unfinished = [t for t in trials if t.trial_id not in self._done]
+        journal_rows = self._journal_rows({t.trial_id for t in trials})
         interrupted = bool(unfinished) or (
-            self._total_samples is not None and len(trials) < self._total_samples
+            self._total_samples is not None and len(trials) + len(journal_rows) < self._total_samples
         )
         for trial in unfinished:
             if trial.trial_id in self._runs or any(op.get("trial") == trial.trial_id for op in self._pending):
@@ -234,7 +239,7 @@ class MlflowTrackingCallback(Callback):
         if interrupted:
             self._queue({"op": "parent_status", "status": "KILLED", "tags": {"ckd.status": "interrupted"}})
         else:
-            self._queue(self._summary_op(trials))
+            self._queue(self._summary_op(trials, journal_rows))
             self._queue({"op": "parent_status", "status": "FINISHED", "tags": {"ckd.status": "finished"}})
         wait = float(self.end_wait_s)
         deadline = time.monotonic() + wait
@@ -437,7 +442,41 @@ class MlflowTrackingCallback(Callback):
         self._queue({"op": "run_status", "trial": trial.trial_id, "status": status, "tags": all_tags})
         self._flush()
 
-    def _summary_op(self, trials: list) -> dict[str, Any]:
+    def _journal_rows(self, known: set[str]) -> list[dict[str, Any]]:
+        """Summary rows of the trials the study's journal holds as ended but Tune's list lacks:
+        those that ended after the snapshot a resume restored (a restored experiment asks no trial
+        past the budget, so it ends with fewer), or in the first experiment of a restarted search."""
+        journal = getattr(self, "journal_path", None)  # a callback pickled before it had one: none
+        if not journal:
+            return []
+        from ckd_search.search.optuna_search import ended_trials
+        from ckd_search.search.optuna_search import trial_status
+
+        try:
+            ended = ended_trials(journal, self.study_name)
+        except Exception as err:  # noqa: BLE001 - the summary is best effort, the journal is the record
+            log.warning("MLflow summary: the Optuna journal %s cannot be read (%s)", journal, err)
+            return []
+        rows = []
+        for trial_id, trial in ended.items():
+            if trial_id in known:
+                continue
+            values = list(trial.values or [])
+            if not values and trial.intermediate_values and len(self.metrics) == 1:
+                values = [trial.intermediate_values[max(trial.intermediate_values)]]
+            row: dict[str, Any] = {
+                "trial_id": trial_id,
+                "run_id": self._runs.get(trial_id, ""),
+                "status": trial_status(trial),
+                "epochs_run": max(trial.intermediate_values, default=0),
+            }
+            row.update({m: values[i] if i < len(values) else None for i, m in enumerate(self.metrics)})
+            config = {**getattr(self, "base_config", {}), **trial.params}
+            row.update({f"config/{k}": v for k, v in sorted(config.items())})
+            rows.append(row)
+        return rows
+
+    def _summary_op(self, trials: list, journal_rows: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
         rows = []
         for t in trials:
             last = t.last_result or {}
@@ -450,16 +489,17 @@ class MlflowTrackingCallback(Callback):
             row.update({m: last.get(m) for m in self.metrics})
             row.update({f"config/{k}": v for k, v in sorted(t.config.items())})
             rows.append(row)
+        rows.extend(journal_rows)
         best = _best(rows, self.metrics[0], self.modes[0])
         op: dict[str, Any] = {"op": "parent_summary", "table_csv": _csv(rows), "metrics": {}, "tags": {}}
         if best is not None:
-            trial = next(t for t in trials if t.trial_id == best["trial_id"])
+            config = {k.removeprefix("config/"): v for k, v in best.items() if k.startswith("config/")}
             op["metrics"] = {
                 f"best_{m}": float(best[m]) for m in self.metrics if finite(best.get(m)) is not None
             }
             op["tags"] = {"ckd.best_trial_id": best["trial_id"], "ckd.best_run_id": best["run_id"]}
             try:
-                op["best_yaml"] = Config.from_dict(dict(trial.config)).to_yaml()
+                op["best_yaml"] = Config.from_dict(config).to_yaml()
             except UserError:
                 op["best_yaml"] = ""
         return op

@@ -377,6 +377,8 @@ def _new_tuner(
         max_t=max_t,
         search_params=_search_params(settings, space, plan),
         space_file=settings.space_file,
+        journal_path=settings.journal_path,
+        base_config=space.trial_config({}, plan.trial),
         artifact_location=str(settings.root / MLFLOW_ARTIFACTS) if sqlite_default else None,
         retry_s=_seconds(MLFLOW_RETRY_ENV, 15.0, low=0.5),
         end_wait_s=_seconds(MLFLOW_END_WAIT_ENV, 60.0, low=0.0),

@@ -211,3 +211,43 @@ def test_a_resumed_search_sends_the_spilled_calls_then_removes_the_file(
     assert len(child) == 1 and child[0].data.tags["ckd.status"] == "interrupted"
     history = client.get_metric_history(child[0].info.run_id, "best_test_acc")
     assert [(m.step, m.value) for m in history] == [(1, 0.5)]
+
+
+def test_the_summary_counts_trials_only_the_journal_holds(tmp_path: Path, tracking_callback):
+    """A restored experiment lacks the trials that ended after its snapshot (and asks no more past
+    the budget): the parent run still ends FINISHED, with the best of all trials."""
+    import optuna
+    import yaml
+    from mlflow import MlflowClient
+
+    from ckd_search.search.optuna_search import RAY_TRIAL_ATTR
+    from ckd_search.search.optuna_search import journal_storage
+
+    journal = tmp_path / "optuna.journal"
+    study = optuna.create_study(study_name="study-1", storage=journal_storage(journal), direction="maximize")
+    for trial_id, k, value in (("a1", 1.0, 0.6), ("b2", 3.0, 0.9)):
+        study.enqueue_trial({"kd.k": k})
+        trial = study.ask({"kd.k": optuna.distributions.FloatDistribution(0.1, 10.0)})
+        trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        study.tell(trial, value)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    cb = tracking_callback(uri, tmp_path, journal_path=journal, base_config={"run.epochs": 2, "kd.e_th": 1.0})
+    cb.setup(total_num_samples=2)
+    known = SimpleNamespace(
+        trial_id="a1", config={"run.epochs": 2, "kd.k": 1.0}, last_result={}, status="RUNNING"
+    )
+    cb.on_trial_start(0, [known], known)
+    known.last_result = {"epoch": 2.0, "best_test_acc": 0.6}
+    cb.on_trial_result(0, [known], known, known.last_result)
+    cb.on_trial_complete(0, [known], known)
+    cb.on_experiment_end([known])  # b2 ended after the snapshot this experiment was restored from
+
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("exp").experiment_id])
+    (parent,) = [r for r in runs if not r.data.tags.get("mlflow.parentRunId")]
+    assert parent.info.status == "FINISHED" and parent.data.tags["ckd.status"] == "finished"
+    assert parent.data.tags["ckd.best_trial_id"] == "b2"
+    assert parent.data.metrics["best_best_test_acc"] == pytest.approx(0.9)
+    path = client.download_artifacts(parent.info.run_id, "best_config.yaml", str(tmp_path))
+    best = yaml.safe_load(Path(path).read_text())
+    assert best["kd"]["k"] == pytest.approx(3.0) and best["kd"]["e_th"] == 1.0 and best["run"]["epochs"] == 2
