@@ -311,13 +311,32 @@ class Config:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
+            if isinstance(key, str | int | float | bool) and key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} given twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
-    """Read a YAML mapping with ``yaml.safe_load``; missing files and non-mappings are UserErrors."""
+    """Read a YAML mapping safely; missing files, duplicate keys and non-mappings are UserErrors."""
     p = Path(path).expanduser()
     if not p.is_file():
         raise UserError(f"{p}: no such file")
     try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+        loader = _UniqueKeyLoader(p.read_text(encoding="utf-8"))  # a SafeLoader: no object tags
+        try:
+            data = loader.get_single_data()  # type: ignore[no-untyped-call]
+        finally:
+            loader.dispose()  # type: ignore[no-untyped-call]
     except UnicodeDecodeError as err:
         raise UserError(f"{p}: not a UTF-8 text file (byte {err.start}); expected YAML") from None
     except OSError as err:

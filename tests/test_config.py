@@ -189,3 +189,18 @@ def test_field_docs_cover_every_leaf():
     docs = list(C.field_docs())
     assert len(docs) == len(C.leaf_keys()) > 60
     assert all(doc for _, _, doc in docs)
+
+
+def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
+    from ckd_search.config import load_yaml_mapping
+
+    path = tmp_path / "c.yaml"
+    path.write_text("run:\n  epochs: 2\nkd:\n  k: 1\nrun:\n  seed: 3\n")  # PyYAML would keep the second
+    with pytest.raises(UserError, match=r"c\.yaml: line 5 invalid YAML \(key 'run' given twice"):
+        load_yaml_mapping(path)
+    path.write_text("kd:\n  k: 1\n  k: 2\n")
+    with pytest.raises(UserError, match="key 'k' given twice"):
+        Config.from_yaml(path)
+    path.write_text("a: !!python/object:os.system {}\n")
+    with pytest.raises(UserError, match="invalid YAML"):
+        load_yaml_mapping(path)
