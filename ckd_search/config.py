@@ -136,7 +136,9 @@ class ModelConfig:
     bn_statistics: str = f(
         "per_step",
         "BatchNorm batch statistics: per_step over the B samples of each time step (He et al., whose "
-        "network runs step by step) or joint over all T*B (spikingjelly multi-step, TET; one kernel)",
+        "network runs step by step) or joint over all T*B (spikingjelly multi-step, TET; one kernel). "
+        "per_step trains on per-step statistics but evaluates with running statistics averaged over "
+        "the steps; it gave lower test accuracy in the first epochs (bench/cpu-results.md)",
         one_of("per_step", "joint"),
     )
 
