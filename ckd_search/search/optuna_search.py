@@ -187,21 +187,26 @@ class StudySearch(OptunaSearch):
         search would propose configurations it has already run.
         """
         study = self._open_study()
+        space = getattr(self, "_search_space", None)
+        if space is None:  # pickled by an older version: no seed to derive from, a fresh one then
+            study.sampler.reseed_rng()
+            return
         trials = len(study.get_trials(deepcopy=False))
-        self._sampler = make_sampler(
-            self._search_space, seed=resumed_seed(self._search_space.study.seed, trials)
-        )
+        self._sampler = make_sampler(space, seed=resumed_seed(space.study.seed, trials))
         study.sampler = self._sampler
 
     def _budget_spent(self) -> bool:
         """The study already holds ``num_trials`` trials that ran or run (orphans marked FAIL aside)."""
+        budget = getattr(self, "_num_trials", None)  # None: pickled by an older version, Tune counts
+        if budget is None:
+            return False
         live = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
         held = [
             t
             for t in self.study.get_trials(deepcopy=False, states=live)
             if not t.system_attrs.get(ORPHAN_ATTR)
         ]
-        return len(held) >= self._num_trials
+        return len(held) >= budget
 
     def suggest(self, trial_id: str) -> dict | None:
         self._open_study()  # before Ray's suggest, which uses the study unchecked

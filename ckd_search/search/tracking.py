@@ -151,7 +151,15 @@ class MlflowTrackingCallback(Callback):
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A callback restored from an older search's snapshot lacks the settings added since.
-        self.__dict__.update(end_wait_s=60.0, call_timeout_s=3.0, flush_budget_s=2.0, _env_set=[], _spilled=0)
+        self.__dict__.update(
+            end_wait_s=60.0,
+            call_timeout_s=3.0,
+            flush_budget_s=2.0,
+            _env_set=[],
+            _spilled=0,
+            journal_path=None,
+            base_config={},
+        )
         self.__dict__.update(state)
 
     # -- Tune callback API ----------------------------------------------------------------------
@@ -446,7 +454,7 @@ class MlflowTrackingCallback(Callback):
         """Summary rows of the trials the study's journal holds as ended but Tune's list lacks:
         those that ended after the snapshot a resume restored (a restored experiment asks no trial
         past the budget, so it ends with fewer), or in the first experiment of a restarted search."""
-        journal = getattr(self, "journal_path", None)  # a callback pickled before it had one: none
+        journal = self.journal_path
         if not journal:
             return []
         from ckd_search.search.optuna_search import ended_trials
@@ -471,7 +479,7 @@ class MlflowTrackingCallback(Callback):
                 "epochs_run": max(trial.intermediate_values, default=0),
             }
             row.update({m: values[i] if i < len(values) else None for i, m in enumerate(self.metrics)})
-            config = {**getattr(self, "base_config", {}), **trial.params}
+            config = {**self.base_config, **trial.params}
             row.update({f"config/{k}": v for k, v in sorted(config.items())})
             rows.append(row)
         return rows

@@ -101,3 +101,22 @@ def test_a_resumed_search_asks_no_trial_past_its_budget(tmp_path, write_space):
     restored.restore(str(tmp_path / "searcher.pkl"))
     assert restored.suggest("c") == Searcher.FINISHED
     assert len(optuna.load_study(study_name="s", storage=journal_storage(journal)).trials) == 2
+
+
+def test_a_searcher_pickled_by_an_older_version_still_resumes(tmp_path, write_space):
+    """Tune restores the searcher pickled in the run's tuner.pkl: one from before the budget and the
+    reseeding has neither attribute, and must still restore and suggest."""
+    space = load_space(write_space(RANDOM))
+    journal = tmp_path / "optuna.journal"
+    first = StudySearch(space, "s", journal, max_t=2)
+    first.set_search_properties("train_loss", "min", {})
+    earlier = _run(first, "a", 0.5)
+    first.save(str(tmp_path / "searcher.pkl"))
+    old = as_restored(first)
+    del old.__dict__["_search_space"], old.__dict__["_num_trials"]
+    state = pickle.loads((tmp_path / "searcher.pkl").read_bytes())
+    del state["_search_space"], state["_num_trials"]
+    (tmp_path / "searcher.pkl").write_bytes(pickle.dumps(state))
+    old.restore(str(tmp_path / "searcher.pkl"))
+    params = old.suggest("b")
+    assert isinstance(params, dict) and params != earlier

@@ -112,7 +112,15 @@ def test_a_callback_pickled_before_the_newer_settings_restores_with_their_defaul
     restored = pickle.loads(pickle.dumps(cb))
     assert restored.end_wait_s == 7.0  # a snapshot's own values win
     old = cb.__getstate__()
-    for name in ("end_wait_s", "call_timeout_s", "flush_budget_s", "_env_set", "_spilled"):
+    for name in (
+        "end_wait_s",
+        "call_timeout_s",
+        "flush_budget_s",
+        "_env_set",
+        "_spilled",
+        "journal_path",
+        "base_config",
+    ):
         del old[name]  # what a snapshot from before these settings holds
     legacy = MlflowTrackingCallback.__new__(MlflowTrackingCallback)
     legacy.__setstate__(old)
@@ -124,6 +132,7 @@ def test_a_callback_pickled_before_the_newer_settings_restores_with_their_defaul
     )
     assert legacy._spilled == 0 and legacy.get_state()["pending"] == []
     assert legacy.study_name == "study-1"
+    assert legacy.journal_path is None and legacy._journal_rows(set()) == []  # no journal: Tune's trials only
 
 
 def _spill_file(run_dir: Path, calls: list[dict]) -> Path:
