@@ -8,8 +8,9 @@
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
+
+from ckd_search.data.frames import resize_images
 
 #: OpenCV's uint8 hue is degrees / 2 (0-179); ``ToTensor`` then divides by 255.
 HUE_SCALE = 180.0 / 255.0
@@ -53,7 +54,6 @@ def static_value_maps(rgb_uint8: Tensor, size: int, chunk: int = 512) -> Tensor:
         return value_channel(rgb_uint8)
     out = torch.empty(rgb_uint8.shape[0], 1, size, size)
     for start in range(0, rgb_uint8.shape[0], chunk):
-        x = rgb_uint8[start : start + chunk].float()
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
-        out[start : start + len(x)] = x.round().clamp(0, 255).amax(dim=1, keepdim=True) / 255.0
+        resized = resize_images(rgb_uint8[start : start + chunk].numpy(), size)  # uint8, as PIL's
+        out[start : start + len(resized)] = value_channel(torch.from_numpy(resized))
     return out

@@ -450,15 +450,16 @@ def _saccade_setup(
 ) -> tuple[Levels, np.ndarray, tuple[int, int, int], _Renderer]:
     _check_images(images)
     pos = saccade_path(cfg.amplitude, cfg.steps_per_leg) if path is None else np.asarray(path, float)
-    if path is None and np.abs(pos).max() > margin:
+    if pos.ndim != 2 or pos.shape[1] != 2 or len(pos) < 2:
+        raise ValueError(f"path must be [N + 1, 2] offsets with N >= 1, got shape {pos.shape}")
+    reach = float(np.abs(pos).max())
+    if path is None and reach > margin:
         # the saccade would carry the image off the sensor and its events would be cut silently
         raise UserError(
             f"data.simulator.amplitude={cfg.amplitude}: the saccade moves the image up to "
-            f"{np.abs(pos).max():g} px, past the sensor's {margin} px margin (use <= {margin})"
+            f"{reach:g} px, past the sensor's {margin} px margin (use <= {margin})"
         )
-    if pos.ndim != 2 or pos.shape[1] != 2 or len(pos) < 2:
-        raise ValueError(f"path must be [N + 1, 2] offsets with N >= 1, got shape {pos.shape}")
-    renderer = _Renderer(images.astype(np.float64), margin, float(np.abs(pos).max()))
+    renderer = _Renderer(images.astype(np.float64), margin, reach)
     times = np.linspace(0.0, float(cfg.duration_us), len(pos))
     levels = _log_levels(lambda k: renderer.render(pos[k, 0], pos[k, 1]), cfg.log_eps)
     return levels, times, (len(images), renderer.height, renderer.width), renderer

@@ -114,9 +114,9 @@ class PersistentASHA(ASHAScheduler):
         self._orphans_unchecked = False
         known = {t.trial_id for t in tune_controller.get_trials()}
         if self._journal is not None:
-            from ckd_search.search.optuna_search import ended_ray_trials
+            from ckd_search.search.optuna_search import ended_trials
 
-            known |= ended_ray_trials(*self._journal)
+            known |= set(ended_trials(*self._journal))
         removed = self.drop_unknown(known)
         if removed:
             log.info(

@@ -355,11 +355,6 @@ def trial_status(trial: optuna.trial.FrozenTrial) -> str:
     return {TrialState.COMPLETE: COMPLETED, TrialState.PRUNED: PRUNED}.get(trial.state, FAILED)
 
 
-def ended_ray_trials(journal_path: str | Path, study_name: str) -> set[str]:
-    """Tune trial ids of :func:`ended_trials`."""
-    return set(ended_trials(journal_path, study_name))
-
-
 def fail_orphans(journal_path: str | Path, study_name: str, keep: frozenset[str] = frozenset()) -> int:
     """Mark unfinished journal trials whose Tune trial is not in ``keep`` FAIL (``ckd:orphaned``).
 
