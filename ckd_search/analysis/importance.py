@@ -32,7 +32,8 @@ from optuna.distributions import FloatDistribution
 from optuna.distributions import IntDistribution
 from optuna.trial import TrialState
 
-from ckd_search.analysis.results import METRIC
+from ckd_search.analysis.results import ACCURACY
+from ckd_search.analysis.results import Ranking
 
 log = logging.getLogger(__name__)
 
@@ -120,25 +121,25 @@ def build_study(
     trials: pd.DataFrame,
     params: Sequence[str],
     epochs: pd.DataFrame | None = None,
-    metric: str = METRIC,
+    ranking: Ranking = ACCURACY,
     use_pruned_values: bool = False,
 ) -> optuna.Study:
-    """An in-memory maximising study holding one FrozenTrial per row of ``trials``.
+    """An in-memory study holding one FrozenTrial per row of ``trials``, in ``ranking``'s direction.
 
     Args:
         trials: the per-trial table (``status``, ``metric`` and the ``params`` columns).
         params: the parameters to include (rows with a missing value are skipped).
         epochs: optional per-epoch table for intermediate values.
-        metric: the objective column.
+        ranking: the objective column and its direction.
         use_pruned_values: add pruned trials as COMPLETE with their last value (when too few
             trials completed).
     """
     dists = {p: infer_distribution(p, trials[p]) for p in params}
     with _quiet_optuna():
-        study = optuna.create_study(direction="maximize")
+        study = optuna.create_study(direction="minimize" if ranking.ascending else "maximize")
     curves = _intermediate(epochs)
     for row in trials.to_dict("records"):
-        value = row.get(metric)
+        value = row.get(ranking.column)
         if any(_missing(row.get(p)) for p in params):
             continue
         complete = row["status"] == "complete" or use_pruned_values
@@ -195,6 +196,7 @@ def compute_importances(
     params: Sequence[str] | None = None,
     epochs: pd.DataFrame | None = None,
     seed: int = 0,
+    ranking: Ranking = ACCURACY,
 ) -> Importances:
     """PED-ANOVA and fANOVA importances of ``params`` (default: :func:`candidate_params`).
 
@@ -203,7 +205,7 @@ def compute_importances(
     """
     params = list(params) if params is not None else candidate_params(trials)
     trials = mask_inactive(trials)
-    result = _rank(trials, params, epochs, seed)
+    result = _rank(trials, params, epochs, seed, ranking)
     switches = {CONDITIONAL[p][0] for p in params if p in CONDITIONAL and trials[p].isna().any()}
     for switch in sorted(s for s in switches if s in trials):
         for value, group in trials.groupby(switch, sort=True):
@@ -213,11 +215,13 @@ def compute_importances(
                 if p != switch and not group[p].isna().any() and group[p].astype(str).nunique() > 1
             ]
             if len(group) >= 2 and any(p in CONDITIONAL for p in active):
-                result.by_group[f"{switch}={value}"] = _rank(group, active, epochs, seed)
+                result.by_group[f"{switch}={value}"] = _rank(group, active, epochs, seed, ranking)
     return result
 
 
-def _rank(trials: pd.DataFrame, params: Sequence[str], epochs: pd.DataFrame | None, seed: int) -> Importances:
+def _rank(
+    trials: pd.DataFrame, params: Sequence[str], epochs: pd.DataFrame | None, seed: int, ranking: Ranking
+) -> Importances:
     """The two evaluators over ``params`` on the trials given."""
     params = list(params)
     result = Importances(params=params)
@@ -236,7 +240,7 @@ def _rank(trials: pd.DataFrame, params: Sequence[str], epochs: pd.DataFrame | No
             f"only {n_complete} complete trial(s): pruned trials counted with their "
             "last value (low-budget; read with care)"
         )
-    study = build_study(trials, params, epochs, use_pruned_values=use_pruned)
+    study = build_study(trials, params, epochs, ranking, use_pruned_values=use_pruned)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     result.n_trials = len(done)
     if len(done) < 2:

@@ -18,7 +18,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
 from ckd_search import schedules
-from ckd_search.analysis.results import METRIC
+from ckd_search.analysis.results import ACCURACY
+from ckd_search.analysis.results import Ranking
 from ckd_search.storage import atomic_write
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,15 @@ PLANE_AXES = {
 }
 
 
-def switch_plane(trials: pd.DataFrame, path: Path, title: str = "", kind: str = "phased") -> Path:
-    """Best test top-1 over (switch point, log10 k) of the ``kind`` trials: (e_th, k) for phased,
+def switch_plane(
+    trials: pd.DataFrame, path: Path, title: str = "", kind: str = "phased", ranking: Ranking = ACCURACY
+) -> Path:
+    """The ranking metric over (switch point, log10 k) of the ``kind`` trials: (e_th, k) for phased,
     (p_th, k) for adaptive; complete trials filled, pruned ones hollow; best starred."""
     key, xlabel = PLANE_AXES[kind]
     fig = _figure()
     ax = fig.add_subplot()
-    df = trials.dropna(subset=[key, "kd.k", METRIC])
+    df = trials.dropna(subset=[key, "kd.k", ranking.column])
     df = df[df["kd.k"] > 0]
     if "kd.schedule" in df:
         df = df[df["kd.schedule"] == kind]
@@ -81,7 +84,7 @@ def switch_plane(trials: pd.DataFrame, path: Path, title: str = "", kind: str = 
         return _save(fig, path)
     x = df[key].astype(float).to_numpy()
     y = np.log10(df["kd.k"].astype(float).to_numpy())
-    acc = df[METRIC].astype(float).to_numpy()
+    acc = df[ranking.column].astype(float).to_numpy()
     vmin, vmax = float(np.nanmin(acc)), float(np.nanmax(acc))
     if vmin == vmax:
         vmin, vmax = vmin - 1e-3, vmax + 1e-3
@@ -90,7 +93,7 @@ def switch_plane(trials: pd.DataFrame, path: Path, title: str = "", kind: str = 
         x[done],
         y[done],
         c=acc[done],
-        cmap=CMAP,
+        cmap=ranking.cmap,
         vmin=vmin,
         vmax=vmax,
         s=55,
@@ -110,7 +113,7 @@ def switch_plane(trials: pd.DataFrame, path: Path, title: str = "", kind: str = 
             linewidths=1.2,
             label="pruned (low-budget value)",
         )
-    best = int(np.nanargmax(np.where(done, acc, -np.inf))) if done.any() else int(np.nanargmax(acc))
+    best = ranking.best_index(np.where(done, acc, np.nan)) if done.any() else ranking.best_index(acc)
     ax.scatter(
         [x[best]],
         [y[best]],
@@ -122,7 +125,7 @@ def switch_plane(trials: pd.DataFrame, path: Path, title: str = "", kind: str = 
         zorder=5,
         label=f"best {acc[best]:.3f}",
     )
-    fig.colorbar(sc, ax=ax, label="best test top-1")
+    fig.colorbar(sc, ax=ax, label=ranking.label)
     ax.set_xlabel(xlabel)
     ax.set_ylabel("log10 k (switch steepness)")
     ax.legend(loc="best", fontsize="small")
@@ -249,8 +252,10 @@ def learning_curves(
 
 
 # --- parallel coordinates ----------------------------------------------------------------------
-def parallel_coordinates(trials: pd.DataFrame, params: Sequence[str], path: Path, title: str = "") -> Path:
-    """One line per trial through its (scaled) parameter values and its accuracy, coloured by accuracy.
+def parallel_coordinates(
+    trials: pd.DataFrame, params: Sequence[str], path: Path, title: str = "", ranking: Ranking = ACCURACY
+) -> Path:
+    """One line per trial through its (scaled) parameter values and its ranking metric, coloured by it.
 
     Numeric axes are min-max scaled (``kd.k`` and other log parameters in log10); categorical axes
     spread their levels evenly. The end labels show each axis' range.
@@ -259,8 +264,8 @@ def parallel_coordinates(trials: pd.DataFrame, params: Sequence[str], path: Path
 
     fig = _figure(max(6.4, 1.5 * (len(params) + 1)), 4.4)
     ax = fig.add_subplot()
-    df = trials.dropna(subset=[METRIC])
-    axes = list(params) + [METRIC]
+    df = trials.dropna(subset=[ranking.column])
+    axes = list(params) + [ranking.column]
     if df.empty or not params:
         ax.text(0.5, 0.5, "no varying parameters", ha="center", va="center")
         return _save(fig, path)
@@ -285,12 +290,12 @@ def parallel_coordinates(trials: pd.DataFrame, params: Sequence[str], path: Path
             highs.append(levels[-1])
             for lv, yv in pos.items():
                 ax.text(j + 0.04, yv, lv, fontsize="x-small", va="center", color="0.3")
-    acc = df[METRIC].astype(float).to_numpy()
+    acc = df[ranking.column].astype(float).to_numpy()
     norm_acc = (
         (acc - acc.min()) / (acc.max() - acc.min()) if acc.max() > acc.min() else np.full_like(acc, 0.5)
     )
-    cmap = fig.colorbar(_mappable(acc), ax=ax, label="best test top-1").cmap
-    order = np.argsort(acc)  # best on top
+    cmap = fig.colorbar(_mappable(acc, ranking.cmap), ax=ax, label=ranking.label).cmap
+    order = np.argsort(-acc if ranking.ascending else acc)  # best drawn last, on top
     done = (df["status"] == "complete").to_numpy()
     for i in order:
         ax.plot(
@@ -312,32 +317,34 @@ def parallel_coordinates(trials: pd.DataFrame, params: Sequence[str], path: Path
     return _save(fig, path)
 
 
-def _mappable(values: np.ndarray) -> Any:
+def _mappable(values: np.ndarray, cmap: str = CMAP) -> Any:
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 
     lo, hi = float(values.min()), float(values.max())
-    return ScalarMappable(norm=Normalize(lo, hi if hi > lo else lo + 1e-3), cmap=CMAP)
+    return ScalarMappable(norm=Normalize(lo, hi if hi > lo else lo + 1e-3), cmap=cmap)
 
 
 # --- schedule kinds ----------------------------------------------------------------------------
-def schedule_comparison(trials: pd.DataFrame, path: Path, title: str = "") -> Path:
-    """Best test top-1 of every trial per ``kd.schedule`` kind (complete filled, pruned hollow)."""
+def schedule_comparison(
+    trials: pd.DataFrame, path: Path, title: str = "", ranking: Ranking = ACCURACY
+) -> Path:
+    """The ranking metric of every trial per ``kd.schedule`` kind (complete filled, pruned hollow)."""
     fig = _figure(5.6, 4.0)
     ax = fig.add_subplot()
     kinds = sorted(trials["kd.schedule"].astype(str).unique())
     rng = np.random.default_rng(0)
     for i, kind in enumerate(kinds):
-        grp = trials[trials["kd.schedule"] == kind].dropna(subset=[METRIC])
+        grp = trials[trials["kd.schedule"] == kind].dropna(subset=[ranking.column])
         jitter = rng.uniform(-0.12, 0.12, len(grp))
         done = (grp["status"] == "complete").to_numpy()
-        vals = grp[METRIC].to_numpy()
+        vals = grp[ranking.column].astype(float).to_numpy()
         ax.scatter(i + jitter[done], vals[done], color=f"C{i}", s=30, label=None)
         ax.scatter(i + jitter[~done], vals[~done], facecolors="none", edgecolors=f"C{i}", s=30)
         if done.any():
-            ax.hlines(vals[done].max(), i - 0.3, i + 0.3, color=f"C{i}", lw=2)
+            ax.hlines(vals[done][ranking.best_index(vals[done])], i - 0.3, i + 0.3, color=f"C{i}", lw=2)
     ax.set_xticks(range(len(kinds)), kinds)
-    ax.set_ylabel("best test top-1")
+    ax.set_ylabel(ranking.label)
     ax.set_title(title or "Schedule kinds (bar: best complete trial)")
     return _save(fig, path)
 

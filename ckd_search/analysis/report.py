@@ -30,7 +30,9 @@ from ckd_search.analysis.importance import Importances
 from ckd_search.analysis.importance import candidate_params
 from ckd_search.analysis.importance import compute_importances
 from ckd_search.analysis.pareto import pareto_mask
+from ckd_search.analysis.results import ACCURACY
 from ckd_search.analysis.results import METRIC
+from ckd_search.analysis.results import Ranking
 from ckd_search.analysis.results import SearchRun
 from ckd_search.analysis.results import rank_trials
 from ckd_search.storage import atomic_write_text
@@ -133,15 +135,18 @@ def _overview(runs: Sequence[SearchRun], labels: Sequence[str]) -> Section:
                 "pruned": int((t["status"] == "pruned").sum()),
                 "error": int((t["status"] == "error").sum()),
                 "max epoch": run.max_epoch,
-                "best test top-1": best[METRIC],
+                **_best_cells(run.ranking, best),
                 "best trial": best["trial_id"],
             }
         )
     sec = Section("Overview")
     sec.text.append(
-        "Metric: best test top-1 over epochs (He et al.'s protocol). A trial counts as "
-        "complete when it reached the largest epoch any trial of its search reached; "
-        "otherwise it was pruned (e.g. by ASHA) and its value is a low-budget value."
+        "Trials are ranked by their study's metric, as its searcher and ckd-search export rank them: "
+        "best test top-1 over epochs (He et al.'s protocol) unless the study optimised another single "
+        "metric (its value at the trial's last epoch); a multi-objective study is ranked by best test "
+        "top-1 too. A trial counts as complete when it reached the largest "
+        "epoch any trial of its search reached; otherwise it was pruned (e.g. by ASHA) and its value "
+        "is a low-budget value."
     )
     sec.tables.append(("", pd.DataFrame(rows)))
     return sec
@@ -159,8 +164,11 @@ def _run_sections(
 
     head = Section(f"{label}", level=2)
     head.text.extend(run.notes)
-    cols = ["trial_id", "status", METRIC, "final_test_acc", "epochs_run"] + params
-    ordered = pd.concat([ranked, trials.drop(ranked.index).sort_values(METRIC, ascending=False)])
+    ranking = run.ranking
+    metrics = [*dict.fromkeys([ranking.column, METRIC, "final_test_acc"])]
+    cols = ["trial_id", "status", *metrics, "epochs_run"] + params
+    pruned = trials.drop(ranked.index).sort_values(ranking.column, ascending=ranking.ascending)
+    ordered = pd.concat([ranked, pruned])
     best_tbl = ordered[[c for c in cols if c in ordered]].head(TABLE_ROWS).reset_index(drop=True)
     best_tbl.index = best_tbl.index + 1
     best_tbl.index.name = "rank"
@@ -173,11 +181,11 @@ def _run_sections(
     summary["best"] = [_jsonable(r) for r in best_tbl.to_dict("records")[:top]]
     out.append(head)
 
-    imp = compute_importances(trials, params, run.epochs)
+    imp = compute_importances(trials, params, run.epochs, ranking=ranking)
     sec = Section(f"{label}: hyperparameter importance", level=3)
     sec.text.append(
-        f"Optuna PED-ANOVA and fANOVA on an in-memory study rebuilt from {imp.n_trials} "
-        "trial(s); distributions inferred from the observed values (kd.k on a log "
+        f"Optuna PED-ANOVA and fANOVA of {ranking.label} on an in-memory study rebuilt from "
+        f"{imp.n_trials} trial(s); distributions inferred from the observed values (kd.k on a log "
         "scale); each method normalised to sum to 1."
     )
     sec.text.extend(imp.notes)
@@ -199,11 +207,11 @@ def _run_sections(
         summary["importance_by_group"] = {g: sub.by_method for g, sub in imp.by_group.items()}
     out.append(sec)
 
-    out.append(_plane_section(trials, label, fig_dir / f"{slug}_plane.png", "phased"))
+    out.append(_plane_section(trials, label, fig_dir / f"{slug}_plane.png", "phased", ranking))
     kinds = trials["kd.schedule"].astype(str).unique() if "kd.schedule" in trials else []
     if "adaptive" in kinds:
-        out.append(_plane_section(trials, label, fig_dir / f"{slug}_plane_adaptive.png", "adaptive"))
-        summary["best_adaptive"] = _jsonable(_best_of_kind(trials, "adaptive", ["kd.p_th", "kd.k"]))
+        out.append(_plane_section(trials, label, fig_dir / f"{slug}_plane_adaptive.png", "adaptive", ranking))
+        summary["best_adaptive"] = _jsonable(_best_of_kind(trials, "adaptive", ["kd.p_th", "kd.k"], ranking))
     if run.multi_objective:
         sec, front = _pareto_section(run, label, params, fig_dir / f"{slug}_pareto.png")
         out.append(sec)
@@ -227,7 +235,7 @@ def _run_sections(
 
     sec = Section(f"{label}: learning curves", level=3)
     ids = [
-        (str(r["trial_id"]), f"#{i + 1} {r['trial_id']} ({r[METRIC]:.3f})")
+        (str(r["trial_id"]), f"#{i + 1} {r['trial_id']} ({r[ranking.column]:.4g})")
         for i, r in enumerate(top_rows.to_dict("records"))
     ]
     sec.figures.append(
@@ -245,7 +253,7 @@ def _run_sections(
         (
             "Parallel coordinates",
             plots.parallel_coordinates(
-                trials, params, fig_dir / f"{slug}_parallel.png", f"{label}: parallel coordinates"
+                trials, params, fig_dir / f"{slug}_parallel.png", f"{label}: parallel coordinates", ranking
             ),
         )
     )
@@ -253,16 +261,18 @@ def _run_sections(
 
     if len(kinds) > 1:
         sec = Section(f"{label}: schedule kinds (phased vs adaptive)", level=3)
-        table = schedule_table(trials)
+        table = schedule_table(trials, ranking)
         sec.text.append(
             "phased: gamma = sigma(-k (e - e_th)); adaptive: gamma = sigma(-k (P_replace - "
-            "p_th)); constant: gamma = 1. Best and median over complete trials."
+            f"p_th)); constant: gamma = 1. Best and median {ranking.label} over complete trials."
         )
         sec.tables.append(("", table))
         sec.figures.append(
             (
-                "Best test top-1 per schedule kind",
-                plots.schedule_comparison(trials, fig_dir / f"{slug}_kinds.png", f"{label}: schedule kinds"),
+                f"{ranking.label} per schedule kind",
+                plots.schedule_comparison(
+                    trials, fig_dir / f"{slug}_kinds.png", f"{label}: schedule kinds", ranking
+                ),
             )
         )
         summary["schedule_kinds"] = _jsonable(table.reset_index().to_dict("records"))
@@ -270,29 +280,33 @@ def _run_sections(
     return out, summary, imp
 
 
-def _plane_section(trials: pd.DataFrame, label: str, path: Path, kind: str) -> Section:
-    """Accuracy over (e_th, log10 k) of the phased trials, or over (p_th, log10 k) of the adaptive."""
+def _plane_section(trials: pd.DataFrame, label: str, path: Path, kind: str, ranking: Ranking) -> Section:
+    """The ranking metric over (e_th, log10 k) of the phased trials, or (p_th, log10 k) of the adaptive."""
     key, _ = plots.PLANE_AXES[kind]
     name = key.removeprefix("kd.")
-    sec = Section(f"{label}: accuracy over the ({name}, log10 k) plane", level=3)
+    sec = Section(f"{label}: {ranking.label} over the ({name}, log10 k) plane", level=3)
     if {key, "kd.k"} <= set(trials.columns):
         formula = "sigma(-k (e - e_th))" if kind == "phased" else "sigma(-k (P_replace - p_th))"
         sec.text.append(
-            f"{kind.capitalize()}-schedule trials only (gamma = {formula}); colour = best test top-1; "
+            f"{kind.capitalize()}-schedule trials only (gamma = {formula}); colour = {ranking.label}; "
             "hollow = pruned."
         )
         sec.figures.append(
-            (f"({name}, log10 k) plane", plots.switch_plane(trials, path, f"{label}: ({name}, k)", kind))
+            (
+                f"({name}, log10 k) plane",
+                plots.switch_plane(trials, path, f"{label}: ({name}, k)", kind, ranking),
+            )
         )
     else:
         sec.text.append(f"{key} / kd.k not in the trial configs.")
     return sec
 
 
-def _best_of_kind(trials: pd.DataFrame, kind: str, keys: Sequence[str]) -> dict[str, Any]:
-    """The best trial of one schedule kind (complete ones first): id, metric and ``keys``."""
-    best = rank_trials(trials[trials["kd.schedule"].astype(str) == kind]).iloc[0]
-    return {"trial_id": best["trial_id"], METRIC: best[METRIC], **{k: best.get(k) for k in keys}}
+def _best_of_kind(trials: pd.DataFrame, kind: str, keys: Sequence[str], ranking: Ranking) -> dict[str, Any]:
+    """The best trial of one schedule kind (complete ones first): id, metrics and ``keys``."""
+    best = rank_trials(trials[trials["kd.schedule"].astype(str) == kind], ranking=ranking).iloc[0]
+    metrics = dict.fromkeys([ranking.column, METRIC])
+    return {"trial_id": best["trial_id"], **{m: best[m] for m in metrics}, **{k: best.get(k) for k in keys}}
 
 
 def _pareto_section(
@@ -329,24 +343,24 @@ def _pareto_section(
     return sec, _jsonable(records)
 
 
-def schedule_table(trials: pd.DataFrame) -> pd.DataFrame:
-    """Per ``kd.schedule`` kind: trial counts, best and median best test top-1 (complete trials)."""
+def schedule_table(trials: pd.DataFrame, ranking: Ranking = ACCURACY) -> pd.DataFrame:
+    """Per ``kd.schedule`` kind: trial counts, best and median of the ranking metric (complete trials)."""
     rows = []
     for kind, grp in trials.groupby(trials["kd.schedule"].astype(str)):
         done = grp[grp["status"] == "complete"]
         use = done if not done.empty else grp
-        best = use.sort_values(METRIC, ascending=False).iloc[0]
+        best = rank_trials(use, (), ranking).iloc[0]
         rows.append(
             {
                 "schedule": kind,
                 "trials": len(grp),
                 "complete": len(done),
-                "best": best[METRIC],
-                "median": float(use[METRIC].median()),
+                "best": best[ranking.column],
+                "median": float(use[ranking.column].median()),
                 "best trial": best["trial_id"],
             }
         )
-    return pd.DataFrame(rows).set_index("schedule").sort_values("best", ascending=False)
+    return pd.DataFrame(rows).set_index("schedule").sort_values("best", ascending=ranking.ascending)
 
 
 def _iters_per_epoch(run: SearchRun) -> int | None:
@@ -375,7 +389,7 @@ def _datasets_section(runs: Sequence[SearchRun], labels: Sequence[str]) -> Secti
                 "e_th / E": _ratio(e_th, best.get("run.epochs")),
                 "best k": best.get("kd.k"),
                 "best beta": best.get("loss.beta"),
-                "best top-1": best[METRIC],
+                **_best_cells(run.ranking, best),
             }
         )
         rows.append(row)
@@ -398,6 +412,13 @@ def _datasets_section(runs: Sequence[SearchRun], labels: Sequence[str]) -> Secti
         sec.text.append("No descriptors for: " + ", ".join(missing) + " (see the run's notes).")
     sec.tables.append(("", pd.DataFrame(rows)))
     return sec
+
+
+def _best_cells(ranking: Ranking, best: pd.Series) -> dict[str, Any]:
+    """The best trial's ranking metric and, when that is another metric, its best test top-1 too."""
+    if ranking.column == METRIC:
+        return {"best test top-1": best[METRIC]}
+    return {f"best {ranking.label}": best[ranking.column], "its best test top-1": best[METRIC]}
 
 
 def _ratio(a: Any, b: Any) -> float | None:

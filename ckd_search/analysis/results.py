@@ -13,12 +13,15 @@ import logging
 import math
 from collections.abc import Iterable
 from collections.abc import Mapping
+from collections.abc import Sequence
 from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pandas as pd
+from numpy.typing import ArrayLike
 
 from ckd_search.config import Config
 from ckd_search.config import load_yaml_mapping
@@ -107,17 +110,67 @@ class SearchRun:
                 out.append(key)
         return out
 
+    @property
+    def ranking(self) -> Ranking:
+        """What "best" means in this run's report: the study's own metric when it has one."""
+        return ranking_for(self.objectives)
+
     def ranked(self, statuses: tuple[str, ...] = ("complete",)) -> pd.DataFrame:
         """Trials with the given statuses, best first (all trials if none has such a status)."""
-        return rank_trials(self.trials, statuses)
+        return rank_trials(self.trials, statuses, self.ranking)
 
 
-def rank_trials(trials: pd.DataFrame, statuses: tuple[str, ...] = ("complete",)) -> pd.DataFrame:
+@dataclass(frozen=True)
+class Ranking:
+    """A trial-table column that orders trials, and whether larger values are better."""
+
+    column: str = METRIC
+    mode: str = "max"
+    label: str = "best test top-1"
+
+    @property
+    def ascending(self) -> bool:
+        return self.mode == "min"
+
+    @property
+    def cmap(self) -> str:
+        """viridis, reversed for a metric to minimise, so the best trials are yellow either way."""
+        return "viridis_r" if self.ascending else "viridis"
+
+    def best_index(self, values: ArrayLike) -> int:
+        """Position of the best of ``values`` (NaN never wins unless all are NaN)."""
+        arr = np.asarray(values, dtype=float)
+        if np.isnan(arr).all():
+            return 0
+        return int(np.nanargmin(arr) if self.ascending else np.nanargmax(arr))
+
+
+ACCURACY = Ranking()
+
+
+def ranking_for(objectives: Sequence[tuple[str, str]]) -> Ranking:
+    """The ranking of a search with these (metric, mode) objectives.
+
+    A single-objective search is ranked by its own metric, as its searcher and ``ckd-search
+    export`` rank it: the value at a trial's last epoch (``final/<metric>``; for ``best_test_acc``
+    that is the ``best_test_acc`` column itself). A multi-objective search, or one whose
+    ``space.yaml`` is missing, is ranked by best test top-1 (He et al.'s protocol); its objectives
+    get the Pareto section.
+    """
+    if len(objectives) != 1 or objectives[0][0] == METRIC:
+        return ACCURACY
+    metric, mode = objectives[0]
+    return Ranking(f"final/{metric}", mode, f"{metric} at the last epoch ({mode})")
+
+
+def rank_trials(
+    trials: pd.DataFrame, statuses: tuple[str, ...] = ("complete",), ranking: Ranking = ACCURACY
+) -> pd.DataFrame:
     """``trials`` with the given statuses, best first (all of them if none has such a status)."""
     sel = trials[trials["status"].isin(statuses)]
     if sel.empty:
         sel = trials
-    return sel.sort_values(METRIC, ascending=False, na_position="last")
+    return sel.sort_values(ranking.column, ascending=ranking.ascending, na_position="last")
 
 
 def load_runs(run_dirs: Iterable[str | Path], compute_descriptors: bool = True) -> list[SearchRun]:
@@ -157,7 +210,8 @@ def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun
     if not descriptors and compute_descriptors and (root / SETTINGS_FILE).is_file():
         from ckd_search.analysis.descriptors import descriptors_for_run
 
-        descriptors = descriptors_for_run(root, rank_trials(trials).iloc[0].to_dict(), notes)
+        ranking = ranking_for(objectives)
+        descriptors = descriptors_for_run(root, rank_trials(trials, ranking=ranking).iloc[0].to_dict(), notes)
     name = _run_name(root, trials, descriptors)
     max_epoch = int(trials["epochs_run"].max()) if len(trials) else 0
     log.info(

@@ -74,8 +74,12 @@ def run_analyze(args: argparse.Namespace) -> int:
         best = run.ranked().iloc[0]
         kind = best.get("kd.schedule", "phased")
         point, _ = PLANE_AXES.get(kind, PLANE_AXES["phased"])  # kd.e_th, or kd.p_th when adaptive
+        ranking = run.ranking
+        value = f"best {ranking.label} {best[ranking.column]:.4g}"
+        if ranking.column != "best_test_acc":
+            value += f", its best test top-1 {best['best_test_acc']:.4f}"
         print(
-            f"{run.name}: {len(run.trials)} trials, best test top-1 {best['best_test_acc']:.4f} "
+            f"{run.name}: {len(run.trials)} trials, {value} "
             f"(trial {best['trial_id']}, {kind}, "
             f"{point.removeprefix('kd.')}={_short(best.get(point))}, k={_short(best.get('kd.k'))})"
         )

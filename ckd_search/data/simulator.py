@@ -37,6 +37,7 @@ MIN_THRESHOLD = 0.01
 _TOL = 1e-9
 # Samples simulated together: keeps the working arrays (~10 per batch) inside the CPU caches.
 _CHUNK = 128
+NOISE_STREAM = 1  # third seed word of a sample's shot-noise generator (its thresholds use two)
 
 Levels = Callable[[int], np.ndarray]
 
@@ -267,8 +268,8 @@ def _simulate(
     """Run the crossing step over ``len(times) - 1`` render steps and feed ``sink``."""
     b, h, w = shape
     c_on, c_off = draw_thresholds(cfg, (h, w), seed, sample_ids)
-    # noise draws come from one batch generator (seeded by the batch's first id and size)
-    noise_rng = np.random.default_rng((int(seed), int(sample_ids[0]) if b else 0, b, 1))
+    if cfg.shot_noise_hz > 0:
+        sink.add_events(*shot_noise(cfg.shot_noise_hz, times, (h, w), seed, sample_ids))
     t_last = np.full(b * h * w, np.iinfo(np.int64).min // 2, dtype=np.int64)
     prev = levels(0)
     ref = prev.copy()
@@ -290,20 +291,32 @@ def _simulate(
             sink.add_counts(t1, n_on, n_off)
         # the reference moves by whole thresholds, also for refractory-suppressed crossings (ESIM)
         ref += n_on * c_on - n_off * c_off
-        if cfg.shot_noise_hz > 0:
-            sink.add_events(*_shot_noise(noise_rng, b * h * w, cfg.shot_noise_hz, t0, t1))
         prev = level
 
 
-def _shot_noise(
-    rng: np.random.Generator, n_pixels: int, rate_hz: float, t0: float, t1: float
+def shot_noise(
+    rate_hz: float, times: np.ndarray, shape: tuple[int, int], seed: int, sample_ids: np.ndarray
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Shot noise: each pixel fires with probability rate * dt, random polarity, uniform time."""
-    prob = rate_hz * (t1 - t0) * 1e-6
-    flat = np.flatnonzero(rng.random(n_pixels) < prob)
-    t = np.floor(t0 + rng.random(flat.size) * (t1 - t0)).astype(np.int64)
-    p = rng.integers(0, 2, flat.size, dtype=np.int64)
-    return flat, t, p
+    """Shot-noise events (data.md 2.3 step 8) of a batch: (flat pixel index in the batch, t, p).
+
+    In each render step [t_k-1, t_k) a pixel fires with probability rate * dt, with a random
+    polarity at a uniform time in the step. Sample i draws from its own generator
+    ``(seed, sample_ids[i], NOISE_STREAM)``, as its thresholds do, so its noise does not depend on
+    the batch or chunk it is simulated in (nor on ``data.limit``).
+    """
+    h, w = shape
+    starts, dt = times[:-1].astype(float), np.diff(times).astype(float)
+    prob = (rate_hz * dt * 1e-6)[:, None]
+    flat, t, p = [], [], []
+    for i, sid in enumerate(sample_ids):
+        rng = np.random.default_rng((int(seed), int(sid), NOISE_STREAM))
+        step, pix = np.nonzero(rng.random((dt.size, h * w)) < prob)
+        t.append(np.floor(starts[step] + rng.random(step.size) * dt[step]).astype(np.int64))
+        p.append(rng.integers(0, 2, step.size, dtype=np.int64))
+        flat.append(i * h * w + pix)
+    if not flat:
+        return (np.empty(0, np.int64),) * 3
+    return np.concatenate(flat), np.concatenate(t), np.concatenate(p)
 
 
 def _log_levels(frames: Callable[[int], np.ndarray], eps: float) -> Levels:

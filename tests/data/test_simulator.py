@@ -249,3 +249,14 @@ def test_an_amplitude_past_the_margin_is_refused_naming_the_key():
     with pytest.raises(UserError, match=r"data\.simulator\.amplitude=3\.5.*3 px margin"):
         simulate_saccade_frames(images, SimulatorConfig(amplitude=3.5), 2, margin=3)
     assert simulate_saccade_frames(images, SimulatorConfig(amplitude=3.0), 2, margin=3).shape[-1] == 14
+
+
+def test_shot_noise_of_a_sample_does_not_depend_on_its_batch() -> None:
+    """A sample's noise comes from its own generator: alone, in a batch or at another position."""
+    cfg = SimulatorConfig(shot_noise_hz=200.0)
+    still = np.zeros((61, 2))
+    images = np.zeros((3, 10, 10))
+    batch = simulate_saccade_events(images, cfg, path=still, seed=4, sample_ids=np.array([7, 8, 9]))
+    alone = simulate_saccade_events(images[:1], cfg, path=still, seed=4, sample_ids=np.array([8]))
+    np.testing.assert_array_equal(batch[1], alone[0])
+    assert len(batch[1]) > 0 and not np.array_equal(batch[0], batch[1])

@@ -1,0 +1,93 @@
+"""The report ranks trials by the study's own metric, as the searcher and ``ckd-search export`` do."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+import pytest
+import yaml
+
+from ckd_search.analysis.importance import build_study
+from ckd_search.analysis.report import build_report
+from ckd_search.analysis.results import ACCURACY
+from ckd_search.analysis.results import Ranking
+from ckd_search.analysis.results import load_run
+from ckd_search.analysis.results import ranking_for
+
+# (best test top-1, train loss at the last epoch): the most accurate trial is not the lowest-loss one.
+VALUES = [(0.90, 0.80), (0.60, 0.10), (0.75, 0.40), (0.50, 0.95)]
+
+
+def loss_run_dir(tmp_path, metric: str = "train_loss", mode: str = "min"):
+    """RUN_DIR of a single-objective study on ``metric``: space.yaml and the exported table."""
+    raw = {
+        "study": {"name": "loss", "metric": metric, "mode": mode},
+        "searcher": "tpe",
+        "space": {"kd.k": {"type": "loguniform", "low": 0.1, "high": 100.0}},
+    }
+    run = tmp_path / "run"
+    (run / "export").mkdir(parents=True)
+    (run / "space.yaml").write_text(yaml.safe_dump(raw))
+    rows = [
+        {
+            "trial_id": f"t{i}",
+            "status": "completed",
+            "epochs_run": 2,
+            "config/kd.k": 10.0 ** (i - 1),
+            "config/kd.e_th": 0.5 + i,
+            "final/best_test_acc": acc,
+            "final/train_loss": loss,
+            "best/best_test_acc": acc,
+        }
+        for i, (acc, loss) in enumerate(VALUES)
+    ]
+    pd.DataFrame(rows).to_parquet(run / "export" / "trials.parquet")
+    return run
+
+
+@pytest.mark.parametrize(
+    ("objectives", "expected"),
+    [
+        ((), ACCURACY),
+        ((("best_test_acc", "max"),), ACCURACY),
+        ((("train_loss", "min"),), Ranking("final/train_loss", "min", "train_loss at the last epoch (min)")),
+        ((("test_acc", "max"),), Ranking("final/test_acc", "max", "test_acc at the last epoch (max)")),
+        ((("best_test_acc", "max"), ("sops_per_sample", "min")), ACCURACY),  # Pareto section instead
+    ],
+)
+def test_ranking_follows_a_single_objective(objectives, expected):
+    assert ranking_for(objectives) == expected
+
+
+def test_best_index_respects_the_direction():
+    values = [0.3, float("nan"), 0.1, 0.7]
+    assert ACCURACY.best_index(values) == 3
+    assert Ranking("x", "min").best_index(values) == 2
+    assert Ranking("x", "min").best_index([float("nan")] * 2) == 0
+
+
+def test_a_loss_study_is_reported_lowest_loss_first(tmp_path):
+    run = load_run(loss_run_dir(tmp_path), compute_descriptors=False)
+    assert run.ranking.column == "final/train_loss"
+    assert list(run.ranked()["trial_id"]) == ["t1", "t2", "t0", "t3"]
+    report = build_report([run], tmp_path / "report")
+    summary = json.loads(report.summary.read_text())["runs"][run.name]
+    assert [row["trial_id"] for row in summary["best"]] == ["t1", "t2", "t0", "t3"]
+    md = report.markdown.read_text()
+    assert "best train_loss at the last epoch (min)" in md  # the overview names what "best" means
+    assert "its best test top-1" in md
+
+
+def test_an_accuracy_study_keeps_best_test_top1(tmp_path):
+    run = load_run(loss_run_dir(tmp_path, "best_test_acc", "max"), compute_descriptors=False)
+    assert run.ranking == ACCURACY
+    assert list(run.ranked()["trial_id"]) == ["t0", "t2", "t1", "t3"]
+
+
+def test_importance_study_minimises_a_metric_to_minimise(tmp_path):
+    run = load_run(loss_run_dir(tmp_path), compute_descriptors=False)
+    study = build_study(run.trials, ["kd.k", "kd.e_th"], ranking=run.ranking)
+    assert study.direction.name == "MINIMIZE"
+    assert study.best_trial.user_attrs["trial_id"] == "t1"
+    assert build_study(run.trials, ["kd.k"]).best_trial.user_attrs["trial_id"] == "t0"
