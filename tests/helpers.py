@@ -40,3 +40,33 @@ def two_key_space(folder: Path, fixed: Mapping[str, Any], name: str = "space.yam
     path = folder / name
     path.write_text(yaml.safe_dump(raw, sort_keys=False))
     return path
+
+
+def exported_run(
+    folder: Path, study: Mapping[str, Any], searcher: str, trials: list[tuple[str, int, dict, dict]]
+) -> Path:
+    """``folder/run`` holding only space.yaml and the ``ckd-search export`` table (no per-epoch results).
+
+    ``trials``: (status, epochs run, config, metrics at the last epoch) per trial, ids t0, t1, ...;
+    ``best/best_test_acc`` repeats ``final/best_test_acc``.
+    """
+    import pandas as pd
+
+    raw = {"study": dict(study), "searcher": searcher}
+    raw["space"] = {"kd.k": {"type": "loguniform", "low": 0.1, "high": 100.0}}
+    run = folder / "run"
+    (run / "export").mkdir(parents=True)
+    (run / "space.yaml").write_text(yaml.safe_dump(raw))
+    rows = [
+        {
+            "trial_id": f"t{i}",
+            "status": status,
+            "epochs_run": epochs,
+            **{f"config/{k}": v for k, v in config.items()},
+            **{f"final/{m}": v for m, v in final.items()},
+            "best/best_test_acc": final["best_test_acc"],
+        }
+        for i, (status, epochs, config, final) in enumerate(trials)
+    ]
+    pd.DataFrame(rows).to_parquet(run / "export" / "trials.parquet")
+    return run

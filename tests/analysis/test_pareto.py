@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 
-import pandas as pd
 import pytest
 import yaml
 
@@ -13,6 +12,7 @@ from ckd_search.analysis.pareto import pareto_mask
 from ckd_search.analysis.pareto import study_objectives
 from ckd_search.analysis.report import build_report
 from ckd_search.analysis.results import load_run
+from tests.helpers import exported_run
 
 
 @pytest.mark.parametrize(
@@ -52,30 +52,18 @@ def test_study_objectives_read_the_space_file(tmp_path):
 def mo_run_dir(tmp_path, multi: bool = True):
     """RUN_DIR with space.yaml and the ``ckd-search export`` table of 6 trials."""
     metric = ["best_test_acc", "sops_per_sample"] if multi else "best_test_acc"
-    raw = {
-        "study": {"name": "mo", "metric": metric, "mode": ["max", "min"] if multi else "max"},
-        "searcher": "nsga2" if multi else "tpe",
-        "space": {"kd.k": {"type": "loguniform", "low": 0.1, "high": 100.0}},
-    }
-    run = tmp_path / "run"
-    (run / "export").mkdir(parents=True)
-    (run / "space.yaml").write_text(yaml.safe_dump(raw))
+    study = {"name": "mo", "metric": metric, "mode": ["max", "min"] if multi else "max"}
     values = [(0.30, 9e4), (0.25, 3e4), (0.20, 5e4), (0.10, 1e4), (0.28, 9.5e4), (0.35, 2e4)]
-    rows = [
-        {
-            "trial_id": f"t{i}",
-            "status": "pruned" if i == 5 else "completed",  # the pruned one would dominate all
-            "epochs_run": 1 if i == 5 else 2,
-            "config/kd.k": 10.0 ** (i - 2),
-            "config/kd.e_th": 1.0,
-            "final/best_test_acc": acc,
-            "final/sops_per_sample": ops,
-            "best/best_test_acc": acc,
-        }
+    trials = [
+        (
+            "pruned" if i == 5 else "completed",  # the pruned one would dominate all
+            1 if i == 5 else 2,
+            {"kd.k": 10.0 ** (i - 2), "kd.e_th": 1.0},
+            {"best_test_acc": acc, "sops_per_sample": ops},
+        )
         for i, (acc, ops) in enumerate(values)
     ]
-    pd.DataFrame(rows).to_parquet(run / "export" / "trials.parquet")
-    return run
+    return exported_run(tmp_path, study, "nsga2" if multi else "tpe", trials)
 
 
 def test_report_pareto_section_from_an_exported_table(tmp_path):

@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import json
 
-import pandas as pd
 import pytest
-import yaml
 
 from ckd_search.analysis.importance import build_study
 from ckd_search.analysis.report import build_report
@@ -14,6 +12,7 @@ from ckd_search.analysis.results import ACCURACY
 from ckd_search.analysis.results import Ranking
 from ckd_search.analysis.results import load_run
 from ckd_search.analysis.results import ranking_for
+from tests.helpers import exported_run
 
 # (best test top-1, train loss at the last epoch): the most accurate trial is not the lowest-loss one.
 VALUES = [(0.90, 0.80), (0.60, 0.10), (0.75, 0.40), (0.50, 0.95)]
@@ -21,29 +20,11 @@ VALUES = [(0.90, 0.80), (0.60, 0.10), (0.75, 0.40), (0.50, 0.95)]
 
 def loss_run_dir(tmp_path, metric: str = "train_loss", mode: str = "min"):
     """RUN_DIR of a single-objective study on ``metric``: space.yaml and the exported table."""
-    raw = {
-        "study": {"name": "loss", "metric": metric, "mode": mode},
-        "searcher": "tpe",
-        "space": {"kd.k": {"type": "loguniform", "low": 0.1, "high": 100.0}},
-    }
-    run = tmp_path / "run"
-    (run / "export").mkdir(parents=True)
-    (run / "space.yaml").write_text(yaml.safe_dump(raw))
-    rows = [
-        {
-            "trial_id": f"t{i}",
-            "status": "completed",
-            "epochs_run": 2,
-            "config/kd.k": 10.0 ** (i - 1),
-            "config/kd.e_th": 0.5 + i,
-            "final/best_test_acc": acc,
-            "final/train_loss": loss,
-            "best/best_test_acc": acc,
-        }
+    trials = [
+        ("completed", 2, {"kd.k": 10.0**i, "kd.e_th": 0.5 + i}, {"best_test_acc": acc, "train_loss": loss})
         for i, (acc, loss) in enumerate(VALUES)
     ]
-    pd.DataFrame(rows).to_parquet(run / "export" / "trials.parquet")
-    return run
+    return exported_run(tmp_path, {"name": "loss", "metric": metric, "mode": mode}, "tpe", trials)
 
 
 @pytest.mark.parametrize(
