@@ -153,7 +153,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--config", help="config YAML (nested or dotted keys); default: built-in defaults")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=None, help="override config values")
     p.add_argument("--out", default=None, help="output directory (default: runs/train-<time>)")
-    p.add_argument("--resume", action="store_true", help="continue from the checkpoint in --out")
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue from the checkpoint in --out (its saved config unless --config or --set are given)",
+    )
     p.set_defaults(handler=_cmd_train)
 
     p = sub.add_parser("search", help="run a search: Ray Tune trials of the real CKD loop")

@@ -546,6 +546,15 @@ def _plain(value: Any) -> Any:
     return value
 
 
+def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], most: int = 3) -> str:
+    """``key: old -> new`` for the first ``most`` dotted keys whose values differ (nested dicts)."""
+    a, b = dict(_flatten(old, "")), dict(_flatten(new, ""))
+    absent = "(absent)"
+    keys = sorted(k for k in a.keys() | b.keys() if a.get(k, absent) != b.get(k, absent))
+    shown = ", ".join(f"{k}: {a.get(k, absent)} -> {b.get(k, absent)}" for k in keys[:most])
+    return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
 def _flatten(values: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
     for key, value in values.items():
         if isinstance(value, Mapping):

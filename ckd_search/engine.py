@@ -28,6 +28,7 @@ from ckd_search.checkpoint import load_checkpoint
 from ckd_search.checkpoint import save_checkpoint
 from ckd_search.color import static_value_maps
 from ckd_search.config import Config
+from ckd_search.config import config_differences
 from ckd_search.data.base import Split
 from ckd_search.data.batches import BatchSource
 from ckd_search.errors import TrialFailure
@@ -466,9 +467,11 @@ class Trainer:
         return state
 
     def load_state(self, state: dict[str, Any]) -> None:
-        if state.get("config") != self.cfg.to_dict():
+        saved = state.get("config")
+        if saved != self.cfg.to_dict():
+            changed = config_differences(saved if isinstance(saved, dict) else {}, self.cfg.to_dict())
             raise UserError(
-                "the checkpoint was written by a run with a different config; "
+                f"the checkpoint was written by a run with a different config ({changed}); "
                 "resume needs the same config (use a fresh output directory otherwise)"
             )
         self.model.load_state_dict(state["model"])

@@ -11,6 +11,7 @@ from pathlib import Path
 from ckd_search.cli import parse_overrides
 from ckd_search.config import Config
 from ckd_search.config import check_local_paths
+from ckd_search.config import config_differences
 from ckd_search.errors import UserError
 from ckd_search.storage import atomic_write_text
 
@@ -23,15 +24,20 @@ def load_config(config_path: str | None, overrides: list[str] | None) -> Config:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    cfg = load_config(args.config, args.set)
-    check_local_paths(cfg)
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
     saved = out / "config.yaml"
+    if args.resume and not saved.is_file():
+        raise UserError(f"--resume: {saved} does not exist (nothing to resume)")
+    # `--out DIR --resume` alone continues the run as it was configured (nanoGPT's init_from=resume)
+    given = args.config or args.set or not args.resume
+    cfg = load_config(args.config, args.set) if given else Config.from_yaml(saved)
+    check_local_paths(cfg)
     if args.resume:
-        if not saved.is_file():
-            raise UserError(f"--resume: {saved} does not exist (nothing to resume)")
-        if Config.from_yaml(saved) != cfg:
-            raise UserError(f"--resume: the config differs from {saved}; resume needs the same config")
+        if (old := Config.from_yaml(saved)) != cfg:
+            changed = config_differences(old.to_dict(), cfg.to_dict())
+            raise UserError(
+                f"--resume: the config differs from {saved} ({changed}); resume needs the same config"
+            )
     elif (out / "checkpoint").exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     out.mkdir(parents=True, exist_ok=True)
@@ -39,10 +45,11 @@ def run_train(args: argparse.Namespace) -> int:
 
     from ckd_search.engine import fit
 
-    history: list[dict[str, float]] = []
+    # a resumed run keeps the epochs metrics.json already holds (replayed ones are replaced)
+    history = _saved_history(out / "metrics.json") if args.resume else []
 
     def on_epoch_end(metrics: dict[str, float], _ckpt: Path | None) -> None:
-        history.append(metrics)
+        history[:] = [row for row in history if row.get("epoch", 0) < metrics["epoch"]] + [metrics]
         atomic_write_text(out / "metrics.json", json.dumps(history, indent=1))
 
     result = fit(cfg, on_epoch_end, checkpoint_dir=out / "checkpoint", resume=args.resume)
@@ -61,3 +68,12 @@ def run_train(args: argparse.Namespace) -> int:
     )
     print(f"wrote {out}/config.yaml, metrics.json, result.json, checkpoint/")
     return 0
+
+
+def _saved_history(path: Path) -> list[dict[str, float]]:
+    """The per-epoch rows of an earlier ``metrics.json`` (none if missing or unreadable)."""
+    try:
+        rows = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return []
+    return [r for r in rows if isinstance(r, dict)] if isinstance(rows, list) else []
