@@ -43,9 +43,10 @@ bench: $(STAMP)
 	$(PY) bench/data_throughput.py
 
 # The pure-Python wheels a lent GPU machine lacks (Python 3.12 there); bench/gpu_session.sh installs them.
-gpu-wheels: $(STAMP)
+gpu-wheels: $(STAMP)  # afresh each time: two versions of one wheel stop the device's whole install
+	rm -rf .whl
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
-	  -d .whl spikingjelly==2.0.0 loguru
+	  -d .whl spikingjelly==2.0.0 loguru==0.7.3
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -73,6 +73,19 @@ def compile_options(mode: str) -> dict[str, Any]:
     return {"layout_optimization": False, **extra}
 
 
+def compile_fresh(fn: Callable[..., Any], mode: str) -> Callable[..., Any]:
+    """``torch.compile(fn)`` for a new model: Dynamo's caches emptied first, static shapes.
+
+    A process builds Trainers one after another (Ray reuses a trial's actor for the next trial; the
+    step bench times variants in turn). Dynamo caches compiled code per function, so a new model
+    would fail the old entry's guards and compile again with automatically dynamic shapes, and past
+    the cache limit (8 entries) silently run eagerly. One compiled model per process at a time is
+    what this engine needs, so the old entries (and their CUDA-graph pools) go.
+    """
+    torch._dynamo.reset()
+    return torch.compile(fn, dynamic=False, options=compile_options(mode))
+
+
 def prime_for_compile(model: torch.nn.Module, forward: Callable[[], object]) -> None:
     """Run ``forward`` once eagerly (eval mode, no grad: weights and BatchNorm statistics untouched)
     before torch.compile first traces the model.
@@ -298,7 +311,7 @@ class Trainer:
             # reset_net fills its module cache on first use; doing that inside the compiled
             # function breaks a guard and recompiles on the second call.
             self.model.student.reset_state()
-            self.loss_fn = torch.compile(ckd_losses, options=compile_options(cfg.run.compile_mode))
+            self.loss_fn = compile_fresh(ckd_losses, cfg.run.compile_mode)
         # CUDA graph replays reuse output memory: each step must say a new iteration began.
         self.cudagraphs = cfg.run.compile and cfg.run.compile_mode == "reduce-overhead"
 

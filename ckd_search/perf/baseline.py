@@ -22,7 +22,7 @@ from spikingjelly.activation_based import surrogate
 from torch import Tensor
 from torch import nn
 
-from ckd_search.engine import compile_options
+from ckd_search.engine import compile_fresh
 from ckd_search.engine import prime_for_compile
 from ckd_search.models.snn import PLAN
 
@@ -92,7 +92,7 @@ class BaselineStep:
                 functional.reset_net(self.model)
 
             prime_for_compile(self.model, forward)  # spikingjelly's first-use plans: no graph break
-            self.forward = torch.compile(self.model, options=compile_options("default"))
+            self.forward = compile_fresh(self.model, "default")
             functional.invalidate_reset_cache(self.model)
         self.optimizer = torch.optim.AdamW(self.model.parameters(), lr=BASELINE_LR)
 

@@ -131,6 +131,8 @@ def _trial(rank: int, n: int, spec: TrialSpec, barrier: Any) -> dict[str, Any]:
 
     for i in range(spec.warmup):  # kernels compiled and cached in this process before the clock starts
         step(i)
+    if spec.epochs:
+        trainer.evaluate()  # the no-grad kernels and eval batch shapes a trial's fit meets, off the clock
     synchronize(device)
     barrier.wait()  # all trials start timing together
     start = time.time()
@@ -303,6 +305,13 @@ def private_mps(root: str) -> Iterator[str]:
                 os.environ[key] = value
 
 
+def progress(cells: list[str]) -> list[str]:
+    """A level's row on stderr as soon as it ends: a run cut off by its time limit keeps the levels
+    it finished (the table is printed at the end)."""
+    print("row " + " | ".join(cells), file=sys.stderr, flush=True)
+    return cells
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     with given_or_temp_dir(args.cache_dir, "ckd_packing_cache_") as cache_root:
@@ -374,7 +383,7 @@ def _run(args: argparse.Namespace, cache_root: str) -> int:
                 if r.get("error"):
                     notes.append(f"{n} trial(s), rank {r['rank']}: {r['error'].strip().splitlines()[-1]}")
                     print(r["error"], file=sys.stderr)
-            rows.append([str(n), status, "-", "-", "-", "-", frac])
+            rows.append(progress([str(n), status, "-", "-", "-", "-", frac]))
             continue
         span = max(r["end"] for r in reports) - min(r["start"] for r in reports)
         aggregate = sum(r["pairs"] for r in reports) / span
@@ -396,6 +405,7 @@ def _run(args: argparse.Namespace, cache_root: str) -> int:
         )
         if not args.device.startswith("cuda"):
             notes.append(f"{n} trial(s): {threads} torch thread(s) each")
+        progress(rows[-1])
     print("\n".join(lines))
     print()
     print(format_table(COLUMNS, rows))

@@ -26,7 +26,7 @@ from torch.profiler import profile
 
 from ckd_search.config import Config
 from ckd_search.engine import Trainer
-from ckd_search.engine import compile_options
+from ckd_search.engine import compile_fresh
 from ckd_search.engine import frame_dtype
 from ckd_search.perf import variants
 from ckd_search.perf.synthetic import StepBatch
@@ -69,7 +69,7 @@ def _fast_lif(trainer: Trainer) -> None:
 
 
 def _compile(trainer: Trainer) -> None:
-    trainer.loss_fn = torch.compile(trainer.loss_fn, options=compile_options("default"))
+    trainer.loss_fn = compile_fresh(trainer.loss_fn, "default")
 
 
 EXPERIMENTS: tuple[Experiment, ...] = (

@@ -230,5 +230,7 @@ def test_gpu_session_script_parses_and_knows_every_default_part():
     (default,) = re.findall(r"^PARTS=\$\{PARTS:-(.+)\}$", text, flags=re.M)
     cases = set(re.findall(r"^    ([a-z-]+)\) part \1 ", text, flags=re.M))
     assert default.split() and set(default.split()) <= cases
+    (second,) = re.findall(r'^SECOND="(.+)"', text, flags=re.M)  # the second call's parts
+    assert set(second.split()) <= cases and not set(second.split()) & set(default.split())
     described = set(re.findall(r"^#   ([a-z-]+) ", text, flags=re.M))
     assert cases == described  # every part is in the header's list

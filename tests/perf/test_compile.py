@@ -56,3 +56,25 @@ def test_compiled_step_is_one_graph_across_epochs_and_evaluations(precision):
     counters = torch._dynamo.utils.counters
     assert dict(counters["graph_break"]) == {}
     assert counters["stats"]["unique_graphs"] == 1
+
+
+def test_a_new_trainer_compiles_afresh_with_static_shapes(monkeypatch):
+    """Trainers one after another in a process (Ray reuses actors) do not pile up Dynamo entries:
+    the second would otherwise compile a dynamic-shape entry beside the first, and past 8 entries
+    run eagerly. Dynamo's eager backend keeps this to seconds (the caching is Dynamo's, not
+    Inductor's)."""
+    from torch._dynamo.eval_frame import _debug_get_cache_entry_list
+
+    from ckd_search.step import ckd_losses
+
+    compile_ = torch.compile
+    monkeypatch.setattr(
+        torch, "compile", lambda fn, **kw: compile_(fn, backend="eager", dynamic=kw["dynamic"])
+    )
+    args = step_bench.parse_args(["--smoke"])
+    device = torch.device("cpu")
+    for batch in (4, 6):
+        cfg = step_bench.ckd_config(args, {"run.compile": True, "optim.batch_size": batch}, 2, 16, device)
+        trainer = Trainer(cfg, synthetic_prepared(cfg, 10, n_train=2 * batch, n_test=4, seed=0), device)
+        trainer.train_epoch()
+        assert len(_debug_get_cache_entry_list(ckd_losses)) == 1
