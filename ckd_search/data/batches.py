@@ -3,8 +3,10 @@
 No DataLoader, no workers, no per-sample Python loop (performance.md TL;DR 3): the split is moved
 to ``device`` once in its storage dtype (float16 counts), every batch is gathered with one
 ``index_select``, augmented in a few batched ops and cast to the compute dtype. All randomness
-comes from a CPU ``torch.Generator`` (indices and augmentation parameters are drawn on the CPU,
-then moved) so a run is reproducible on any device.
+comes from a CPU ``torch.Generator`` so a run is reproducible on any device: an epoch's indices and
+augmentation parameters are drawn on the CPU when the epoch starts and moved in one pinned,
+non-blocking copy each. A copy per batch from pageable memory would make the host wait for the GPU
+at every step (``copy_`` synchronises the stream), so it could never run ahead of the kernels.
 
 Train recipe (ckd-method.md 4.1/4.3, He et al.): random crop with zero padding (one offset per
 sample, shared by its T frames), optional horizontal flip and rotation, optional class-balanced
@@ -25,6 +27,16 @@ import torch.nn.functional as F
 from torch import Tensor
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _EpochDraws:
+    """One epoch's random draws on the device, batch after batch (None: that transform is off)."""
+
+    order: Tensor  # [N'] sample positions
+    offsets: Tensor | None  # [2, N'] crop offsets (rows, columns)
+    mirror: Tensor | None  # [N'] flip or not
+    degrees: Tensor | None  # [N'] rotation angle (float64)
 
 
 @dataclass(frozen=True)
@@ -110,16 +122,45 @@ class BatchSource:
         return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
 
     def __iter__(self) -> Iterator[Batch]:
-        order = self._order()
+        draws = self._draw_epoch()
         for i in range(len(self)):
-            idx = order[i * self.batch_size : (i + 1) * self.batch_size].to(self.device)
+            part = slice(i * self.batch_size, (i + 1) * self.batch_size)
+            idx = draws.order[part]
             x = self.frames.index_select(0, idx)
             if self.train:
-                x = self._augment(x.float())
+                x = self._augment(x.float(), draws, part)
             # [B, T, ...] -> [T, B, ...]: the multi-step SNN layout; one copy, with the cast
             frames = x.transpose(0, 1).to(self.dtype, memory_format=torch.contiguous_format)
             labels = self.labels.index_select(0, idx)
             yield Batch(frames=frames.contiguous(), labels=labels, index=idx)
+
+    def _draw_epoch(self) -> _EpochDraws:
+        """The epoch's order and per-sample augmentation draws, in the generator order of drawing
+        them batch by batch (crop offsets, flips, angles), moved to the device once."""
+        order = self._order()[: len(self) * self.batch_size]
+        sizes = [len(order[i * self.batch_size : (i + 1) * self.batch_size]) for i in range(len(self))]
+        offsets: list[Tensor] = []
+        mirror: list[Tensor] = []
+        degrees: list[Tensor] = []
+        g, pad = self.generator, self.crop_padding
+        for b in sizes if self.train else ():
+            if pad:
+                offsets.append(torch.randint(0, 2 * pad + 1, (2, b), generator=g))
+            if self.flip:
+                mirror.append(torch.rand(b, generator=g) < 0.5)
+            if self.rotation:
+                degrees.append((torch.rand(b, generator=g, dtype=torch.float64) * 2 - 1) * self.rotation)
+        return _EpochDraws(
+            order=self._to_device(order),
+            offsets=self._to_device(torch.cat(offsets, 1)) if offsets else None,
+            mirror=self._to_device(torch.cat(mirror)) if mirror else None,
+            degrees=self._to_device(torch.cat(degrees)) if degrees else None,
+        )
+
+    def _to_device(self, values: Tensor) -> Tensor:
+        if self.device.type != "cuda":
+            return values.to(self.device)
+        return values.pin_memory().to(self.device, non_blocking=True)
 
     def _order(self) -> Tensor:
         """Sample positions of one epoch, drawn on the CPU."""
@@ -130,17 +171,18 @@ class BatchSource:
             return torch.multinomial(self._weights, n, replacement=True, generator=self.generator)
         return torch.randperm(n, generator=self.generator)
 
-    def _augment(self, x: Tensor) -> Tensor:
-        """Crop, flip and rotate a [B, T, 2, S, S] float batch; one draw per sample."""
+    def _augment(self, x: Tensor, draws: _EpochDraws, part: slice) -> Tensor:
+        """Crop, flip and rotate a [B, T, 2, S, S] float batch with its samples' draws (``part``)."""
         b, t, p, h, w = x.shape
         x = x.reshape(b, t * p, h, w)  # every frame of a sample gets the same transform
         if self.crop_padding or self.flip:
-            x = self._crop_flip(x)
-        if self.rotation:
-            x = self._rotate(x)
+            offsets = draws.offsets[:, part] if draws.offsets is not None else None
+            x = self._crop_flip(x, offsets, draws.mirror[part] if draws.mirror is not None else None)
+        if draws.degrees is not None:
+            x = self._rotate(x, draws.degrees[part])
         return x.reshape(b, t, p, h, w)
 
-    def _crop_flip(self, x: Tensor) -> Tensor:
+    def _crop_flip(self, x: Tensor, offsets: Tensor | None, mirror: Tensor | None) -> Tensor:
         """Random crop with zero padding (torchvision ``RandomCrop(S, padding)``), then a flip.
 
         Both are one gather: the flip only reverses the columns read, so the pair costs a single
@@ -149,14 +191,12 @@ class BatchSource:
         b, c, h, w = x.shape
         pad = self.crop_padding
         dev = self.device
-        if pad:
-            offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=self.generator).to(dev)
+        if offsets is not None:
             x = F.pad(x, (pad, pad, pad, pad))
         else:
             offsets = torch.zeros(2, b, dtype=torch.int64, device=dev)
         cols = torch.arange(w, device=dev).expand(b, w)
-        if self.flip:
-            mirror = (torch.rand(b, generator=self.generator) < 0.5).to(dev)
+        if mirror is not None:
             cols = torch.where(mirror[:, None], w - 1 - cols, cols)
         rows = offsets[0, :, None] + torch.arange(h, device=dev)  # [B, H] rows of the padded input
         cols = offsets[1, :, None] + cols  # [B, W]
@@ -164,11 +204,9 @@ class BatchSource:
         index = flat.reshape(b, 1, h * w).expand(b, c, h * w)
         return x.reshape(b, c, -1).gather(2, index).reshape(b, c, h, w)
 
-    def _rotate(self, x: Tensor) -> Tensor:
-        """Random rotation about the centre, zeros outside, nearest sampling (torchvision default)."""
-        b = x.shape[0]
-        deg = (torch.rand(b, generator=self.generator, dtype=torch.float64) * 2 - 1) * self.rotation
-        rad = torch.deg2rad(deg).to(self.device, x.dtype)
+    def _rotate(self, x: Tensor, degrees: Tensor) -> Tensor:
+        """Rotation by ``degrees`` about the centre, zeros outside, nearest sampling (torchvision's)."""
+        rad = torch.deg2rad(degrees).to(x.dtype)
         cos, sin, zero = rad.cos(), rad.sin(), torch.zeros_like(rad)
         theta = torch.stack([torch.stack([cos, -sin, zero], 1), torch.stack([sin, cos, zero], 1)], 1)
         grid = F.affine_grid(theta, list(x.shape), align_corners=False)

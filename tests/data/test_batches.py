@@ -167,3 +167,23 @@ def test_full_augmentation_covers_an_epoch() -> None:
     labels = torch.arange(640) % 10
     src = source(frames, labels, batch_size=64, crop_padding=4, flip=True, rotation=15.0)
     assert sum(b.frames.shape[1] for b in src) == 640
+
+
+def test_an_epochs_draws_reach_the_device_in_one_copy_each(monkeypatch) -> None:
+    """Order, crop offsets, flips and angles move once an epoch, not once a batch: a per-batch copy
+    from pageable memory makes the host wait for the GPU at every step."""
+    moved: list[tuple[int, ...]] = []
+    to_device = BatchSource._to_device
+
+    def spy(self: BatchSource, values: torch.Tensor) -> torch.Tensor:
+        moved.append(tuple(values.shape))
+        return to_device(self, values)
+
+    monkeypatch.setattr(BatchSource, "_to_device", spy)
+    frames, labels = make_split(n=50)
+    src = source(frames, labels, crop_padding=2, flip=True, rotation=10.0)
+    assert len(list(src)) == 6
+    assert moved == [(48,), (2, 48), (48,), (48,)]
+    moved.clear()
+    assert len(list(source(frames, labels, train=False))) == 7  # test order: one copy too
+    assert moved == [(50,)]
