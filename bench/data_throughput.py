@@ -9,7 +9,6 @@ temporary folder, so the build is always cold.
 
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 import tempfile
@@ -22,13 +21,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import torch  # noqa: E402
 
+from ckd_search.argtypes import OneLineParser  # noqa: E402
 from ckd_search.config import Config  # noqa: E402
 from ckd_search.data import BatchSource  # noqa: E402
 from ckd_search.data import load_paired  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--smoke", action="store_true", help="200 samples per split, 3 timed batches")
     p.add_argument("--timesteps", type=int, default=6)
     p.add_argument("--size", type=int, default=32)

@@ -12,7 +12,6 @@ the defaults, 1 thread).
 
 from __future__ import annotations
 
-import argparse
 import json
 import logging
 import sys
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from ckd_search.analysis.fidelity import fidelity_study  # noqa: E402
 from ckd_search.analysis.fidelity import format_table  # noqa: E402
 from ckd_search.analysis.fidelity import write_fidelity  # noqa: E402
+from ckd_search.argtypes import OneLineParser  # noqa: E402
 from ckd_search.cli import parse_overrides  # noqa: E402
 from ckd_search.config import Config  # noqa: E402
 
@@ -38,7 +38,7 @@ SMALL = {
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = OneLineParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=8, help="configs drawn (default 8)")
     p.add_argument("--full-epochs", type=int, default=12, help="full budget E (default 12)")
     p.add_argument("--low-epochs", type=int, default=3, help="low budget (default 3 = E/4)")

@@ -31,6 +31,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
+from ckd_search.argtypes import OneLineParser  # noqa: E402
 from ckd_search.search.chaos import LocalCluster  # noqa: E402
 from ckd_search.search.chaos import NodeKiller  # noqa: E402
 from ckd_search.search.chaos import audit_run  # noqa: E402
@@ -39,7 +40,7 @@ from ckd_search.search.chaos import summarize  # noqa: E402
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = OneLineParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=float, default=240, help="seconds the node killer is active")
     p.add_argument("--kill-prob", type=float, default=0.3, help="kill probability per interval")
     p.add_argument("--interval", type=float, default=10, help="seconds between node-killer draws")

@@ -16,6 +16,9 @@ from typing import Any
 from typing import NoReturn
 
 from ckd_search import __version__
+from ckd_search.argtypes import OneLineParser
+from ckd_search.argtypes import non_negative_float
+from ckd_search.argtypes import port
 from ckd_search.errors import UserError
 from ckd_search.errors import exit_code
 
@@ -33,6 +36,8 @@ def parse_overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
         key, sep, raw = pair.partition("=")
         if not sep or not key.strip():
             raise UserError(f"--set {pair!r}: expected KEY=VALUE")
+        if key.strip() in out:  # as config files refuse a key given twice
+            raise UserError(f"--set {key.strip()} is given twice")
         try:
             out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
         except yaml.YAMLError:
@@ -106,12 +111,14 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", help="search-space YAML file (see search_spaces/)")
     p.add_argument(
         "--gpus",
-        type=float,
+        type=non_negative_float,
         default=None,
         help="GPU budget of the search; with per-trial fraction f up to N/f trials run at once "
         "(0 = CPU trials; default: the GPUs Ray sees)",
     )
-    p.add_argument("--cpus", type=float, default=None, help="CPU budget of a local Ray (default: all cores)")
+    p.add_argument(
+        "--cpus", type=non_negative_float, default=None, help="CPU budget of a local Ray (default: all cores)"
+    )
     p.add_argument("--address", default=None, help="join an existing Ray cluster ('auto' or host:port)")
     p.add_argument("--out", default=None, help="run directory (default: runs/<study name>)")
     p.add_argument("--storage", default=None, help="Ray storage path: local, NFS or s3:// (default: --out)")
@@ -139,7 +146,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="ckd-search",
         description="Hyperparameter search for Cross Knowledge Distillation (ANN teacher on RGB -> "
         "spiking student on DVS events): Ray Tune + Optuna TPE + ASHA + MLflow.",
@@ -192,7 +199,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for a run directory")
     p.add_argument("run_dir", nargs="?", default="runs/demo")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=int, default=5000)
+    p.add_argument("--port", type=port, default=5000)
     p.set_defaults(handler=_cmd_ui)
 
     p = sub.add_parser("data", help="build or inspect a data set's frame cache")
@@ -230,11 +237,13 @@ def _configure_logging(verbosity: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # `ckd-search --space FILE ...` is `ckd-search search --space FILE ...`
-    if argv and argv[0].startswith("--space") or ("--space" in argv and not _has_command(argv)):
-        argv = ["search", *argv]
+    # `ckd-search [-v] --space FILE ...` is `ckd-search [-v] search --space FILE ...`
+    argv = _shortcut(argv)
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as stop:  # --help, --version (0) or a bad flag (2, its one line printed)
+        return int(stop.code or 0) if isinstance(stop.code, int | None) else 2
     _configure_logging(args.verbose)
     if not getattr(args, "handler", None):
         parser.print_help()
@@ -246,20 +255,27 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
 
 
-def _has_command(argv: Sequence[str]) -> bool:
-    commands = {
-        "train",
-        "search",
-        "check-space",
-        "export",
-        "analyze",
-        "reproduce",
-        "ui",
-        "data",
-        "bench",
-        "demo",
-    }
-    return any(a in commands for a in argv)
+GLOBAL_FLAGS = ("-v", "--verbose", "-vv", "-vvv")
+
+
+def _shortcut(argv: list[str]) -> list[str]:
+    """Put ``search`` after the global flags when the first other word is not a command but the
+    arguments hold ``--space`` (a value such as ``--out demo`` is no command)."""
+    head = 0
+    while head < len(argv) and argv[head] in GLOBAL_FLAGS:
+        head += 1
+    rest = argv[head:]
+    has_space = any(a == "--space" or a.startswith("--space=") for a in rest)
+    if not rest or not has_space or rest[0] in build_parser_commands():
+        return argv
+    return [*argv[:head], "search", *rest]
+
+
+def build_parser_commands() -> set[str]:
+    """The subcommand names of :func:`build_parser`."""
+    parser = build_parser()
+    action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+    return set(action.choices)
 
 
 def run() -> NoReturn:

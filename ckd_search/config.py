@@ -332,7 +332,7 @@ def load_yaml_mapping(path: str | Path) -> dict[str, Any]:
     """Read a YAML mapping safely; missing files, duplicate keys and non-mappings are UserErrors."""
     p = Path(path).expanduser()
     if not p.is_file():
-        raise UserError(f"{p}: no such file")
+        raise UserError(f"{p}: {'a directory, not a YAML file' if p.is_dir() else 'no such file'}")
     try:
         loader = _UniqueKeyLoader(p.read_text(encoding="utf-8"))  # a SafeLoader: no object tags
         try:

@@ -106,12 +106,18 @@ def prime_for_compile(model: torch.nn.Module, forward: Callable[[], object]) -> 
         model.train(was_training)
 
 
-def resolve_device(name: str) -> torch.device:
+def resolve_device(name: str, key: str = "run.device") -> torch.device:
+    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; a UserError naming ``key``."""
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(name)
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"{key}={name!r} is not a device (auto, cpu, cuda or cuda:N)") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"run.device={name!r} but no CUDA device is available")
+        raise UserError(f"{key}={name!r} but no CUDA device is available")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise UserError(f"{key}={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
     return device
 
 

@@ -27,9 +27,17 @@ class TrialFailure(RuntimeError):
 
 
 def exit_code(run: Callable[[], int | None], prog: str) -> int:
-    """``run()``'s exit code; a :class:`UserError` becomes one line on stderr and exit code 2."""
+    """``run()``'s exit code; a :class:`UserError` becomes one line on stderr and exit code 2.
+
+    argparse's own exit (``--help``: 0, a bad flag: 2, its line already printed) becomes the
+    return value too, so a caller in the same process gets a code, not an exception.
+    """
     try:
         return int(run() or 0)
     except UserError as err:
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
         return 2
+    except SystemExit as stop:
+        if isinstance(stop.code, int | None):
+            return int(stop.code or 0)
+        raise

@@ -21,6 +21,29 @@ _UMASK = os.umask(0)
 os.umask(_UMASK)
 
 
+def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Refuse, before any work, an output folder that is a file (a UserError naming ``flag``)."""
+    from ckd_search.errors import UserError
+
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise UserError(f"{flag} {folder}: exists and is not a directory")
+    return folder
+
+
+def output_dir(path: str | Path, flag: str = "--out") -> Path:
+    """Create a command's output folder (and its parents); a UserError naming ``flag`` and the path
+    when it is a file or cannot be created."""
+    from ckd_search.errors import UserError
+
+    folder = check_output_dir(path, flag)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise UserError(f"{flag} {folder}: cannot be created ({err.strerror or err})") from None
+    return folder
+
+
 def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     digest = hashlib.sha256()
     with open(path, "rb") as handle:

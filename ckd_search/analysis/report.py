@@ -36,6 +36,7 @@ from ckd_search.analysis.results import Ranking
 from ckd_search.analysis.results import SearchRun
 from ckd_search.analysis.results import rank_trials
 from ckd_search.storage import atomic_write_text
+from ckd_search.storage import output_dir
 
 log = logging.getLogger(__name__)
 
@@ -85,7 +86,8 @@ def build_report(
     """Write the report for ``runs`` (and fidelity results) into ``out``."""
     out = Path(out)
     fig_dir = out / "figures"
-    fig_dir.mkdir(parents=True, exist_ok=True)
+    output_dir(out)
+    fig_dir.mkdir(exist_ok=True)
     labels = _labels(runs)
     sections: list[Section] = [_overview(runs, labels)]
     summary: dict[str, Any] = {"runs": {}, "generated": time.strftime("%Y-%m-%d %H:%M:%S")}

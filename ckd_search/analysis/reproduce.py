@@ -26,6 +26,7 @@ from typing import Any
 
 from ckd_search.config import Config
 from ckd_search.storage import atomic_write_text
+from ckd_search.storage import output_dir
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +103,7 @@ def run_ablation(
     from ckd_search.prepare import prepare
     from ckd_search.prepare import prepare_key
 
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = output_dir(out)
     start = time.perf_counter()
     jobs = [(v, s, variant_config(base, v, s)) for v in variants for s in seeds]
     order: dict[str, list[tuple[Variant, int, Config]]] = {}

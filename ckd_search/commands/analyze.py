@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from ckd_search.errors import UserError
+from ckd_search.storage import check_output_dir
 
 log = logging.getLogger(__name__)
 
@@ -24,6 +25,8 @@ def _split_inputs(paths: list[str]) -> tuple[list[Path], list[Path]]:
             fidelity.append(p)
         elif p.is_dir():
             run_dirs.append(p)
+        elif p.exists():
+            raise UserError(f"{p}: not a run directory (nor a fidelity .json file)")
         else:
             raise UserError(f"{p}: no such run directory")
     return run_dirs, fidelity
@@ -68,7 +71,7 @@ def run_analyze(args: argparse.Namespace) -> int:
         raise UserError("analyze needs at least one search run directory")
     fidelity_files += [d / FIDELITY_FILE for d in run_dirs if (d / FIDELITY_FILE).is_file()]
     fidelity = [_read_fidelity(p) for p in dict.fromkeys(fidelity_files)]
-    out = Path(args.out).expanduser()
+    out = check_output_dir(args.out)
     runs, report, logged = analyze_runs(run_dirs, out, fidelity)
     for run in runs:
         best = run.ranked().iloc[0]
@@ -97,6 +100,8 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from ckd_search.analysis.reproduce import seeds_for
     from ckd_search.cli import parse_overrides
     from ckd_search.config import Config
+    from ckd_search.config import check_local_paths
+    from ckd_search.engine import resolve_device
 
     if args.seeds < 1:
         raise UserError(f"--seeds={args.seeds} must be >= 1")
@@ -108,8 +113,10 @@ def run_reproduce(args: argparse.Namespace) -> int:
             )
     sets["data.dataset"] = args.dataset
     base = Config.from_yaml(args.config, sets) if args.config else Config.from_dict(sets)
+    check_local_paths(base)  # bad data paths, teacher weights or device: refused before any write
+    resolve_device(base.run.device)
     seeds = seeds_for(args.seeds)
-    out = Path(args.out).expanduser()
+    out = check_output_dir(args.out)
     print(f"reproduce on {args.dataset}: 4 variants x seeds {seeds}, {base.run.epochs} epochs each -> {out}")
     doc = run_ablation(base, seeds, out, progress=lambda line: print(line, flush=True))
     print(Path(doc["files"]["markdown"]).read_text())

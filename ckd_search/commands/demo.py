@@ -16,6 +16,7 @@ def run_demo(args: argparse.Namespace) -> int:
     from ckd_search.commands.analyze import analyze_runs
     from ckd_search.commands.search import describe_space
     from ckd_search.commands.search import print_outcome
+    from ckd_search.commands.search import remove_unstarted
     from ckd_search.search.export import export_run
     from ckd_search.search.import_ahead import ImportAhead
     from ckd_search.search.settings import DONE_FILE
@@ -42,7 +43,11 @@ def run_demo(args: argparse.Namespace) -> int:
         print(describe_space(load_space(space_path)))
         settings = create_search(space_path, out=out, cpus=os.cpu_count(), gpus=0)
         print(f"demo search {settings.study_name} in {out} (CPU trials on {os.cpu_count()} cores)")
-        outcome = run_search(settings, extra_callbacks=[ImportAhead()])  # the report's imports
+        try:
+            outcome = run_search(settings, extra_callbacks=[ImportAhead()])  # the report's imports
+        except UserError:
+            remove_unstarted(settings)  # refused before its first trial: no half-made demo to resume
+            raise
     print_outcome(outcome)
     if not outcome.finished:
         return 130

@@ -113,7 +113,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         try:
             outcome = run_search(settings)
         except UserError:
-            _remove_unstarted(settings)
+            remove_unstarted(settings)
             raise
     print_outcome(outcome)
     return 0 if outcome.finished else 130
@@ -144,7 +144,7 @@ def _fixed_on_resume(args: argparse.Namespace) -> list[str]:
 _SETUP_FILES = frozenset({SETTINGS_FILE, SPACE_FILE, DRIVER_LOCK})
 
 
-def _remove_unstarted(settings: Any) -> None:
+def remove_unstarted(settings: Any) -> None:
     """Remove what a new search wrote when it was refused before its first trial (bad input)."""
     root = Path(settings.run_dir)
     if not root.is_dir() or not set(os.listdir(root)) <= _SETUP_FILES:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import shutil
 import time
 from pathlib import Path
 
@@ -14,6 +15,7 @@ from ckd_search.config import check_local_paths
 from ckd_search.config import config_differences
 from ckd_search.errors import UserError
 from ckd_search.storage import atomic_write_text
+from ckd_search.storage import output_dir
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +42,18 @@ def run_train(args: argparse.Namespace) -> int:
             )
     elif (out / "checkpoint").exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(saved, cfg.to_yaml())
+    created = not out.exists()
+    output_dir(out)
+    try:
+        return _train(args, cfg, out)
+    except UserError:
+        if created and not (out / "checkpoint").exists():  # refused before it trained: leave nothing
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _train(args: argparse.Namespace, cfg: Config, out: Path) -> int:
+    atomic_write_text(out / "config.yaml", cfg.to_yaml())
 
     from ckd_search.engine import fit
 

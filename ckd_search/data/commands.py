@@ -25,10 +25,12 @@ def run_data_command(args: argparse.Namespace) -> int:
     Raises:
         UserError: bad flags or config values; DataError (a UserError) for bad data on disk.
     """
+    from ckd_search.config import check_local_paths
     from ckd_search.data.paired import cache_files
     from ckd_search.data.paired import load_paired
 
     cfg = config_from_args(args)
+    check_local_paths(cfg)  # a --root that is no folder is refused, whatever the data set
     image_size = cfg.teacher.input_size
     if args.action not in ("build", "inspect"):
         raise UserError(f"data action {args.action!r}: expected build or inspect")

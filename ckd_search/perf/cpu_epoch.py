@@ -16,6 +16,8 @@ from collections.abc import Sequence
 
 import torch
 
+from ckd_search.argtypes import OneLineParser
+from ckd_search.argtypes import positive_int
 from ckd_search.config import Config
 from ckd_search.perf.timing import fmt
 from ckd_search.perf.timing import format_table
@@ -36,9 +38,9 @@ SMOKE = {
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="cpu_epoch", description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=1, help="epochs to time (default 1)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p = OneLineParser(prog="cpu_epoch", description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=positive_int, default=1, help="epochs to time (default 1)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--cache-dir", default=None, help="data/teacher cache (default: a fresh temp dir)")
     p.add_argument(
         "--set",

@@ -39,6 +39,10 @@ from typing import Any
 
 import torch
 
+from ckd_search.argtypes import OneLineParser
+from ckd_search.argtypes import non_negative_int
+from ckd_search.argtypes import positive_float
+from ckd_search.argtypes import positive_int
 from ckd_search.errors import UserError
 from ckd_search.perf.timing import SMOKE_SHAPE
 from ckd_search.perf.timing import fmt
@@ -180,15 +184,23 @@ def run_packed(n: int, spec: TrialSpec) -> list[dict[str, Any]]:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="packing", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="packing", description=__doc__.splitlines()[0])
     p.add_argument("--trials", default="1,2,3", help="packing levels to run (default 1,2,3)")
-    p.add_argument("--batch", type=int, default=None, help="pairs per step per trial (default 64; smoke 8)")
-    p.add_argument("--timesteps", type=int, default=None, help="T (default 10; smoke 2)")
-    p.add_argument("--size", type=int, default=None, help="S (default 48; smoke 16)")
-    p.add_argument("--width", type=float, default=None, help="channel multiplier (default 1.0; smoke 0.0625)")
-    p.add_argument("--classes", type=int, default=None, help="C (default 101; smoke 10)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per trial (default 30; smoke 3)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps per trial (default 5; smoke 1)")
+    p.add_argument(
+        "--batch", type=positive_int, default=None, help="pairs per step per trial (default 64; smoke 8)"
+    )
+    p.add_argument("--timesteps", type=positive_int, default=None, help="T (default 10; smoke 2)")
+    p.add_argument("--size", type=positive_int, default=None, help="S (default 48; smoke 16)")
+    p.add_argument(
+        "--width", type=positive_float, default=None, help="channel multiplier (default 1.0; smoke 0.0625)"
+    )
+    p.add_argument("--classes", type=positive_int, default=None, help="C (default 101; smoke 10)")
+    p.add_argument(
+        "--steps", type=positive_int, default=None, help="timed steps per trial (default 30; smoke 3)"
+    )
+    p.add_argument(
+        "--warmup", type=non_negative_int, default=None, help="warm-up steps per trial (default 5; smoke 1)"
+    )
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if present; smoke cpu)")
     p.add_argument(
         "--precision",
@@ -202,8 +214,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         default=0,
         help="time whole trials of N epochs (engine.fit, eval + checkpoint each epoch) instead of steps",
     )
-    p.add_argument("--train-samples", type=int, default=None, help="with --epochs (default 1437; smoke 32)")
-    p.add_argument("--test-samples", type=int, default=None, help="with --epochs (default 360; smoke 16)")
+    p.add_argument(
+        "--train-samples", type=positive_int, default=None, help="with --epochs (default 1437; smoke 32)"
+    )
+    p.add_argument(
+        "--test-samples", type=positive_int, default=None, help="with --epochs (default 360; smoke 16)"
+    )
     p.add_argument("--compile", action="store_true", help="run.compile=true (compiles in every trial)")
     p.add_argument("--no-channels-last", action="store_true", help="run.channels_last=false")
     p.add_argument(
@@ -313,7 +329,10 @@ def progress(cells: list[str]) -> list[str]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    from ckd_search.engine import resolve_device
+
     args = parse_args(argv)
+    resolve_device(args.device, "--device")  # a bad device is refused here, not in every trial
     with given_or_temp_dir(args.cache_dir, "ckd_packing_cache_") as cache_root:
         if not args.mps:
             return _run(args, cache_root)

@@ -24,6 +24,8 @@ from typing import Any
 
 import torch
 
+from ckd_search.argtypes import OneLineParser
+from ckd_search.argtypes import positive_int
 from ckd_search.config import Config
 from ckd_search.perf.cpu_epoch import SMOKE  # the same tiny run as the CPU epoch bench
 from ckd_search.perf.timing import fmt
@@ -114,8 +116,8 @@ def format_curves(curves: Mapping[str, list[dict[str, float]]]) -> str:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="precision", description=__doc__.splitlines()[0])
-    p.add_argument("--epochs", type=int, default=6, help="epochs per precision (default 6)")
+    p = OneLineParser(prog="precision", description=__doc__.splitlines()[0])
+    p.add_argument("--epochs", type=positive_int, default=6, help="epochs per precision (default 6)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (default auto)")
     p.add_argument("--cache-dir", default=None, help="data/teacher cache (default: a fresh temp dir)")
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=None, help="config overrides (dotted)")

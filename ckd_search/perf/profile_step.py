@@ -24,10 +24,14 @@ import torch
 from torch.profiler import ProfilerActivity
 from torch.profiler import profile
 
+from ckd_search.argtypes import OneLineParser
+from ckd_search.argtypes import non_negative_int
+from ckd_search.argtypes import positive_int
 from ckd_search.config import Config
 from ckd_search.engine import Trainer
 from ckd_search.engine import compile_fresh
 from ckd_search.engine import frame_dtype
+from ckd_search.engine import resolve_device
 from ckd_search.perf import variants
 from ckd_search.perf.synthetic import StepBatch
 from ckd_search.perf.synthetic import device_batches
@@ -86,14 +90,16 @@ COMPILE = Experiment(
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="profile_step", description=__doc__.splitlines()[0])
+    p = OneLineParser(prog="profile_step", description=__doc__.splitlines()[0])
     p.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=None, help="config overrides")
-    p.add_argument("--classes", type=int, default=10, help="classes C (default 10, as Digits-DVS)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps per experiment (default 8)")
-    p.add_argument("--warmup", type=int, default=None, help="warm-up steps (default 2)")
-    p.add_argument("--rounds", type=int, default=None, help="interleaved timing rounds (default 3; smoke 1)")
-    p.add_argument("--top", type=int, default=15, help="operators to list")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--classes", type=positive_int, default=10, help="classes C (default 10, as Digits-DVS)")
+    p.add_argument("--steps", type=positive_int, default=None, help="timed steps per experiment (default 8)")
+    p.add_argument("--warmup", type=non_negative_int, default=None, help="warm-up steps (default 2)")
+    p.add_argument(
+        "--rounds", type=positive_int, default=None, help="interleaved timing rounds (default 3; smoke 1)"
+    )
+    p.add_argument("--top", type=positive_int, default=15, help="operators to list")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument("--compile", action="store_true", help="also try torch.compile (slow to compile)")
     p.add_argument("--one-thread", action="store_true", help="also run the engine with 1 torch thread")
     p.add_argument("--only", default=None, help="comma-separated experiment names")
@@ -240,7 +246,7 @@ def _stepper(trainer: Trainer, batches: list[StepBatch], device: torch.device) -
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    device = torch.device(args.device)
+    device = resolve_device(args.device, "--device")
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()

@@ -22,6 +22,10 @@ from typing import Any
 import torch
 import torch._dynamo.utils
 
+from ckd_search.argtypes import OneLineParser
+from ckd_search.argtypes import non_negative_int
+from ckd_search.argtypes import positive_float
+from ckd_search.argtypes import positive_int
 from ckd_search.config import Config
 from ckd_search.data.batches import Batch
 from ckd_search.errors import UserError
@@ -190,16 +194,20 @@ class Result:
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="step_throughput", description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=int, default=None, help="pairs per step (default 120; smoke 8)")
-    p.add_argument("--timesteps", type=int, default=None, help="T (default 10; smoke 2)")
-    p.add_argument("--size", type=int, default=None, help="input size S (default 48; smoke 16)")
-    p.add_argument("--width", type=float, default=None, help="channel multiplier (default 1.0; smoke 0.0625)")
-    p.add_argument("--classes", type=int, default=None, help="classes C (default 101; smoke 10)")
-    p.add_argument("--steps", type=int, default=None, help="timed steps (default 20; smoke 3)")
-    p.add_argument("--warmup", type=int, default=None, help="untimed steps first (default 5; smoke 1)")
+    p = OneLineParser(prog="step_throughput", description=__doc__.splitlines()[0])
+    p.add_argument("--batch", type=positive_int, default=None, help="pairs per step (default 120; smoke 8)")
+    p.add_argument("--timesteps", type=positive_int, default=None, help="T (default 10; smoke 2)")
+    p.add_argument("--size", type=positive_int, default=None, help="input size S (default 48; smoke 16)")
+    p.add_argument(
+        "--width", type=positive_float, default=None, help="channel multiplier (default 1.0; smoke 0.0625)"
+    )
+    p.add_argument("--classes", type=positive_int, default=None, help="classes C (default 101; smoke 10)")
+    p.add_argument("--steps", type=positive_int, default=None, help="timed steps (default 20; smoke 3)")
+    p.add_argument(
+        "--warmup", type=non_negative_int, default=None, help="untimed steps first (default 5; smoke 1)"
+    )
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto; smoke cpu)")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument(
         "--variants",
         default=None,
@@ -239,9 +247,9 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 
 def resolve(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
+    from ckd_search.engine import resolve_device
+
+    return resolve_device(name, "--device")
 
 
 def ckd_config(

@@ -55,6 +55,7 @@ from ckd_search.search.space import SearchSpace
 from ckd_search.search.space import load_space
 from ckd_search.storage import atomic_write
 from ckd_search.storage import atomic_write_text
+from ckd_search.storage import output_dir
 from ckd_search.storage import read_json_lines
 from ckd_search.storage import read_json_object
 
@@ -290,7 +291,7 @@ def export_run(run_dir: str | Path, top: int = 3, out: str | Path | None = None)
         for row in rows:
             row["pareto"] = id(row) in on_front
     ranked = rank(rows, metrics, modes)
-    target.mkdir(parents=True, exist_ok=True)
+    output_dir(target)
     write_parquet(rows, target / TRIALS_FILE)
     result = Exported(target, len(rows))
     for old in target.glob("best_*.yaml"):

@@ -57,6 +57,7 @@ from ckd_search.search.space import check_paths
 from ckd_search.search.space import load_space
 from ckd_search.storage import atomic_copy
 from ckd_search.storage import atomic_write_text
+from ckd_search.storage import output_dir
 
 log = logging.getLogger(__name__)
 #: Driver-side Tune settings (pitfall 9: a per-epoch checkpoint with ``num_to_keep`` forces a snapshot
@@ -128,7 +129,8 @@ def create_search(
                 "mounted at the same path on every node (pitfall 8), or use s3://",
                 storage_path,
             )
-    run_dir.mkdir(parents=True, exist_ok=True)
+    warm_start = warm_start_points(space, warm_start_from)  # refused before anything is written
+    output_dir(run_dir)
     settings = SearchSettings(
         run_dir=str(run_dir),
         study_name=unique_study_name(space.study.name),
@@ -140,7 +142,7 @@ def create_search(
         cpus=cpus,
         gpus=gpus,
         overrides=dict(overrides or {}),
-        warm_start=warm_start_points(space, warm_start_from),
+        warm_start=warm_start,
         created=_now(),
     )
     atomic_copy(Path(space_path).expanduser(), settings.space_file)  # a torn copy would break --resume

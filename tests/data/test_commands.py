@@ -12,7 +12,7 @@ from ckd_search.cli import main
 from ckd_search.data.commands import config_from_args
 from ckd_search.data.commands import run_data_command
 from ckd_search.errors import ConfigError
-from ckd_search.errors import DataError
+from ckd_search.errors import UserError
 
 
 def args(action: str, tmp_path: Path, *sets: str, json_out: bool = False, **kw: object) -> argparse.Namespace:
@@ -72,11 +72,11 @@ def test_set_keys_with_or_without_prefix(tmp_path: Path) -> None:
 
 
 def test_bad_input_is_a_one_line_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
-    with pytest.raises(DataError, match=r"nowhere: ncaltech101 root does not exist"):
+    with pytest.raises(UserError, match=r"data.root=.*nowhere' is not an existing folder"):
         run_data_command(args("build", tmp_path, dataset="ncaltech101", root=str(tmp_path / "nowhere")))
     code = main(["data", "build", "--dataset", "cepdvs", "--set", f"cache_dir={tmp_path}"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and "\n" not in err and "data.root=None must be set" in err
     code = main(["data", "inspect", "--dataset", "ncaltech101", "--root", str(tmp_path / "x")])
     err = capsys.readouterr().err.strip()
-    assert code == 2 and "root does not exist" in err and "\n" not in err
+    assert code == 2 and "is not an existing folder" in err and "\n" not in err

@@ -1,0 +1,91 @@
+"""Bad command-line flags: exit 2, one line naming the flag or value, nothing written, no traceback.
+
+The flag-level counterpart of test_bad_input.py (which covers space and config files): numbers out
+of range, an ``--out`` that is a file, a key given twice, and the ``ckd-search --space`` shortcut.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from ckd_search.cli import main
+from tests.reliability.test_bad_input import VALID
+
+
+def error_line(capsys) -> str:
+    captured = capsys.readouterr()
+    lines = [line for line in captured.err.splitlines() if line.strip()]
+    assert len(lines) == 1 and ": error: " in lines[0], captured.err
+    return lines[0]
+
+
+@pytest.fixture
+def space(tmp_path) -> Path:
+    path = tmp_path / "space.yaml"
+    path.write_text(yaml.safe_dump(VALID, sort_keys=False))
+    return path
+
+
+@pytest.mark.parametrize(
+    ("args", "needle"),
+    [
+        (["search", "--space", "{space}", "--gpus", "-1"], "--gpus: -1 must be >= 0"),
+        (["search", "--space", "{space}", "--cpus", "nan"], "--cpus: nan must be >= 0"),
+        (["search", "--space", "{space}", "--gpus", "two"], "--gpus: 'two' is not a number"),
+        (["train", "--set", "kd.k=1", "kd.k=2"], "--set kd.k is given twice"),
+        (["train", "--set", "run.device=gpu"], "run.device='gpu' must be auto, cpu, cuda or cuda:N"),
+        (["train", "--set", "run.device=cuda"], "no CUDA device"),  # refused in fit: the folder goes
+        (["reproduce", "--set", "run.device=cuda"], "no CUDA device"),
+        (["ui", "{out}", "--port", "99999"], "--port: '99999' is not a TCP port"),
+        (["bench", "profile", "--smoke", "--steps", "-1"], "--steps: -1 must be >= 1"),
+        (["bench", "step", "--smoke", "--device", "gpu"], "--device='gpu' is not a device"),
+    ],
+    ids=lambda v: "_".join(v) if isinstance(v, list) else None,
+)
+def test_a_bad_flag_is_one_line_and_writes_nothing(tmp_path, space, capsys, args, needle):
+    out = tmp_path / "out"
+    argv = [a.format(space=space, out=out) for a in args]
+    if args[0] in ("search", "train", "reproduce"):
+        argv += ["--out", str(out)]
+    assert main(argv) == 2
+    assert needle in error_line(capsys)
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("command", ["train", "search", "analyze", "reproduce"])
+def test_an_out_that_is_a_file_is_refused_and_kept(tmp_path, space, capsys, command):
+    out = tmp_path / "taken"
+    out.write_text("mine")
+    argv = {
+        "train": ["train", "--set", "run.device=cpu"],
+        "search": ["search", "--space", str(space)],
+        "analyze": ["analyze", str(tmp_path)],
+        "reproduce": ["reproduce", "--set", "run.device=cpu"],
+    }[command]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert f"--out {out}: exists and is not a directory" in error_line(capsys)
+    assert out.read_text() == "mine"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["-v", "--space", "{missing}"], ["--gpus", "0", "--space", "{missing}", "--out", "demo"]],
+    ids=["global-flag-first", "a-value-named-like-a-command"],
+)
+def test_the_space_shortcut_finds_the_search_command(tmp_path, capsys, argv):
+    missing = tmp_path / "missing.yaml"
+    assert main([a.format(missing=missing) for a in argv]) == 2
+    assert f"{missing}: no such file" in error_line(capsys)
+
+
+def test_a_folder_given_as_a_yaml_file_is_named_so(tmp_path, capsys):
+    assert main(["check-space", str(tmp_path)]) == 2
+    assert f"{tmp_path}: a directory, not a YAML file" in error_line(capsys)
+
+
+def test_data_commands_check_the_root_of_any_data_set(tmp_path, capsys):
+    assert main(["data", "inspect", "--root", str(tmp_path / "nowhere")]) == 2  # digits_dvs reads none
+    assert "data.root=" in error_line(capsys)
