@@ -100,6 +100,23 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def _cmd_config(args: argparse.Namespace) -> int:
+    import json
+
+    from ckd_search.config import field_docs
+
+    # values as a YAML file or --set takes them (null, true, 1.0e-3 ...)
+    rows = [
+        (key, json.dumps(default), doc) for key, default, doc in field_docs() if key.startswith(args.prefix)
+    ]
+    if not rows:
+        raise UserError(f"no config key starts with {args.prefix!r} (sections: data, kd, loss, model, ...)")
+    width = max(len(f"{k} = {d}") for k, d, _ in rows)
+    for key, default, doc in rows:
+        print(f"{f'{key} = {default}':<{width}}  # {doc}")
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     from ckd_search.commands.demo import run_demo
 
@@ -217,6 +234,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--smoke", action="store_true", help="tiny CPU run (CI)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="passed to the benchmark script")
     p.set_defaults(handler=_cmd_bench)
+
+    p = sub.add_parser("config", help="every config key (for --set and YAML files) with default and meaning")
+    p.add_argument("prefix", nargs="?", default="", help="only keys starting with this (e.g. kd.)")
+    p.set_defaults(handler=_cmd_config)
 
     p = sub.add_parser("demo", help="the embedded demo: search, export, and how to open the UI")
     p.add_argument("--out", default="runs/demo")

@@ -69,3 +69,12 @@ def test_resume_lets_the_cluster_change(tmp_path, capsys):
     assert cli.main(["search", "--resume", str(tmp_path), *flags]) == 2
     err = capsys.readouterr().err
     assert "drop" not in err and str(tmp_path) in err
+
+
+def test_config_lists_keys_with_defaults_and_meaning(capsys):
+    assert cli.main(["config", "kd."]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines and all(line.startswith("kd.") for line in lines)
+    assert any(line.startswith('kd.schedule = "phased"') and "# gamma" in line for line in lines)
+    assert any(line.startswith("kd.e_th = null") for line in lines)
+    assert cli.main(["config", "nope"]) == 2

@@ -462,9 +462,7 @@ def _check_key(key: Any, where: str, value: Any, err: _Errors, types: Mapping[st
         section = str(key).split(".")[0] if isinstance(key, str) else ""
         known = sorted(k for k in types if k.startswith(section + ".")) if section else []
         hint = (
-            f" (known {section}.* keys: {', '.join(known)})"
-            if known
-            else " (see `ckd-search train --help` or config.py)"
+            f" (known {section}.* keys: {', '.join(known)})" if known else " (`ckd-search config` lists them)"
         )
         err.fail(f"{where}.{key}", value, f"is not a key of the engine config{hint}")
     if key.startswith("resources."):
