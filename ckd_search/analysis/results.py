@@ -193,7 +193,9 @@ def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun
     base = _base_config(root, notes)
     objectives = study_objectives(root)
     metrics = [m for m, _ in objectives]
-    files = sorted(root.rglob("result.json")) or sorted(_external_experiment(root).rglob("result.json"))
+    files = sorted(root.rglob("result.json")) or sorted(
+        _external_experiment(root, notes).rglob("result.json")
+    )
     records: dict[str, dict[str, Any]] = {}
     for path in files:
         _read_trial(path, records, notes)
@@ -205,7 +207,11 @@ def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun
     elif parquet := next((p for p in PARQUET_FILES if (root / p).is_file()), None):
         trials, epochs = _from_parquet(root / parquet, base, notes, metrics)
     else:
-        raise UserError(f"{root}: no trial results (no **/result.json with records, no trials.parquet)")
+        unreadable = [n for n in notes if "unreadable" in n]
+        raise UserError(
+            f"{root}: no trial results (no **/result.json with records, no trials.parquet)"
+            + (f"; {unreadable[0]}" if unreadable else "")
+        )
     descriptors = read_json_object(root / "descriptors.json") or {}
     if not descriptors and compute_descriptors and (root / SETTINGS_FILE).is_file():
         from ckd_search.analysis.descriptors import descriptors_for_run
@@ -248,11 +254,12 @@ def _base_config(root: Path, notes: list[str]) -> dict[str, Any]:
     return {}
 
 
-def _external_experiment(root: Path) -> Path:
+def _external_experiment(root: Path, notes: list[str]) -> Path:
     """The Ray experiment folder named by ``RUN_DIR/search.yaml`` when it lies outside RUN_DIR."""
     try:
         settings = load_yaml_mapping(root / SETTINGS_FILE) if (root / SETTINGS_FILE).is_file() else {}
-    except UserError:
+    except UserError as err:
+        notes.append(f"{SETTINGS_FILE} unreadable ({err})")
         return root
     storage, study = settings.get("storage_path"), settings.get("study_name")
     if isinstance(storage, str) and isinstance(study, str) and "://" not in storage:

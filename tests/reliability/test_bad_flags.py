@@ -89,3 +89,9 @@ def test_a_folder_given_as_a_yaml_file_is_named_so(tmp_path, capsys):
 def test_data_commands_check_the_root_of_any_data_set(tmp_path, capsys):
     assert main(["data", "inspect", "--root", str(tmp_path / "nowhere")]) == 2  # digits_dvs reads none
     assert "data.root=" in error_line(capsys)
+
+
+def test_analyze_names_an_unreadable_settings_file(tmp_path, capsys):
+    (tmp_path / "search.yaml").write_text("a: [1\n")
+    assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
+    assert "search.yaml unreadable" in error_line(capsys)
