@@ -55,6 +55,20 @@ class Plan:
         )
 
 
+def check_reachable(address: str, timeout_s: float = 5.0) -> None:
+    """Refuse a ``host:port`` (or ``ray://host:port``) nothing answers at, in seconds: ``ray.init``
+    keeps retrying such an address for minutes. ``auto`` and other forms are left to Ray."""
+    import socket
+
+    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    if not sep or not host or not port.isdigit():
+        return
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as err:
+        raise UserError(f"--address {address}: nothing answers there ({err.strerror or err})") from None
+
+
 def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -> Cluster:
     """Join ``address``, reuse an initialised Ray, or start a local one on 127.0.0.1.
 
@@ -76,6 +90,7 @@ def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -
         from ckd_search.search.faults import FAULT_DIR_ENV
         from ckd_search.search.faults import FAULT_ENV
 
+        check_reachable(address)
         forwarded = {k: os.environ[k] for k in (FAULT_ENV, FAULT_DIR_ENV) if os.environ.get(k)}
         runtime_env = {"env_vars": forwarded} if forwarded else None
         try:

@@ -61,3 +61,20 @@ def test_no_concurrency_warning_when_capped_or_small(caplog, study, num_trials, 
     with caplog.at_level(logging.INFO, logger="ckd_search.search.resources"):
         plan_trials(Resources(1, 0), study, num_trials, cluster, gpus=0, cpus=cpus)
     assert _warnings(caplog) == []
+
+
+def test_an_address_nothing_answers_at_is_refused_at_once():
+    import socket
+
+    from ckd_search.errors import UserError
+    from ckd_search.search.resources import check_reachable
+
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        port = listening.getsockname()[1]
+        check_reachable(f"127.0.0.1:{port}")  # something answers: no error
+        check_reachable(f"ray://127.0.0.1:{port}")
+    with pytest.raises(UserError, match=rf"--address 127.0.0.1:{port}: nothing answers there"):
+        check_reachable(f"127.0.0.1:{port}")
+    check_reachable("auto")  # left to Ray
