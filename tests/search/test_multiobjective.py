@@ -33,8 +33,8 @@ LABEL = "digits_dvs"  # the report's name for the run (its data set)
 #: Report sections (after "<label>: ") and figure files (after "<label>_") of this search.
 SECTIONS = (
     "hyperparameter importance",
-    "accuracy over the (e_th, log10 k) plane",
-    "accuracy over the (p_th, log10 k) plane",
+    "best test top-1 over the (e_th, log10 k) plane",
+    "best test top-1 over the (p_th, log10 k) plane",
     "Pareto front (best_test_acc (max) vs sops_per_sample (min))",
     "KD switch gamma(e) and P_replace",
     "learning curves",
