@@ -78,9 +78,9 @@ def run_analyze(args: argparse.Namespace) -> int:
         kind = best.get("kd.schedule", "phased")
         point, _ = PLANE_AXES.get(kind, PLANE_AXES["phased"])  # kd.e_th, or kd.p_th when adaptive
         ranking = run.ranking
-        value = f"best {ranking.label} {best[ranking.column]:.4g}"
+        value = f"best test top-1 {best['best_test_acc']:.4f}"
         if ranking.column != "best_test_acc":
-            value += f", its best test top-1 {best['best_test_acc']:.4f}"
+            value = f"best {ranking.label} {best[ranking.column]:.4g}, its {value}"
         print(
             f"{run.name}: {len(run.trials)} trials, {value} "
             f"(trial {best['trial_id']}, {kind}, "
