@@ -41,10 +41,10 @@ import torch
 
 from ckd_search.argtypes import OneLineParser
 from ckd_search.argtypes import non_negative_int
-from ckd_search.argtypes import positive_float
 from ckd_search.argtypes import positive_int
 from ckd_search.errors import UserError
 from ckd_search.perf.timing import SMOKE_SHAPE
+from ckd_search.perf.timing import add_shape_args
 from ckd_search.perf.timing import fmt
 from ckd_search.perf.timing import format_table
 from ckd_search.storage import given_or_temp_dir
@@ -186,21 +186,7 @@ def run_packed(n: int, spec: TrialSpec) -> list[dict[str, Any]]:
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="packing", description=__doc__.splitlines()[0])
     p.add_argument("--trials", default="1,2,3", help="packing levels to run (default 1,2,3)")
-    p.add_argument(
-        "--batch", type=positive_int, default=None, help="pairs per step per trial (default 64; smoke 8)"
-    )
-    p.add_argument("--timesteps", type=positive_int, default=None, help="T (default 10; smoke 2)")
-    p.add_argument("--size", type=positive_int, default=None, help="S (default 48; smoke 16)")
-    p.add_argument(
-        "--width", type=positive_float, default=None, help="channel multiplier (default 1.0; smoke 0.0625)"
-    )
-    p.add_argument("--classes", type=positive_int, default=None, help="C (default 101; smoke 10)")
-    p.add_argument(
-        "--steps", type=positive_int, default=None, help="timed steps per trial (default 30; smoke 3)"
-    )
-    p.add_argument(
-        "--warmup", type=non_negative_int, default=None, help="warm-up steps per trial (default 5; smoke 1)"
-    )
+    add_shape_args(p, batch=64, steps=30, per=" per trial")
     p.add_argument("--device", default=None, help="cuda, cuda:N or cpu (default: cuda if present; smoke cpu)")
     p.add_argument(
         "--precision",
@@ -210,7 +196,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     p.add_argument(
         "--epochs",
-        type=int,
+        type=non_negative_int,
         default=0,
         help="time whole trials of N epochs (engine.fit, eval + checkpoint each epoch) instead of steps",
     )

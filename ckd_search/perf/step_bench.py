@@ -23,8 +23,6 @@ import torch
 import torch._dynamo.utils
 
 from ckd_search.argtypes import OneLineParser
-from ckd_search.argtypes import non_negative_int
-from ckd_search.argtypes import positive_float
 from ckd_search.argtypes import positive_int
 from ckd_search.config import Config
 from ckd_search.data.batches import Batch
@@ -34,6 +32,7 @@ from ckd_search.perf.synthetic import device_batches
 from ckd_search.perf.synthetic import synthetic_prepared
 from ckd_search.perf.timing import SMOKE_SHAPE
 from ckd_search.perf.timing import Timing
+from ckd_search.perf.timing import add_shape_args
 from ckd_search.perf.timing import fmt
 from ckd_search.perf.timing import format_table
 from ckd_search.perf.timing import reset_peak
@@ -195,17 +194,7 @@ class Result:
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="step_throughput", description=__doc__.splitlines()[0])
-    p.add_argument("--batch", type=positive_int, default=None, help="pairs per step (default 120; smoke 8)")
-    p.add_argument("--timesteps", type=positive_int, default=None, help="T (default 10; smoke 2)")
-    p.add_argument("--size", type=positive_int, default=None, help="input size S (default 48; smoke 16)")
-    p.add_argument(
-        "--width", type=positive_float, default=None, help="channel multiplier (default 1.0; smoke 0.0625)"
-    )
-    p.add_argument("--classes", type=positive_int, default=None, help="classes C (default 101; smoke 10)")
-    p.add_argument("--steps", type=positive_int, default=None, help="timed steps (default 20; smoke 3)")
-    p.add_argument(
-        "--warmup", type=non_negative_int, default=None, help="untimed steps first (default 5; smoke 1)"
-    )
+    add_shape_args(p, batch=120, steps=20)
     p.add_argument("--device", default=None, help="auto, cpu, cuda or cuda:N (default auto; smoke cpu)")
     p.add_argument("--threads", type=positive_int, default=None, help="torch CPU threads (default: torch's)")
     p.add_argument(

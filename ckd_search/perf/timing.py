@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import gc
 import math
 import statistics
@@ -11,6 +12,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
+
+from ckd_search.argtypes import non_negative_int
+from ckd_search.argtypes import positive_float
+from ckd_search.argtypes import positive_int
 
 # The tiny CPU setting every benchmark's --smoke mode uses (CI): B 8, T 2, 16x16, width 1/16.
 SMOKE_SHAPE: dict[str, object] = {
@@ -46,6 +51,18 @@ class Timing:
     def per_second(self, items_per_step: int) -> float:
         """Throughput from the median step time (robust to the odd slow step)."""
         return items_per_step * 1e3 / self.median_ms
+
+
+def add_shape_args(p: argparse.ArgumentParser, *, batch: int, steps: int, per: str = "") -> None:
+    """The step-shape flags the step and packing benches share; None means the bench's default
+    (the full-size shape, or :data:`SMOKE_SHAPE` with --smoke). ``per``: e.g. " per trial"."""
+    p.add_argument("--batch", type=positive_int, help=f"pairs per step{per} (default {batch}; smoke 8)")
+    p.add_argument("--timesteps", type=positive_int, help="T (default 10; smoke 2)")
+    p.add_argument("--size", type=positive_int, help="input size S (default 48; smoke 16)")
+    p.add_argument("--width", type=positive_float, help="channel multiplier (default 1.0; smoke 0.0625)")
+    p.add_argument("--classes", type=positive_int, help="classes C (default 101; smoke 10)")
+    p.add_argument("--steps", type=positive_int, help=f"timed steps{per} (default {steps}; smoke 3)")
+    p.add_argument("--warmup", type=non_negative_int, help=f"untimed steps first{per} (default 5; smoke 1)")
 
 
 def synchronize(device: torch.device) -> None:
