@@ -15,6 +15,11 @@ save). It renames every file of newer, broken sessions to ``NAME.incomplete``, s
 no longer matches it; nothing is deleted. It returns the session it kept, or None when no session is
 whole. In that case the search starts the Tune experiment again in the same study, as after a driver
 that stopped before the first snapshot.
+
+Tune's ``tuner.pkl`` (the Tuner, written once when the experiment starts) is not one of the four,
+but a resumed driver downloads it with them and uploads it again with every snapshot, also not
+atomically, so a kill can cut it short too; :func:`keep_tuner_whole` keeps a whole copy of it
+beside it (``tuner.pkl.whole``, a name Tune does not download) and puts that back when needed.
 """
 
 from __future__ import annotations
@@ -66,6 +71,48 @@ def settle_snapshot(experiment_path: str) -> str | None:
         for name in session.files.values():
             _set_aside(fs, f"{root}/{name}")
     return None
+
+
+TUNER_FILE = "tuner.pkl"
+TUNER_COPY = TUNER_FILE + ".whole"
+
+
+def keep_tuner_whole(experiment_path: str) -> bool:
+    """Keep a whole ``tuner.pkl``: refresh its copy when it is whole, put the copy back when a
+    killed upload cut it short. False when neither is whole (the experiment cannot be restored)."""
+    fs, root = _filesystem(experiment_path)
+    main, copy = f"{root}/{TUNER_FILE}", f"{root}/{TUNER_COPY}"
+    data = _read(fs, main)
+    if data is not None and _whole(TUNER_FILE, data):
+        if _read(fs, copy) != data:
+            _write_whole(fs, copy, data)
+        return True
+    saved = _read(fs, copy)
+    if saved is None or not _whole(TUNER_FILE, saved):
+        return False
+    log.warning(
+        "%s is %s (the driver stopped while Tune copied it to storage); put back from %s",
+        main,
+        "missing" if data is None else f"cut short ({len(data)} bytes)",
+        TUNER_COPY,
+    )
+    _write_whole(fs, main, saved)
+    return True
+
+
+def _read(fs: pyarrow.fs.FileSystem, path: str) -> bytes | None:
+    if fs.get_file_info(path).type != pyarrow.fs.FileType.File:
+        return None
+    with fs.open_input_stream(path) as stream:
+        return bytes(stream.readall())
+
+
+def _write_whole(fs: pyarrow.fs.FileSystem, path: str, data: bytes) -> None:
+    """Write beside ``path``, then move into place: a reader sees the old file or the new one."""
+    partial = path + ".partial"
+    with fs.open_output_stream(partial) as stream:
+        stream.write(data)
+    fs.move(partial, path)
 
 
 def _filesystem(path: str) -> tuple[pyarrow.fs.FileSystem, str]:

@@ -283,12 +283,14 @@ def _can_restore(settings: SearchSettings) -> bool:
     """Whether Tune can restore the experiment: its Tuner and one whole snapshot are on storage."""
     from ray import tune
 
+    from ckd_search.search.snapshot import keep_tuner_whole
     from ckd_search.search.snapshot import settle_snapshot
 
+    path = settings.experiment_path
     try:
-        return bool(tune.Tuner.can_restore(settings.experiment_path)) and (
-            settle_snapshot(settings.experiment_path) is not None
-        )
+        if not keep_tuner_whole(path):
+            return False  # no whole tuner.pkl nor copy: the driver stopped before Tune wrote one
+        return bool(tune.Tuner.can_restore(path)) and settle_snapshot(path) is not None
     except Exception as err:  # noqa: BLE001 - an unreachable storage is the user's to fix
         raise UserError(f"{settings.experiment_path}: cannot read the Ray Tune experiment ({err})") from None
 
@@ -352,6 +354,7 @@ def _new_tuner(
     from ckd_search.search.ledger import EpochLedger
     from ckd_search.search.optuna_search import StudySearch
     from ckd_search.search.progress import ProgressCallback
+    from ckd_search.search.snapshot import keep_tuner_whole
     from ckd_search.search.tracking import MlflowTrackingCallback
 
     study = space.study
@@ -414,7 +417,9 @@ def _new_tuner(
         failure_config=tune.FailureConfig(max_failures=study.max_failures),
     )
     param_space = space.trial_config({}, plan.trial)
-    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config, run_config=run_config)
+    keep_tuner_whole(settings.experiment_path)  # a copy before Tune uploads tuner.pkl again (snapshot.py)
+    return tuner
 
 
 def warm_start_points(space: SearchSpace, run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:

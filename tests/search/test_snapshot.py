@@ -112,3 +112,28 @@ def test_the_count_is_read_without_unpickling(protocol):
     assert _int_after(data, "counter") == 7
     assert _int_after(data, "finished") is None  # a bool is not a count
     assert "ab12cd34" in _strings(data)
+
+
+def test_a_cut_short_tuner_pickle_is_put_back_from_its_whole_copy(tmp_path, caplog):
+    """A resumed driver re-uploads tuner.pkl with every snapshot; a kill mid-copy cuts it short."""
+    from ckd_search.search.snapshot import TUNER_COPY
+    from ckd_search.search.snapshot import TUNER_FILE
+    from ckd_search.search.snapshot import keep_tuner_whole
+
+    tuner = tmp_path / TUNER_FILE
+    assert not keep_tuner_whole(str(tmp_path))  # neither file: nothing to restore
+    whole = pickle.dumps({"trainable": "train_ckd", "param_space": list(range(100))})
+    tuner.write_bytes(whole)
+    assert keep_tuner_whole(str(tmp_path))
+    assert (tmp_path / TUNER_COPY).read_bytes() == whole
+    tuner.write_bytes(whole[: len(whole) // 2])  # the upload was killed half way
+    assert keep_tuner_whole(str(tmp_path))
+    assert tuner.read_bytes() == whole and "cut short" in caplog.text
+    tuner.unlink()
+    assert keep_tuner_whole(str(tmp_path)) and tuner.read_bytes() == whole  # missing: put back too
+    newer = pickle.dumps({"trainable": "train_ckd", "restart": True})
+    tuner.write_bytes(newer)  # a restarted experiment writes a new Tuner: the copy follows it
+    assert keep_tuner_whole(str(tmp_path)) and (tmp_path / TUNER_COPY).read_bytes() == newer
+    tuner.write_bytes(b"")
+    (tmp_path / TUNER_COPY).write_bytes(newer[:5])
+    assert not keep_tuner_whole(str(tmp_path))  # neither whole: start the Tune experiment again
