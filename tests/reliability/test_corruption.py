@@ -78,8 +78,13 @@ def test_truncated_trial_checkpoint_in_a_resumed_search(
     victim, checkpointed = max(unfinished.items(), key=lambda item: item[1])
     state = Path(victim.checkpoint.path) / "state.pt"
     state.write_bytes(state.read_bytes()[: state.stat().st_size // 2])  # truncated
+    # and Tune's tuner.pkl cut short, as by a driver killed while a resumed session re-uploads it
+    tuner = Path(settings.experiment_path) / "tuner.pkl"
+    whole = tuner.read_bytes()
+    tuner.write_bytes(whole[: len(whole) // 3])
 
     assert main(["search", "--resume", settings.run_dir]) == 0
+    assert tuner.read_bytes() == whole
     audit = audit_run(settings.run_dir)[victim.trial_id]
     assert audit.reached_end and audit.lost == []
     assert sorted(set(audit.epochs)) == list(range(1, EPOCHS + 1))
