@@ -258,9 +258,9 @@ def _configure_logging(verbosity: int) -> None:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    # `ckd-search [-v] --space FILE ...` is `ckd-search [-v] search --space FILE ...`
-    argv = _shortcut(argv)
     parser = build_parser()
+    # `ckd-search [-v] --space FILE ...` is `ckd-search [-v] search --space FILE ...`
+    argv = _shortcut(argv, _commands(parser))
     try:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version (0) or a bad flag (2, its one line printed)
@@ -279,7 +279,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 GLOBAL_FLAGS = ("-v", "--verbose", "-vv", "-vvv")
 
 
-def _shortcut(argv: list[str]) -> list[str]:
+def _shortcut(argv: list[str], commands: set[str]) -> list[str]:
     """Put ``search`` after the global flags when the first other word is not a command but the
     arguments hold ``--space`` (a value such as ``--out demo`` is no command)."""
     head = 0
@@ -287,14 +287,13 @@ def _shortcut(argv: list[str]) -> list[str]:
         head += 1
     rest = argv[head:]
     has_space = any(a == "--space" or a.startswith("--space=") for a in rest)
-    if not rest or not has_space or rest[0] in build_parser_commands():
+    if not rest or not has_space or rest[0] in commands:
         return argv
     return [*argv[:head], "search", *rest]
 
 
-def build_parser_commands() -> set[str]:
-    """The subcommand names of :func:`build_parser`."""
-    parser = build_parser()
+def _commands(parser: argparse.ArgumentParser) -> set[str]:
+    """The subcommand names of a parser made by :func:`build_parser`."""
     action = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
     return set(action.choices)
 

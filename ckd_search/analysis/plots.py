@@ -25,7 +25,6 @@ from ckd_search.storage import atomic_write
 log = logging.getLogger(__name__)
 
 DPI = 110
-CMAP = "viridis"
 
 
 def _figure(width: float = 6.4, height: float = 4.2) -> Figure:
@@ -317,7 +316,7 @@ def parallel_coordinates(
     return _save(fig, path)
 
 
-def _mappable(values: np.ndarray, cmap: str = CMAP) -> Any:
+def _mappable(values: np.ndarray, cmap: str) -> Any:
     from matplotlib.cm import ScalarMappable
     from matplotlib.colors import Normalize
 

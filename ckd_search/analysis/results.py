@@ -308,24 +308,12 @@ def superseded_trials(root: Path) -> set[str]:
         return set()
     if not isinstance(study_name, str):
         return set()
-    import optuna
-
-    from ckd_search.search.optuna_search import IDS_ATTR
-    from ckd_search.search.optuna_search import ORPHAN_ATTR
-    from ckd_search.search.optuna_search import RAY_TRIAL_ATTR
-    from ckd_search.search.optuna_search import journal_storage
+    from ckd_search.search.optuna_search import superseded_ray_trials
 
     try:
-        study = optuna.load_study(study_name=study_name, storage=journal_storage(journal))
+        return superseded_ray_trials(journal, study_name)
     except (KeyError, ValueError, OSError):
         return set()
-    stale: set[str] = set()
-    for trial in study.get_trials(deepcopy=False):
-        current = trial.user_attrs.get(RAY_TRIAL_ATTR)
-        stale.update(str(i) for i in trial.system_attrs.get(IDS_ATTR, []) if i != current)
-        if trial.system_attrs.get(ORPHAN_ATTR) and current:
-            stale.add(str(current))
-    return stale
 
 
 def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

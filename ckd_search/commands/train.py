@@ -30,17 +30,16 @@ def run_train(args: argparse.Namespace) -> int:
     saved = out / "config.yaml"
     if args.resume and not saved.is_file():
         raise UserError(f"--resume: {saved} does not exist (nothing to resume)")
+    old = Config.from_yaml(saved) if args.resume else None
     # `--out DIR --resume` alone continues the run as it was configured (nanoGPT's init_from=resume)
-    given = args.config or args.set or not args.resume
-    cfg = load_config(args.config, args.set) if given else Config.from_yaml(saved)
+    cfg = load_config(args.config, args.set) if old is None or args.config or args.set else old
     check_local_paths(cfg)
-    if args.resume:
-        if (old := Config.from_yaml(saved)) != cfg:
-            changed = config_differences(old.to_dict(), cfg.to_dict())
-            raise UserError(
-                f"--resume: the config differs from {saved} ({changed}); resume needs the same config"
-            )
-    elif (out / "checkpoint").exists():
+    if old is not None and old != cfg:
+        changed = config_differences(old.to_dict(), cfg.to_dict())
+        raise UserError(
+            f"--resume: the config differs from {saved} ({changed}); resume needs the same config"
+        )
+    if old is None and (out / "checkpoint").exists():
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     created = not out.exists()
     output_dir(out)

@@ -138,7 +138,7 @@ class BatchSource:
         """The epoch's order and per-sample augmentation draws, in the generator order of drawing
         them batch by batch (crop offsets, flips, angles), moved to the device once."""
         order = self._order()[: len(self) * self.batch_size]
-        sizes = [len(order[i * self.batch_size : (i + 1) * self.batch_size]) for i in range(len(self))]
+        sizes = [len(part) for part in order.split(self.batch_size)]
         offsets: list[Tensor] = []
         mirror: list[Tensor] = []
         degrees: list[Tensor] = []
@@ -175,7 +175,7 @@ class BatchSource:
         """Crop, flip and rotate a [B, T, 2, S, S] float batch with its samples' draws (``part``)."""
         b, t, p, h, w = x.shape
         x = x.reshape(b, t * p, h, w)  # every frame of a sample gets the same transform
-        if self.crop_padding or self.flip:
+        if draws.offsets is not None or draws.mirror is not None:
             offsets = draws.offsets[:, part] if draws.offsets is not None else None
             x = self._crop_flip(x, offsets, draws.mirror[part] if draws.mirror is not None else None)
         if draws.degrees is not None:

@@ -350,6 +350,19 @@ def ended_trials(journal_path: str | Path, study_name: str) -> dict[str, optuna.
     }
 
 
+def superseded_ray_trials(journal_path: str | Path, study_name: str) -> set[str]:
+    """Tune trial ids that no longer stand for a trial of the study: the ids an adopting Tune trial
+    replaced (``IDS_ATTR`` lists them all, the current one last) and those of orphaned trials."""
+    study = optuna.load_study(study_name=study_name, storage=journal_storage(journal_path))
+    stale: set[str] = set()
+    for trial in study.get_trials(deepcopy=False):
+        current = trial.user_attrs.get(RAY_TRIAL_ATTR)
+        stale.update(str(i) for i in trial.system_attrs.get(IDS_ATTR, []) if i != current)
+        if trial.system_attrs.get(ORPHAN_ATTR) and current:
+            stale.add(str(current))
+    return stale
+
+
 def trial_status(trial: optuna.trial.FrozenTrial) -> str:
     """completed / pruned / failed of an ended Optuna trial."""
     return {TrialState.COMPLETE: COMPLETED, TrialState.PRUNED: PRUNED}.get(trial.state, FAILED)
