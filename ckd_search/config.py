@@ -232,7 +232,7 @@ class RunConfig:
     max_epochs: int | None = f(None, "stop after this many epochs (budget); None = epochs", opt(ge(1)))
     fidelity: str = f(
         "truncate",
-        "truncate: schedules span `epochs`; compress: they span the budget",
+        "truncate: schedules span `epochs`; compress: they span the budget (gamma's k steepened to match)",
         one_of("truncate", "compress"),
     )
     seed: int = f(42, "seed of everything in the run", ge(0))

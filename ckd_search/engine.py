@@ -173,6 +173,11 @@ class Schedules:
         e_th = kd.e_th if kd.e_th is not None else self.cfg.run.epochs * per_epoch / 2
         return e_th * self.span / self.cfg.run.epochs
 
+    def switch_steepness(self) -> float:
+        """k, steepened by epochs/span under compress: gamma then has the full run's shape over the
+        fraction of the run (sigma(-k(e - e_th)) with e and e_th both scaled by span/epochs)."""
+        return self.cfg.kd.k * self.cfg.run.epochs / self.span
+
     def gamma(self, it: int, epoch: int, p_replace: float) -> float:
         kd = self.cfg.kd
         if kd.schedule == "constant":
@@ -180,7 +185,7 @@ class Schedules:
         if kd.schedule == "adaptive":
             return schedules.adaptive_kd_weight(p_replace, kd.p_th, kd.k)
         now = epoch * self.iters_per_epoch + it if kd.units == "iteration" else epoch
-        return schedules.kd_switch_weight(now, self.switch_point(), kd.k)
+        return schedules.kd_switch_weight(now, self.switch_point(), self.switch_steepness())
 
 
 # --- pairing -----------------------------------------------------------------------------------
@@ -525,11 +530,11 @@ def fit(
     device = resolve_device(cfg.run.device)
     if cfg.run.threads:
         torch.set_num_threads(cfg.run.threads)
-    seed_everything(cfg.run.seed)
     if prepared is None:
         prepared = prepare(cfg)
     elif prepared.key != prepare_key(cfg):
         raise UserError("the prepared data does not match this config (data.* or teacher.* differ)")
+    seed_everything(cfg.run.seed)  # after prepare: the student starts the same whether or not it was cached
     trainer = Trainer(cfg, prepared, device)
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
     if resume and has_checkpoint(ckpt):

@@ -85,10 +85,11 @@ def _teacher_logits(cfg: Config, data: PairedData, key: str) -> tuple[Tensor, fl
     if cached is not None:
         return cached
     tc = cfg.teacher
-    torch.manual_seed(cfg.run.seed)
-    net = create_teacher(tc.arch, data.num_classes, tc.weights)
     start = time.perf_counter()
-    _finetune(net, cfg, data)
+    with torch.random.fork_rng(devices=[]):  # the caller's RNG moves the same on a cache hit or miss
+        torch.manual_seed(cfg.run.seed)
+        net = create_teacher(tc.arch, data.num_classes, tc.weights)
+        _finetune(net, cfg, data)
     net.eval()
     train_logits = _predict(net, data.train.images, tc.hsv, tc.input_size)
     test_logits = _predict(net, data.test.images, tc.hsv, tc.input_size)

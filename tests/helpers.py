@@ -70,3 +70,28 @@ def exported_run(
     ]
     pd.DataFrame(rows).to_parquet(run / "export" / "trials.parquet")
     return run
+
+
+def journal_trials(settings: Any, *, orphans: bool = True) -> list:
+    """The search's Optuna trials from its journal; ``orphans=False`` leaves out those a resume orphaned."""
+    import optuna
+
+    from ckd_search.search.optuna_search import ORPHAN_ATTR
+    from ckd_search.search.optuna_search import journal_storage
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.load_study(study_name=settings.study_name, storage=journal_storage(settings.journal_path))
+    trials = study.get_trials()
+    return trials if orphans else [t for t in trials if not t.system_attrs.get(ORPHAN_ATTR)]
+
+
+def mlflow_runs(settings: Any) -> tuple[Any, list, list]:
+    """(client, the search's parent runs, its trial runs) from the search's MLflow experiment."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient(settings.mlflow_uri)
+    exp = client.get_experiment_by_name(settings.experiment_name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("ckd.role") == "search"]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
+    return client, parents, children

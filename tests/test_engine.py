@@ -145,6 +145,14 @@ def test_resume_continues_bit_exactly(prepared_tiny, tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_a_run_starts_the_same_whether_the_teacher_was_cached_or_trained(tmp_path):
+    cfg = tiny(tmp_path, **{"run.epochs": 1})
+    trained_here = fit(cfg)  # cache miss: the teacher is fine-tuned in this call
+    from_cache = fit(cfg)
+    assert trained_here.metrics[0]["train_loss"] == from_cache.metrics[0]["train_loss"]
+    assert trained_here.best_test_acc == from_cache.best_test_acc
+
+
 def test_resume_refuses_a_different_config(prepared_tiny, tmp_path):
     cfg, prep = prepared_tiny
     fit(cfg.replace(**{"run.epochs": 2}), prepared=prep, checkpoint_dir=tmp_path)
@@ -228,6 +236,22 @@ def test_compress_fidelity_lays_schedules_over_the_budget(prepared_tiny):
     assert truncated.epochs_run == compressed.epochs_run == 2
     assert [m["gamma"] for m in truncated.metrics] == pytest.approx([1.0, 1.0])
     assert [m["gamma"] for m in compressed.metrics] == pytest.approx([1.0, 0.5])  # e_th 6/12 of 2 epochs
+
+
+@pytest.mark.parametrize("units", ["epoch", "iteration"])
+def test_compressed_switch_has_the_full_runs_shape(units):
+    """gamma over the fraction of the run is the same when 300 epochs are compressed into 30."""
+    from ckd_search.engine import Schedules
+
+    kd = {"kd.e_th": 150.0 * (7 if units == "iteration" else 1), "kd.k": 0.1, "kd.units": units}
+    full = Schedules(Config.from_dict({"run.epochs": 300, **kd}), 7)
+    compressed = Schedules(
+        Config.from_dict({"run.epochs": 300, "run.max_epochs": 30, "run.fidelity": "compress", **kd}), 7
+    )
+    got = [compressed.gamma(0, e, 0.0) for e in range(30)]
+    want = [full.gamma(0, 10 * e, 0.0) for e in range(30)]
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-12)
+    assert max(want) > 0.9 and min(want) < 0.1  # the switch happens inside the run
 
 
 def test_non_finite_loss_ends_the_trial_with_a_clear_error(prepared_tiny):

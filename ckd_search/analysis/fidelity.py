@@ -3,7 +3,9 @@
 - ``truncate``: the schedules (LR, P_replace, gamma) span ``run.epochs``; the trial stops after
   ``run.max_epochs``: a low-budget trial sees only the start of the planned run (KD on, P small).
 - ``compress``: ``run.fidelity=compress``: the schedules are laid over the budget, so a low-budget
-  trial runs the whole schedule (switch included) in fewer epochs.
+  trial runs the whole schedule (switch included) in fewer epochs; k is steepened by
+  epochs/budget so gamma keeps its shape over the fraction of the run. LR warm-up stays in
+  epochs: it protects the first optimizer steps, whatever the run's length.
 
 ``fidelity_study`` samples N configs of (kd.e_th, kd.k log-uniform, loss.beta) with a fixed seed,
 trains each at full budget and at low budget in both modes (one prepared data set for all), and

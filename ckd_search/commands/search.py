@@ -19,7 +19,7 @@ from ckd_search.search.settings import SPACE_FILE
 
 def run_check_space(args: argparse.Namespace) -> int:
     """Validate a space file and build ``--draws`` random configs; no Ray, a few seconds."""
-    from ckd_search.search.outcome import budget_epochs
+    from ckd_search.search.advice import scheduler_notes
     from ckd_search.search.space import check_draws
     from ckd_search.search.space import check_paths
     from ckd_search.search.space import load_space
@@ -34,12 +34,8 @@ def run_check_space(args: argparse.Namespace) -> int:
     if variants:
         labels = "; ".join(label for _, label in variants.values())
         print(f"  data/teacher preparations: {len(variants)} ({labels})")
-    budgets = sorted({budget_epochs(c) for c in configs})
-    if space.scheduler and budgets and space.scheduler.grace_period > min(budgets):
-        print(
-            f"  note: scheduler.asha.grace_period={space.scheduler.grace_period} exceeds the shortest trial "
-            f"({min(budgets)} epochs): ASHA never judges those trials"
-        )
+    for note in scheduler_notes(space, configs):
+        print(f"  note: {note}")
     print(f"ok: {space.path}: {len(configs)} random configs built and validated")
     return 0
 

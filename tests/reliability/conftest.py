@@ -21,6 +21,8 @@ from typing import Any
 
 import pytest
 
+from tests.helpers import journal_trials
+from tests.helpers import mlflow_runs
 from tests.helpers import two_key_space
 
 REPO = Path(__file__).resolve().parents[2]
@@ -102,31 +104,6 @@ def start_driver(drivers: list[Driver], args: list[str], env: dict[str, str], lo
     driver = Driver(args, env, log_path)
     drivers.append(driver)
     return driver
-
-
-def journal_trials(settings: Any, *, orphans: bool = True) -> list:
-    import optuna
-    from optuna.storages import JournalStorage
-    from optuna.storages.journal import JournalFileBackend
-
-    from ckd_search.search.optuna_search import ORPHAN_ATTR
-
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = JournalStorage(JournalFileBackend(str(settings.journal_path)))
-    study = optuna.load_study(study_name=settings.study_name, storage=storage)
-    trials = study.get_trials()
-    return trials if orphans else [t for t in trials if not t.system_attrs.get(ORPHAN_ATTR)]
-
-
-def mlflow_runs(settings: Any) -> tuple[Any, list, list]:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(settings.mlflow_uri)
-    exp = client.get_experiment_by_name(settings.experiment_name)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("ckd.role") == "search"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    return client, parents, children
 
 
 @pytest.fixture

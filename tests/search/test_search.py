@@ -19,31 +19,12 @@ from ray.tune import Callback
 
 from ckd_search.cli import main
 from ckd_search.search.settings import SearchSettings
+from tests.helpers import journal_trials
+from tests.helpers import mlflow_runs
 from tests.helpers import two_key_space
 
 pytestmark = pytest.mark.slow
 REPO = Path(__file__).resolve().parents[2]
-
-
-def journal_trials(settings: SearchSettings) -> list:
-    import optuna
-
-    from ckd_search.search.optuna_search import ORPHAN_ATTR
-    from ckd_search.search.optuna_search import journal_storage
-
-    study = optuna.load_study(study_name=settings.study_name, storage=journal_storage(settings.journal_path))
-    return [t for t in study.get_trials() if not t.system_attrs.get(ORPHAN_ATTR)]
-
-
-def mlflow_runs(settings: SearchSettings) -> tuple[Any, list, list]:
-    from mlflow import MlflowClient
-
-    client = MlflowClient(settings.mlflow_uri)
-    exp = client.get_experiment_by_name(settings.experiment_name)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("ckd.role") == "search"]
-    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId")]
-    return client, parents, children
 
 
 # --- one search on 16 logical GPUs, shared by several tests ------------------------------------
@@ -117,7 +98,7 @@ def test_asha_stops_are_pruned_in_optuna(gpu_search):
 
     settings, outcome = gpu_search
     rows = {row["trial_id"]: row for row in collect_trials(settings)[0]}
-    trials = journal_trials(settings)
+    trials = journal_trials(settings, orphans=False)
     assert len(trials) == 5 and all(t.state.is_finished() for t in trials)
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
     assert pruned, "ASHA (rf 2) stops the 4th trial of seed 1 (largest loss.beta) after one epoch"
@@ -179,7 +160,7 @@ def test_warm_start_from_an_earlier_search(gpu_search, tmp_path, tiny_fixed):
         settings.run_dir,
     ]
     assert main(args) == 0  # runs on the module's Ray instance
-    (first,) = journal_trials(SearchSettings.load(out))
+    (first,) = journal_trials(SearchSettings.load(out), orphans=False)
     assert first.params["loss.beta"] == pytest.approx(outcome.best_config["loss.beta"])
     assert first.params["kd.temperature"] == outcome.best_config["kd.temperature"]
     assert first.value == pytest.approx(outcome.best_value)  # same config, same seed: same result
@@ -203,7 +184,7 @@ def test_failing_trials_are_recorded_as_failed(tmp_path, tiny_fixed, ray_cleanup
     rows = {r["config/optim.lr"]: r for r in collect_trials(settings)[0]}
     assert rows[1.0e9]["status"] == "failed" and rows[1.0e9]["tune_status"] == "ERROR"
     assert rows[2.0e-3]["status"] == "completed"
-    states = {t.params["optim.lr"]: t.state.name for t in journal_trials(settings)}
+    states = {t.params["optim.lr"]: t.state.name for t in journal_trials(settings, orphans=False)}
     assert states[1.0e9] == "FAIL"
     _, _, children = mlflow_runs(settings)
     failed = [r for r in children if r.data.params["optim.lr"] == "1000000000.0"]
@@ -268,7 +249,7 @@ def test_resume_finishes_an_interrupted_search(tmp_path, tiny_fixed, monkeypatch
     settings = create_search(path, out=tmp_path / "run", gpus=0, cpus=2)
     with pytest.raises(Exception):  # noqa: B017 - Tune may wrap the callback's RuntimeError
         run_search(settings, extra_callbacks=[CrashAfter(flag, after=2)])
-    finished = [t for t in journal_trials(settings) if t.state.is_finished()]
+    finished = [t for t in journal_trials(settings, orphans=False) if t.state.is_finished()]
     assert 2 <= len(finished) < 5, "the crash interrupted the search"
     _, parents, _ = mlflow_runs(settings)
     assert parents[0].info.status == "KILLED"
@@ -277,7 +258,7 @@ def test_resume_finishes_an_interrupted_search(tmp_path, tiny_fixed, monkeypatch
         damage_snapshot(Path(settings.experiment_path), damage)
 
     assert main(["search", "--resume", settings.run_dir]) == 0
-    trials = journal_trials(settings)
+    trials = journal_trials(settings, orphans=False)
     assert len(trials) == 5 and all(t.state in (TrialState.COMPLETE, TrialState.PRUNED) for t in trials)
     rows = collect_trials(settings)[0]
     if damage == "only-broken":  # a new Tune experiment ran just the trials the study lacked
@@ -411,7 +392,7 @@ def test_search_on_a_two_node_cluster(two_node_cluster, tmp_path, tiny_fixed):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "finished" in proc.stdout and "up to 2 at once" in proc.stderr
     settings = SearchSettings.load(out)
-    trials = journal_trials(settings)
+    trials = journal_trials(settings, orphans=False)
     assert len(trials) == 2 and all(t.state.name == "COMPLETE" for t in trials)
     _, _, children = mlflow_runs(settings)
     assert len(children) == 2 and {r.data.params["resources.gpu_fraction"] for r in children} == {"0.5"}

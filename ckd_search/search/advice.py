@@ -1,0 +1,61 @@
+"""Notes on a valid search space whose early stopping may not measure what its author expects.
+
+``ckd-search check-space`` prints them; none stops a search. Both concern ASHA's rungs against the
+trials' own epochs: a trial shorter than the first rung is never judged, and a trial whose KD switch
+comes after the first rung is judged while it is still distilling (under ``run.fidelity=truncate``
+the schedules span the planned run, so at epoch ``grace_period`` a trial with a later e_th has not
+switched yet, whatever its k).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from ckd_search.config import Config
+from ckd_search.search.outcome import budget_epochs
+from ckd_search.search.space import SearchSpace
+
+#: Share of drawn configs switching after the first rung from which the note is printed.
+SWITCH_NOTE_SHARE = 0.25
+
+
+def scheduler_notes(space: SearchSpace, configs: Sequence[Config]) -> list[str]:
+    """One line per problem between ASHA's first rung and the drawn ``configs``; none without ASHA."""
+    if space.scheduler is None or not configs:
+        return []
+    rung = space.scheduler.grace_period
+    notes = []
+    shortest = min(budget_epochs(c) for c in configs)
+    if rung > shortest:
+        notes.append(
+            f"scheduler.asha.grace_period={rung} exceeds the shortest trial ({shortest} epochs): "
+            "ASHA never judges those trials"
+        )
+    switches = [switch_epoch(c) for c in configs]
+    timed = [s for s in switches if s is not None]
+    later = sum(s > rung for s in timed)
+    if timed and later >= SWITCH_NOTE_SHARE * len(timed):
+        notes.append(
+            f"ASHA's first rung (epoch {rung}) comes before the KD switch (kd.e_th) of {later} of "
+            f"{len(timed)} drawn configs: those trials still distil when first judged, so early stops "
+            "there cannot weigh e_th or k (bench/fidelity.py measures how well short runs rank configs; "
+            "scheduler: none trains every trial in full)"
+        )
+    return notes
+
+
+def switch_epoch(cfg: Config) -> float | None:
+    """The epoch at which ``cfg``'s phased KD weight crosses 1/2, where the run's epochs are its clock.
+
+    None where that epoch is not fixed by the config: no KD, a constant or adaptive schedule, schedules
+    compressed into the budget, or an e_th counted in iterations (their number per epoch depends on
+    the data set's size; the default e_th, half the run, is known in either unit).
+    """
+    kd = cfg.kd
+    if not (kd.enabled and cfg.loss.method == "ckd" and kd.schedule == "phased"):
+        return None
+    if cfg.run.fidelity != "truncate":
+        return None
+    if kd.e_th is None:
+        return cfg.run.epochs / 2
+    return kd.e_th if kd.units == "epoch" else None

@@ -1,0 +1,46 @@
+"""check-space's notes on ASHA's first rung against the trials' epochs and KD switches."""
+
+from __future__ import annotations
+
+from ckd_search.cli import main
+from ckd_search.config import Config
+from ckd_search.search.advice import switch_epoch
+from tests.helpers import two_key_space
+
+ASHA = {"asha": {"max_t": 8, "grace_period": 2, "reduction_factor": 2}}
+
+
+def space_with_switch(tmp_path, low: float, high: float, **fixed) -> str:
+    path = two_key_space(
+        tmp_path,
+        {"run.epochs": 8, **fixed},
+        scheduler=ASHA,
+        space={"kd.e_th": {"type": "uniform", "low": low, "high": high}},
+    )
+    return str(path)
+
+
+def test_late_switches_are_noted(tmp_path, capsys):
+    assert main(["check-space", space_with_switch(tmp_path, 4.0, 8.0), "--draws", "6"]) == 0
+    out = capsys.readouterr().out
+    assert "ASHA's first rung (epoch 2) comes before the KD switch (kd.e_th) of 6 of 6 drawn configs" in out
+
+
+def test_early_switches_and_compressed_schedules_are_not_noted(tmp_path, capsys):
+    assert main(["check-space", space_with_switch(tmp_path, 0.0, 1.5), "--draws", "6"]) == 0
+    assert main(["check-space", space_with_switch(tmp_path, 4.0, 8.0, **{"run.fidelity": "compress"})]) == 0
+    assert "KD switch" not in capsys.readouterr().out
+
+
+def test_short_trials_are_noted(tmp_path, capsys):
+    assert main(["check-space", space_with_switch(tmp_path, 0.0, 1.0, **{"run.max_epochs": 1})]) == 0
+    assert "grace_period=2 exceeds the shortest trial (1 epochs)" in capsys.readouterr().out
+
+
+def test_switch_epoch_is_the_half_way_point_in_epochs_only():
+    assert switch_epoch(Config.from_dict({"run.epochs": 10})) == 5
+    assert switch_epoch(Config.from_dict({"run.epochs": 10, "kd.units": "iteration"})) == 5
+    assert switch_epoch(Config.from_dict({"kd.e_th": 3.0})) == 3.0
+    unknown = ({"kd.units": "iteration", "kd.e_th": 3.0}, {"kd.schedule": "constant"}, {"kd.enabled": False})
+    for fixed in unknown:
+        assert switch_epoch(Config.from_dict(fixed)) is None
