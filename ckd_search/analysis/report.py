@@ -105,8 +105,6 @@ def build_report(
     html_path = atomic_write_text(out / "report.html", render_html(title, sections))
     md_path = atomic_write_text(out / "report.md", render_markdown(title, sections, out))
     summary_path = atomic_write_text(out / "summary.json", json.dumps(_jsonable(summary), indent=1))
-    for path in (html_path, md_path, summary_path):
-        path.chmod(0o644)  # atomic writes come out 0600; a report is meant to be shared
     figures = [p for s in sections for _, p in s.figures]
     pareto = {label: run["pareto"] for label, run in summary["runs"].items() if "pareto" in run}
     titles = [s.title for s in sections]

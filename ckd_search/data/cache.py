@@ -18,8 +18,6 @@ import hashlib
 import json
 import logging
 import mmap
-import os
-import tempfile
 from collections.abc import Iterator
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +29,7 @@ import pyarrow as pa
 from ckd_search.data.built import COLUMNS
 from ckd_search.data.built import SplitArrays
 from ckd_search.errors import DataError
+from ckd_search.storage import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -90,21 +89,15 @@ def write_split(path: Path, data: SplitArrays, params: Mapping[str, Any], info: 
         },
     )
     make_cache_folder(path.parent)
+
+    def write(fh: Any) -> None:
+        with pa.ipc.new_file(fh, schema) as writer:
+            writer.write_batch(pa.record_batch(columns, schema=schema))
+
     try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        atomic_write(path, write)
     except OSError as err:
         raise DataError(f"{path.parent}: cannot write the data cache ({err.strerror or err})") from None
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            with pa.ipc.new_file(fh, schema) as writer:
-                writer.write_batch(pa.record_batch(columns, schema=schema))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
 
 
 def read_split(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import stat
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -112,7 +113,9 @@ def test_failed_write_leaves_no_partial_file(tmp_path: Path, monkeypatch: pytest
         raise OSError("disk full")
 
     monkeypatch.setattr(os, "replace", boom)
-    with pytest.raises(OSError, match="disk full"):
+    from ckd_search.errors import DataError
+
+    with pytest.raises(DataError, match=f"{path.parent}: cannot write the data cache \\(disk full\\)"):
         cache.write_split(path, tiny_split(), PARAMS, {})
     assert not path.exists()
     assert not list(path.parent.glob("*.tmp"))
@@ -192,3 +195,12 @@ def test_a_read_only_cache_folder_is_one_line_naming_it(tmp_path):
             cache.write_split(tmp_path / "ro" / "x.arrow", tiny_split(), {"a": 1}, {})
     finally:
         os.chmod(tmp_path / "ro", 0o700)
+
+
+def test_a_cache_file_has_the_permissions_the_umask_gives(tmp_path):
+    """A cache shared by a cluster's users: the temp file's 0600 must not survive the rename."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path = tmp_path / "x.arrow"
+    cache.write_split(path, tiny_split(), {"a": 1}, {})
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
