@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 from pathlib import Path
 
 from ckd_search.errors import UserError
@@ -41,8 +40,8 @@ def run_demo(args: argparse.Namespace) -> int:
             outcome = run_search(settings, resume=True)
     else:
         print(describe_space(load_space(space_path)))
-        settings = create_search(space_path, out=out, cpus=os.cpu_count(), gpus=0)
-        print(f"demo search {settings.study_name} in {out} (CPU trials on {os.cpu_count()} cores)")
+        settings = create_search(space_path, out=out, gpus=0)
+        print(f"demo search {settings.study_name} in {out} (CPU trials on this machine's cores)")
         try:
             outcome = run_search(settings, extra_callbacks=[ImportAhead()])  # the report's imports
         except UserError:

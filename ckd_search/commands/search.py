@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from ckd_search.errors import UserError
+from ckd_search.search.settings import CONCURRENCY_FILE
 from ckd_search.search.settings import DRIVER_LOCK
 from ckd_search.search.settings import SETTINGS_FILE
 from ckd_search.search.settings import SPACE_FILE
@@ -137,7 +138,7 @@ def _fixed_on_resume(args: argparse.Namespace) -> list[str]:
 
 
 #: What ``create_search`` (and the driver lock) write before a search starts.
-_SETUP_FILES = frozenset({SETTINGS_FILE, SPACE_FILE, DRIVER_LOCK})
+_SETUP_FILES = frozenset({SETTINGS_FILE, SPACE_FILE, DRIVER_LOCK, CONCURRENCY_FILE})
 
 
 def remove_unstarted(settings: Any) -> None:

@@ -72,9 +72,10 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
 def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -> Cluster:
     """Join ``address``, reuse an initialised Ray, or start a local one on 127.0.0.1.
 
-    A local Ray gets ``num_cpus=--cpus or os.cpu_count()`` and ``num_gpus=--gpus`` (logical GPUs
-    are fine: they only count), no dashboard, and loopback addresses only (the node and the
-    dashboard agent bind 127.0.0.1).
+    A local Ray gets ``num_cpus=--cpus`` (default: Ray's own count, which honours a container's CPU
+    limit where ``os.cpu_count()`` sees the host's) and ``num_gpus=--gpus``, at most the GPUs this
+    machine has (Ray would make up the rest), no dashboard, and loopback addresses only (the node and
+    the dashboard agent bind 127.0.0.1). Logical GPUs for tests come from a Ray started beforehand.
     """
     if address is None and "ray" not in sys.modules:
         # Read by Ray at import time: a single-machine Ray then uses 127.0.0.1, not the LAN address.
@@ -107,7 +108,7 @@ def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -
     else:
         num_gpus = None if gpus is None else int(math.ceil(gpus))
         ray.init(
-            num_cpus=int(cpus) if cpus else os.cpu_count(),
+            num_cpus=int(cpus) if cpus else None,
             num_gpus=num_gpus,
             include_dashboard=False,
             dashboard_host="127.0.0.1",  # even the minimal dashboard agent binds loopback only
@@ -115,7 +116,21 @@ def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -
             logging_level=logging.WARNING,
         )
         started = True
+        if num_gpus and num_gpus > (physical := local_gpus()):
+            ray.shutdown()
+            raise UserError(
+                f"--gpus {gpus:g}: this machine has {physical} GPU(s), and trials Ray placed on the others "
+                "would find none; for logical GPUs start Ray yourself (ray start --head --num-gpus N) "
+                "and pass --address"
+            )
     return Cluster(started, _alive_nodes())
+
+
+def local_gpus() -> int:
+    """CUDA devices this process may use (``CUDA_VISIBLE_DEVICES`` honoured)."""
+    import torch
+
+    return torch.cuda.device_count()
 
 
 def _alive_nodes() -> tuple[tuple[float, float], ...]:
@@ -164,6 +179,12 @@ def plan_trials(
         by_cpu = math.floor(node_cpus / trial.cpu + 1e-9)
         by_gpu = _trials_on_gpus(node_gpus, share) if share > 0 else by_cpu
         fits += min(by_cpu, by_gpu)
+    if fits == 0:  # CPUs on one node, GPUs on another (a CPU-only head beside small GPU workers)
+        nodes = ", ".join(f"{c:g} CPU + {g:g} GPU" for c, g in cluster.nodes)
+        raise UserError(
+            f"resources: {trial.cpu:g} CPU + {share:g} GPU per trial, but no Ray node has both ({nodes}): "
+            "the trials would stay PENDING forever; lower resources.cpu or add a node that holds a trial"
+        )
     limits = [fits, num_trials]
     if share > 0:
         limits.append(math.floor(budget / share + 1e-9))

@@ -6,6 +6,7 @@ Layout of ``RUN_DIR``::
     space.yaml           copy of the search-space file as given
     optuna.journal       the Optuna study (``optuna-dashboard RUN_DIR/optuna.journal``)
     asha_state.json      ASHA rungs (restored on --resume)
+    concurrency.json     trials at once on the current cluster (search/concurrency.py)
     mlflow.db            MLflow tracking store (default; ``ckd-search ui RUN_DIR``)
     mlartifacts/         MLflow artifacts of the SQLite store
     <study name>/        Ray Tune experiment (unless --storage puts it elsewhere), a folder
@@ -33,6 +34,7 @@ SETTINGS_FILE = "search.yaml"
 SPACE_FILE = "space.yaml"
 JOURNAL_FILE = "optuna.journal"
 ASHA_FILE = "asha_state.json"
+CONCURRENCY_FILE = "concurrency.json"
 MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 DONE_FILE = "search_done.json"
@@ -91,6 +93,10 @@ class SearchSettings:
     @property
     def asha_path(self) -> Path:
         return self.root / ASHA_FILE
+
+    @property
+    def concurrency_path(self) -> Path:
+        return self.root / CONCURRENCY_FILE
 
     @property
     def experiment_path(self) -> str:

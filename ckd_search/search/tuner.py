@@ -160,6 +160,7 @@ def run_search(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    from ckd_search.search.concurrency import write_cap
     from ckd_search.search.faults import install_failure_policy
     from ckd_search.search.import_ahead import ENGINE_MODULES
     from ckd_search.search.import_ahead import importing
@@ -183,6 +184,7 @@ def run_search(
 
             registry = prepare_all(space, plan.trial, run_dir=settings.root)  # + descriptors.json
             trainable = _trainable(registry, plan.trial.cpu, plan.trial.gpu)
+            write_cap(settings.concurrency_path, plan.max_concurrent)  # a restored limiter reads it
             if restorable:
                 tuner = _restore(settings, trainable)
             else:
@@ -349,6 +351,7 @@ def _new_tuner(
     from ray import tune
 
     from ckd_search.search.asha import PersistentASHA
+    from ckd_search.search.concurrency import ResizableLimiter
     from ckd_search.search.faults import CheckpointRepair
     from ckd_search.search.ledger import LEDGER_FILE
     from ckd_search.search.ledger import EpochLedger
@@ -394,10 +397,10 @@ def _new_tuner(
     tune_config = tune.TuneConfig(
         metric=None if study.multi_objective else study.metric,
         mode=None if study.multi_objective else study.mode,
-        search_alg=searcher,
+        # pitfall 2: TPE must see finished trials; the cap follows the cluster on resume
+        search_alg=ResizableLimiter(searcher, plan.max_concurrent, settings.concurrency_path),
         scheduler=scheduler,
         num_samples=num_samples,
-        max_concurrent_trials=plan.max_concurrent,  # pitfall 2: TPE must see finished trials
         reuse_actors=True,  # no new worker process (and torch import) per trial
         trial_name_creator=trial_name,
         trial_dirname_creator=trial_dirname,

@@ -117,3 +117,22 @@ def test_local_test_clusters_bind_loopback(tmp_path):
         assert cluster.address.startswith("127.0.0.1:")
     finally:
         cluster.shutdown()
+
+
+def test_a_local_ray_gets_no_more_gpus_than_the_machine_has(monkeypatch):
+    import ray
+
+    from ckd_search.errors import UserError
+    from ckd_search.search import resources
+
+    seen = {}
+    monkeypatch.setattr(ray, "is_initialized", lambda: False)
+    monkeypatch.setattr(ray, "init", lambda **kw: seen.update(kw) or SimpleNamespace())
+    monkeypatch.setattr(ray, "shutdown", lambda: seen.update(shutdown=True))
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "Resources": {"CPU": 2.0, "GPU": 1.0}}])
+    monkeypatch.setattr(resources, "local_gpus", lambda: 1)
+    assert resources.start_or_join(None, None, 1).gpus == 1
+    assert seen["num_cpus"] is None  # Ray counts the CPUs (a container's limit included)
+    with pytest.raises(UserError, match=r"--gpus 2: this machine has 1 GPU\(s\)"):
+        resources.start_or_join(None, None, 2)
+    assert seen.get("shutdown")

@@ -6,6 +6,7 @@ import logging
 
 import pytest
 
+from ckd_search.errors import UserError
 from ckd_search.search.resources import Cluster
 from ckd_search.search.resources import plan_trials
 from ckd_search.search.space import Resources
@@ -78,3 +79,11 @@ def test_an_address_nothing_answers_at_is_refused_at_once():
     with pytest.raises(UserError, match=rf"--address 127.0.0.1:{port}: nothing answers there"):
         check_reachable(f"127.0.0.1:{port}")
     check_reachable("auto")  # left to Ray
+
+
+def test_a_trial_no_single_node_holds_is_refused():
+    # the CPUs on a CPU-only head, the GPUs on workers with fewer CPUs than a trial asks
+    cluster = Cluster(False, ((16.0, 0.0), (4.0, 8.0)))
+    with pytest.raises(UserError, match=r"8 CPU \+ 0.5 GPU per trial, but no Ray node has both"):
+        plan_trials(Resources(8, 0.5), Study("t"), 10, cluster, gpus=None, cpus=None)
+    assert plan_trials(Resources(4, 0.5), Study("t"), 10, cluster, gpus=None, cpus=None).max_concurrent == 1
