@@ -2,21 +2,26 @@
 
 The search's own Optuna storage is not needed: every finished trial becomes a ``FrozenTrial``
 (``optuna.trial.create_trial``) in an in-memory study, with distributions inferred from the values
-seen (``kd.k`` on a log scale). Complete trials carry their best test top-1; pruned trials are added
-as PRUNED (the evaluators skip them) so low-budget values do not pose as final results.
+seen. Parameters drawn on a log scale (``kd.k``, and those the space file draws log-uniformly) enter
+as log10 of their values: fANOVA ignores a distribution's ``log`` flag, and would otherwise give
+k in [1e-3, 1] about 1 % of a [1e-3, 1e2] axis. Complete trials carry their ranking metric; pruned
+trials are added as PRUNED (the evaluators skip them) so low-budget values do not pose as final results.
 
 Conditional parameters (``kd.e_th`` acts only in the phased schedule, ``kd.p_th`` only in the adaptive
-one) are masked where inactive: the resolved configs carry their defaults there, which would
-otherwise count as real draws. When the schedule kind varies, the overall ranking covers the shared
-parameters (the kind itself included) and each kind gets its own ranking with its own parameters.
+one, and whatever the space file's ``condition`` entries say) are masked where inactive: the resolved
+configs carry their defaults there, which would otherwise count as real draws. When a switching key
+varies, the overall ranking covers the shared parameters (the switch itself included) and each of its
+values gets its own ranking with the parameters that act there.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import warnings
 from collections.abc import Iterator
+from collections.abc import Mapping
 from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -34,13 +39,15 @@ from optuna.trial import TrialState
 
 from ckd_search.analysis.results import ACCURACY
 from ckd_search.analysis.results import Ranking
+from ckd_search.analysis.space_facts import ENGINE_CONDITIONS
+from ckd_search.analysis.space_facts import LOG_PARAMS
+from ckd_search.analysis.space_facts import Condition
+from ckd_search.analysis.space_facts import SpaceFacts
 
 log = logging.getLogger(__name__)
 
 # The parameters the switching question is about, in report order.
 CORE_PARAMS = ("kd.e_th", "kd.k", "loss.beta", "kd.temperature", "data.timesteps")
-# Parameters always read on a log scale (when positive).
-LOG_PARAMS = frozenset({"kd.k", "optim.lr", "optim.weight_decay", "optim.min_lr"})
 # Config keys that are never hyperparameters of interest.
 IGNORED = frozenset(
     {
@@ -58,12 +65,6 @@ IGNORED = frozenset(
     }
 )
 MIN_COMPLETE = 3
-# Parameter -> (the key that switches it on, the values under which it acts).
-CONDITIONAL: dict[str, tuple[str, frozenset[Any]]] = {
-    "kd.e_th": ("kd.schedule", frozenset({"phased"})),
-    "kd.p_th": ("kd.schedule", frozenset({"adaptive"})),
-    "kd.k": ("kd.schedule", frozenset({"phased", "adaptive"})),
-}
 
 
 @dataclass
@@ -101,16 +102,32 @@ def candidate_params(trials: pd.DataFrame, extra: Sequence[str] = ()) -> list[st
     return core + list(dict.fromkeys(others))
 
 
-def infer_distribution(name: str, values: pd.Series) -> BaseDistribution:
-    """A distribution covering the observed values: float/int range or categorical."""
+def infer_distribution(
+    name: str, values: pd.Series, log_params: frozenset[str] = LOG_PARAMS
+) -> BaseDistribution:
+    """A distribution covering the observed values: float/int range or categorical. A log parameter
+    with positive values gets a float range over log10 of them (see :func:`study_values`)."""
     vals = values.dropna()
     if vals.map(lambda v: isinstance(v, bool | str)).any() or vals.dtype == object:
         return CategoricalDistribution(sorted({_cat(v) for v in vals}, key=str))
     lo, hi = float(vals.min()), float(vals.max())
-    log_scale = name in LOG_PARAMS and lo > 0
-    if np.allclose(vals, np.round(vals)) and name not in LOG_PARAMS and pd.api.types.is_integer_dtype(vals):
+    if name in log_params and lo > 0:  # np.log10, as study_values: the bounds hold the values exactly
+        logs = np.log10(vals.astype(float).to_numpy())
+        return FloatDistribution(float(logs.min()), float(logs.max()))
+    if np.allclose(vals, np.round(vals)) and pd.api.types.is_integer_dtype(vals):
         return IntDistribution(int(lo), int(hi))
-    return FloatDistribution(lo, hi, log=log_scale)
+    return FloatDistribution(lo, hi)
+
+
+def study_values(trials: pd.DataFrame, params: Sequence[str], log_params: frozenset[str]) -> pd.DataFrame:
+    """``trials`` with each positive log parameter replaced by log10 of its values."""
+    out = trials.copy()
+    for p in params:
+        col = out[p]
+        if p in log_params and pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
+            if float(col.min()) > 0:
+                out[p] = np.log10(col.astype(float))
+    return out
 
 
 def _cat(value: Any) -> Any:
@@ -123,6 +140,7 @@ def build_study(
     epochs: pd.DataFrame | None = None,
     ranking: Ranking = ACCURACY,
     use_pruned_values: bool = False,
+    log_params: frozenset[str] = LOG_PARAMS,
 ) -> optuna.Study:
     """An in-memory study holding one FrozenTrial per row of ``trials``, in ``ranking``'s direction.
 
@@ -133,8 +151,10 @@ def build_study(
         ranking: the objective column and its direction.
         use_pruned_values: add pruned trials as COMPLETE with their last value (when too few
             trials completed).
+        log_params: parameters that enter as log10 of their (positive) values.
     """
-    dists = {p: infer_distribution(p, trials[p]) for p in params}
+    dists = {p: infer_distribution(p, trials[p], log_params) for p in params}
+    trials = study_values(trials, params, log_params)
     with _quiet_optuna():
         study = optuna.create_study(direction="minimize" if ranking.ascending else "maximize")
     curves = _intermediate(epochs)
@@ -180,14 +200,19 @@ def _param_value(value: Any, dist: BaseDistribution) -> Any:
     return _cat(value)
 
 
-def mask_inactive(trials: pd.DataFrame) -> pd.DataFrame:
+def mask_inactive(
+    trials: pd.DataFrame, conditions: Mapping[str, Sequence[Condition]] = ENGINE_CONDITIONS
+) -> pd.DataFrame:
     """A copy with each conditional parameter set to NaN in the trials where it does not act."""
     out = trials.copy()
-    for param, (switch, active) in CONDITIONAL.items():
-        if param in out and switch in out:
-            inactive = ~out[switch].isin(active)
-            if inactive.any():
-                out[param] = out[param].astype(float).where(~inactive)
+    for param, found in conditions.items():
+        if param not in out:
+            continue
+        for switch, active in found:
+            if switch in out:
+                inactive = ~out[switch].isin(active)
+                if inactive.any():
+                    out[param] = out[param].where(~inactive)
     return out
 
 
@@ -197,16 +222,20 @@ def compute_importances(
     epochs: pd.DataFrame | None = None,
     seed: int = 0,
     ranking: Ranking = ACCURACY,
+    facts: SpaceFacts | None = None,
 ) -> Importances:
     """PED-ANOVA and fANOVA importances of ``params`` (default: :func:`candidate_params`).
 
-    Conditional parameters are masked where inactive (:data:`CONDITIONAL`); those left out of the
+    Conditional parameters are masked where inactive (``facts.conditions``); those left out of the
     overall ranking for that reason are ranked within each group of trials where they act.
     """
+    facts = facts or SpaceFacts()
     params = list(params) if params is not None else candidate_params(trials)
-    trials = mask_inactive(trials)
-    result = _rank(trials, params, epochs, seed, ranking)
-    switches = {CONDITIONAL[p][0] for p in params if p in CONDITIONAL and trials[p].isna().any()}
+    trials = mask_inactive(trials, facts.conditions)
+    rank = functools.partial(_rank, epochs=epochs, seed=seed, ranking=ranking, log_params=facts.log_params)
+    result = rank(trials, params)
+    gapped = [p for p in params if p in facts.conditions and trials[p].isna().any()]
+    switches = {switch for p in gapped for switch, _ in facts.conditions[p]}
     for switch in sorted(s for s in switches if s in trials):
         for value, group in trials.groupby(switch, sort=True):
             active = [
@@ -214,13 +243,18 @@ def compute_importances(
                 for p in params
                 if p != switch and not group[p].isna().any() and group[p].astype(str).nunique() > 1
             ]
-            if len(group) >= 2 and any(p in CONDITIONAL for p in active):
-                result.by_group[f"{switch}={value}"] = _rank(group, active, epochs, seed, ranking)
+            if len(group) >= 2 and any(p in gapped for p in active):
+                result.by_group[f"{switch}={value}"] = rank(group, active)
     return result
 
 
 def _rank(
-    trials: pd.DataFrame, params: Sequence[str], epochs: pd.DataFrame | None, seed: int, ranking: Ranking
+    trials: pd.DataFrame,
+    params: Sequence[str],
+    epochs: pd.DataFrame | None,
+    seed: int,
+    ranking: Ranking,
+    log_params: frozenset[str],
 ) -> Importances:
     """The two evaluators over ``params`` on the trials given."""
     params = list(params)
@@ -240,7 +274,7 @@ def _rank(
             f"only {n_complete} complete trial(s): pruned trials counted with their "
             "last value (low-budget; read with care)"
         )
-    study = build_study(trials, params, epochs, ranking, use_pruned_values=use_pruned)
+    study = build_study(trials, params, epochs, ranking, use_pruned_values=use_pruned, log_params=log_params)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     result.n_trials = len(done)
     if len(done) < 2:

@@ -1,4 +1,4 @@
-"""Pareto fronts of multi-objective searches: dominance, the front of a set of points, the objectives.
+"""Pareto fronts of multi-objective searches: dominance and the front of a set of points.
 
 Shared by ``ckd-search export`` (``pareto.json``) and ``ckd-search analyze`` (the Pareto figure), so
 both name the same trials. A point is a list of objective values; ``modes`` says per objective
@@ -9,12 +9,9 @@ is never on the front and never dominates another (Optuna records such a trial a
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any
 
-from ckd_search.errors import UserError
 from ckd_search.search.outcome import finite
-from ckd_search.search.settings import SPACE_FILE
 
 
 def dominates(a: Sequence[float], b: Sequence[float]) -> bool:
@@ -32,17 +29,3 @@ def pareto_mask(points: Sequence[Sequence[Any]], modes: Sequence[str]) -> list[b
         oriented.append([s * float(v) for s, v in zip(signs, values)] if ok else None)  # type: ignore[arg-type]
     valid = [p for p in oriented if p is not None]
     return [p is not None and not any(dominates(q, p) for q in valid) for p in oriented]
-
-
-def study_objectives(run_dir: str | Path) -> tuple[tuple[str, str], ...]:
-    """(metric, mode) pairs of the search in ``run_dir`` (its ``space.yaml``); empty if unknown."""
-    from ckd_search.search.space import load_space
-
-    path = Path(run_dir) / SPACE_FILE
-    if not path.is_file():
-        return ()
-    try:
-        study = load_space(path).study
-    except UserError:
-        return ()
-    return tuple(zip(study.metrics, study.modes))

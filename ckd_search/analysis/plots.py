@@ -20,6 +20,7 @@ from matplotlib.figure import Figure
 from ckd_search import schedules
 from ckd_search.analysis.results import ACCURACY
 from ckd_search.analysis.results import Ranking
+from ckd_search.analysis.space_facts import LOG_PARAMS
 from ckd_search.storage import atomic_write
 
 log = logging.getLogger(__name__)
@@ -252,15 +253,18 @@ def learning_curves(
 
 # --- parallel coordinates ----------------------------------------------------------------------
 def parallel_coordinates(
-    trials: pd.DataFrame, params: Sequence[str], path: Path, title: str = "", ranking: Ranking = ACCURACY
+    trials: pd.DataFrame,
+    params: Sequence[str],
+    path: Path,
+    title: str = "",
+    ranking: Ranking = ACCURACY,
+    log_params: frozenset[str] = LOG_PARAMS,
 ) -> Path:
     """One line per trial through its (scaled) parameter values and its ranking metric, coloured by it.
 
-    Numeric axes are min-max scaled (``kd.k`` and other log parameters in log10); categorical axes
+    Numeric axes are min-max scaled (``kd.k`` and the other ``log_params`` in log10); categorical axes
     spread their levels evenly. The end labels show each axis' range.
     """
-    from ckd_search.analysis.importance import LOG_PARAMS
-
     fig = _figure(max(6.4, 1.5 * (len(params) + 1)), 4.4)
     ax = fig.add_subplot()
     df = trials.dropna(subset=[ranking.column])
@@ -274,7 +278,7 @@ def parallel_coordinates(
         col = df[name]
         if pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
             vals = col.astype(float).to_numpy()
-            use_log = name in LOG_PARAMS and np.nanmin(vals) > 0
+            use_log = name in log_params and np.nanmin(vals) > 0
             v = np.log10(vals) if use_log else vals
             lo, hi = float(np.nanmin(v)), float(np.nanmax(v))
             scaled[:, j] = (v - lo) / (hi - lo) if hi > lo else 0.5

@@ -35,6 +35,7 @@ from ckd_search.analysis.results import METRIC
 from ckd_search.analysis.results import Ranking
 from ckd_search.analysis.results import SearchRun
 from ckd_search.analysis.results import rank_trials
+from ckd_search.analysis.results import switch_in_epochs
 from ckd_search.storage import atomic_write_text
 from ckd_search.storage import output_dir
 
@@ -112,8 +113,15 @@ def build_report(
 
 
 def _labels(runs: Sequence[SearchRun]) -> list[str]:
+    """One label per run, unique, and unique once slugged (figure files and summary keys use them):
+    the data set's name, then its folder's name where names repeat, then a number."""
     names = [r.name for r in runs]
-    return [n if names.count(n) == 1 else f"{n} ({r.run_dir.name})" for n, r in zip(names, runs)]
+    labels = [n if names.count(n) == 1 else f"{n} ({r.run_dir.name})" for n, r in zip(names, runs)]
+    slugs = [_slug(label) for label in labels]
+    return [
+        label if slugs.count(slug) == 1 else f"{label} #{slugs[: i + 1].count(slug)}"
+        for i, (label, slug) in enumerate(zip(labels, slugs))
+    ]
 
 
 def _slug(text: str) -> str:
@@ -144,9 +152,9 @@ def _overview(runs: Sequence[SearchRun], labels: Sequence[str]) -> Section:
         "Trials are ranked by their study's metric, as its searcher and ckd-search export rank them: "
         "best test top-1 over epochs (He et al.'s protocol) unless the study optimised another single "
         "metric (its value at the trial's last epoch); a multi-objective study is ranked by best test "
-        "top-1 too. A trial counts as complete when it reached the largest "
-        "epoch any trial of its search reached; otherwise it was pruned (e.g. by ASHA) and its value "
-        "is a low-budget value."
+        "top-1 too. A trial counts as complete when it reached its budget (run.epochs, or "
+        "run.max_epochs, capped by ASHA's max_t), as the search counts it; otherwise it is listed as "
+        "pruned (stopped by ASHA, or still running when analysed) and its value is a low-budget value."
     )
     sec.tables.append(("", pd.DataFrame(rows)))
     return sec
@@ -181,12 +189,12 @@ def _run_sections(
     summary["best"] = [_jsonable(r) for r in best_tbl.to_dict("records")[:top]]
     out.append(head)
 
-    imp = compute_importances(trials, params, run.epochs, ranking=ranking)
+    imp = compute_importances(trials, params, run.epochs, ranking=ranking, facts=run.facts)
     sec = Section(f"{label}: hyperparameter importance", level=3)
     sec.text.append(
         f"Optuna PED-ANOVA and fANOVA of {ranking.label} on an in-memory study rebuilt from "
-        f"{imp.n_trials} trial(s); distributions inferred from the observed values (kd.k on a log "
-        "scale); each method normalised to sum to 1."
+        f"{imp.n_trials} trial(s); distributions inferred from the observed values (kd.k and the "
+        "space's log-uniform parameters as log10 of their values); each method normalised to sum to 1."
     )
     sec.text.extend(imp.notes)
     if imp.by_method:
@@ -207,7 +215,10 @@ def _run_sections(
         summary["importance_by_group"] = {g: sub.by_method for g, sub in imp.by_group.items()}
     out.append(sec)
 
-    out.append(_plane_section(trials, label, fig_dir / f"{slug}_plane.png", "phased", ranking))
+    in_epochs, units_note = switch_in_epochs(trials, _iters_per_epoch(run))
+    plane = _plane_section(in_epochs, label, fig_dir / f"{slug}_plane.png", "phased", ranking)
+    plane.text.extend([units_note] if units_note else [])
+    out.append(plane)
     kinds = trials["kd.schedule"].astype(str).unique() if "kd.schedule" in trials else []
     if "adaptive" in kinds:
         out.append(_plane_section(trials, label, fig_dir / f"{slug}_plane_adaptive.png", "adaptive", ranking))
@@ -253,7 +264,12 @@ def _run_sections(
         (
             "Parallel coordinates",
             plots.parallel_coordinates(
-                trials, params, fig_dir / f"{slug}_parallel.png", f"{label}: parallel coordinates", ranking
+                trials,
+                params,
+                fig_dir / f"{slug}_parallel.png",
+                f"{label}: parallel coordinates",
+                ranking,
+                run.facts.log_params,
             ),
         )
     )
@@ -380,14 +396,16 @@ def _datasets_section(runs: Sequence[SearchRun], labels: Sequence[str]) -> Secti
             if key in run.descriptors:
                 row[key] = run.descriptors[key]
         adaptive = best.get("kd.schedule") == "adaptive"  # its switch point is p_th, not e_th
-        e_th = None if adaptive else best.get("kd.e_th")
+        converted, _ = switch_in_epochs(best.to_frame().T, _iters_per_epoch(run))
+        phased = None if adaptive or converted.empty else converted.iloc[0]
+        e_th = None if phased is None else phased.get("kd.e_th")
         row.update(
             {
                 "best schedule": best.get("kd.schedule", "phased"),
-                "best e_th": e_th,
+                "best e_th (epochs)": e_th,
                 "best p_th": best.get("kd.p_th") if adaptive else None,
                 "e_th / E": _ratio(e_th, best.get("run.epochs")),
-                "best k": best.get("kd.k"),
+                "best k (per epoch)": best.get("kd.k") if phased is None else phased.get("kd.k"),
                 "best beta": best.get("loss.beta"),
                 **_best_cells(run.ranking, best),
             }
@@ -398,7 +416,8 @@ def _datasets_section(runs: Sequence[SearchRun], labels: Sequence[str]) -> Secti
         "Descriptors from RUN_DIR/descriptors.json (ckd_search.analysis.descriptors): "
         "cka_rgb_dvs is the linear CKA between the static (V channel) and DVS membrane "
         "features of a freshly initialised student, rgb_dvs_gap = 1 - cka_rgb_dvs. "
-        "e_th / E places the best switch point relative to the run length."
+        "e_th / E places the best switch point relative to the run length; a switch counted in "
+        "iterations is shown in epochs (e_th / n, k x n for n iterations per epoch)."
     )
     computed = [label for run, label in zip(runs, labels) if run.descriptors.get("computed_by")]
     if computed:

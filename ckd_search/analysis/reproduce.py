@@ -226,7 +226,11 @@ def ablation_markdown(doc: Mapping[str, Any], variants: Sequence[Variant] = VARI
         )
     if not doc.get("complete", True):
         lines += ["", "**Incomplete: the study stopped early; the table holds the runs that finished.**"]
-    teacher = [r["teacher_test_acc"] for r in doc["runs"] if r.get("teacher_test_acc") is not None]
+    # the CKD variants of one seed share its teacher: count each seed's teacher once
+    by_seed = {
+        r.get("seed"): r["teacher_test_acc"] for r in doc["runs"] if r.get("teacher_test_acc") is not None
+    }
+    teacher = list(by_seed.values())
     if teacher:
         m, s = mean_std(teacher)
         lines += ["", f"Teacher test top-1: {100 * m:.2f} ± {100 * s:.2f} % (one teacher per seed)."]

@@ -23,6 +23,8 @@ import numpy as np
 import pandas as pd
 from numpy.typing import ArrayLike
 
+from ckd_search.analysis.space_facts import SpaceFacts
+from ckd_search.analysis.space_facts import read_space_facts
 from ckd_search.config import Config
 from ckd_search.config import load_yaml_mapping
 from ckd_search.errors import UserError
@@ -82,6 +84,7 @@ class SearchRun:
         notes: remarks for the report (defaults filled in, files skipped, ...).
         objectives: (metric, mode) of each study metric (``RUN_DIR/space.yaml``); two or more make
             a multi-objective search.
+        facts: what the space file says of log scales, conditions and ASHA's max_t.
     """
 
     run_dir: Path
@@ -92,6 +95,7 @@ class SearchRun:
     max_epoch: int = 0
     notes: list[str] = field(default_factory=list)
     objectives: tuple[tuple[str, str], ...] = ()
+    facts: SpaceFacts = field(default_factory=SpaceFacts)
 
     @property
     def multi_objective(self) -> bool:
@@ -184,14 +188,13 @@ def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun
     With ``compute_descriptors``, a search run directory without ``descriptors.json`` gets them
     computed (and the file written) from its best trial's config.
     """
-    from ckd_search.analysis.pareto import study_objectives
-
     root = Path(run_dir).expanduser()
     if not root.is_dir():
         raise UserError(f"{root}: not a directory")
     notes: list[str] = []
     base = _base_config(root, notes)
-    objectives = study_objectives(root)
+    facts = read_space_facts(root, notes)
+    objectives = facts.objectives
     metrics = [m for m, _ in objectives]
     files = sorted(root.rglob("result.json")) or sorted(
         _external_experiment(root, notes).rglob("result.json")
@@ -203,9 +206,9 @@ def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun
         del records[trial_id]
         notes.append(f"trial {trial_id} left out: a resume handed its Optuna trial on, or it was orphaned")
     if records:
-        trials, epochs = _tables(records, base, notes, metrics)
+        trials, epochs = _tables(records, base, notes, metrics, facts.epoch_cap)
     elif parquet := next((p for p in PARQUET_FILES if (root / p).is_file()), None):
-        trials, epochs = _from_parquet(root / parquet, base, notes, metrics)
+        trials, epochs = _from_parquet(root / parquet, base, notes, metrics, facts.epoch_cap)
     else:
         unreadable = [n for n in notes if "unreadable" in n]
         raise UserError(
@@ -227,7 +230,7 @@ def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun
         int((trials["status"] == "complete").sum()),
         len(epochs),
     )
-    return SearchRun(root, name, trials, epochs, descriptors, max_epoch, notes, objectives)
+    return SearchRun(root, name, trials, epochs, descriptors, max_epoch, notes, objectives, facts)
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -366,7 +369,11 @@ _DEFAULTS: dict[str, Any] = Config().flat()
 
 
 def _tables(
-    records: dict[str, dict[str, Any]], base: dict[str, Any], notes: list[str], metrics: list[str]
+    records: dict[str, dict[str, Any]],
+    base: dict[str, Any],
+    notes: list[str],
+    metrics: list[str],
+    epoch_cap: float | None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     epoch_rows: list[dict[str, Any]] = []
     trial_rows: list[dict[str, Any]] = []
@@ -398,7 +405,7 @@ def _tables(
         notes.append(f"{empty} trial(s) without any reported epoch left out")
     if not trial_rows:
         raise UserError("no trial reported a single epoch")
-    trials = _finish_trials(pd.DataFrame(trial_rows), notes)
+    trials = _finish_trials(pd.DataFrame(trial_rows), notes, epoch_cap)
     epochs = pd.DataFrame(epoch_rows)
     lead = ["trial_id", "epoch"]
     epochs = epochs[lead + sorted(c for c in epochs.columns if c not in lead)]
@@ -406,7 +413,7 @@ def _tables(
 
 
 def _from_parquet(
-    path: Path, base: dict[str, Any], notes: list[str], metrics: list[str]
+    path: Path, base: dict[str, Any], notes: list[str], metrics: list[str], epoch_cap: float | None
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """The ``ckd-search export`` table: ``config/<key>``, ``final/<metric>``, ``best/<metric>`` columns,
     ``status`` completed / pruned / failed / incomplete (no per-epoch results)."""
@@ -435,7 +442,7 @@ def _from_parquet(
         rows.append(row)
     if not rows:
         raise UserError(f"{path}: no trials")
-    trials = _finish_trials(pd.DataFrame(rows), notes)
+    trials = _finish_trials(pd.DataFrame(rows), notes, epoch_cap)
     known = trials["export_status"].isin(["completed", "pruned", "failed"])  # the search's own verdict
     trials.loc[known, "status"] = trials.loc[known, "export_status"].map(
         {"completed": "complete", "pruned": "pruned", "failed": "error"}
@@ -458,14 +465,15 @@ def plain_scalar(value: Any) -> Any:
     return value.item() if hasattr(value, "item") and callable(value.item) else value
 
 
-def _finish_trials(trials: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
+def _finish_trials(trials: pd.DataFrame, notes: list[str], epoch_cap: float | None = None) -> pd.DataFrame:
     """Infer the status, fill the implicit switch point, order columns."""
-    max_epoch = int(trials["epochs_run"].max())
-    # A trial is complete when it reached its budget: the ``budget_epochs`` it reported (the search
-    # trainable adds it; run.epochs may be searched), capped by the longest trial of the search (an
-    # ASHA max_t below the budget); without a reported budget, the longest trial's epoch count.
-    budget = trials["budget_epochs"] if "budget_epochs" in trials else pd.Series(math.inf, index=trials.index)
-    target = budget.fillna(math.inf).clip(upper=max_epoch)
+    # A trial is complete when it reached its budget, as the search and export count it: the
+    # ``budget_epochs`` it reported (the search trainable adds it; run.epochs may be searched),
+    # capped by ASHA's max_t (``epoch_cap``). Without a space file (cap None) the longest trial of
+    # the search stands in for the cap, and for a budget no trial reported.
+    longest = float(trials["epochs_run"].max())
+    budget = trials["budget_epochs"] if "budget_epochs" in trials else pd.Series(math.nan, index=trials.index)
+    target = budget.astype(float).fillna(longest).clip(upper=longest if epoch_cap is None else epoch_cap)
     status = [
         "complete" if n >= t else ("error" if err else "pruned")
         for n, t, err in zip(trials["epochs_run"], target, trials["error"])
@@ -480,6 +488,31 @@ def _finish_trials(trials: pd.DataFrame, notes: list[str]) -> pd.DataFrame:
     lead = ["trial_id", "status", "epochs_run", "best_test_acc", "final_test_acc"]
     rest = sorted(c for c in trials.columns if c not in lead)
     return trials[lead + rest].reset_index(drop=True)
+
+
+def switch_in_epochs(trials: pd.DataFrame, iters_per_epoch: int | None) -> tuple[pd.DataFrame, str | None]:
+    """``trials`` with the phased switch of ``kd.units=iteration`` trials expressed in epochs, and a
+    note on what was done (None when no trial counts in iterations).
+
+    gamma = sigma(-k (i - e_th)) over iterations i = e * n is sigma(-(k n) (e - e_th / n)) over epochs,
+    so e_th becomes e_th / n and k becomes k * n (n iterations per epoch); an unset e_th is half the
+    run. Without n (no ``train_samples`` descriptor) those trials are left out.
+    """
+    if "kd.units" not in trials or not (trials["kd.units"] == "iteration").any():
+        return trials, None
+    out = trials.copy()
+    rows = out["kd.units"] == "iteration"
+    counted = f"{int(rows.sum())} trial(s) counting e_th in iterations"
+    if iters_per_epoch is None:
+        return out[~rows], f"{counted} left out (iterations per epoch unknown)"
+    n = float(iters_per_epoch)
+    e_th = out.loc[rows, "kd.e_th"] if "kd.e_th" in out else pd.Series(math.nan, index=out.index[rows])
+    half_run = out.loc[rows, "run.epochs"] / 2.0 if "run.epochs" in out else math.nan
+    out.loc[rows, "kd.e_th"] = (e_th.astype(float) / n).fillna(half_run)
+    if "kd.k" in out:
+        out.loc[rows, "kd.k"] = out.loc[rows, "kd.k"].astype(float) * n
+    n_text = f"{iters_per_epoch} iterations per epoch"
+    return out, f"{counted} shown in epochs ({n_text}: e_th / {iters_per_epoch}, k x {iters_per_epoch})"
 
 
 def _run_name(root: Path, trials: pd.DataFrame, descriptors: Mapping[str, Any]) -> str:

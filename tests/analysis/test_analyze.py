@@ -10,6 +10,7 @@ import shutil
 from contextlib import nullcontext
 
 import pytest
+import yaml
 
 from ckd_search.analysis.importance import compute_importances
 from ckd_search.analysis.importance import infer_distribution
@@ -81,6 +82,22 @@ def test_status_follows_the_reported_budget(tmp_path):
     assert t.loc["b", "best_test_acc"] == pytest.approx(0.4)
     assert t.loc["a", "kd.e_th"] == 1.0  # implicit switch point: half the run
 
+    # a search still running: no trial has reached its budget yet, so none is complete
+    shutil.rmtree(tmp_path / "run")
+    write("e", 6, 3)
+    write("f", 6, 2)
+    assert set(load_run(tmp_path / "run").trials["status"]) == {"complete", "pruned"}  # no space file
+    space = {"study": {"name": "s"}, "space": {"kd.k": {"type": "loguniform", "low": 0.1, "high": 10.0}}}
+    space["scheduler"] = {"asha": {"max_t": 6, "grace_period": 1, "reduction_factor": 2}}
+    (tmp_path / "run" / "space.yaml").write_text(yaml.safe_dump(space))
+    assert set(load_run(tmp_path / "run").trials["status"]) == {"pruned"}
+    space["scheduler"]["asha"]["max_t"] = 3  # ASHA's max_t below the budget: e is complete
+    (tmp_path / "run" / "space.yaml").write_text(yaml.safe_dump(space))
+    assert dict(load_run(tmp_path / "run").trials.set_index("trial_id")["status"]) == {
+        "e": "complete",
+        "f": "pruned",
+    }
+
 
 def test_importances_are_normalised(search_run):
     run = load_run(search_run)
@@ -96,10 +113,16 @@ def test_importances_are_normalised(search_run):
             assert all(v >= 0 for v in values.values())
 
 
-def test_kd_k_distribution_is_log_scale(search_run):
+def test_kd_k_enters_the_importance_study_as_log10(search_run):
     run = load_run(search_run)
-    assert infer_distribution("kd.k", run.trials["kd.k"]).log
-    assert not infer_distribution("loss.beta", run.trials["loss.beta"]).log
+    k = run.trials["kd.k"]
+    dist = infer_distribution("kd.k", k)
+    assert (dist.low, dist.high) == pytest.approx((math.log10(k.min()), math.log10(k.max())))
+    beta = run.trials["loss.beta"]
+    assert (infer_distribution("loss.beta", beta).low, infer_distribution("loss.beta", beta).high) == (
+        beta.min(),
+        beta.max(),
+    )
 
 
 def test_analyze_command_writes_self_contained_report(search_run_with_mlflow, tmp_path, capsys):
@@ -268,3 +291,25 @@ def test_folders_the_journal_says_were_handed_on_or_orphaned_are_left_out(tmp_pa
     loaded = load_run(run)
     assert sorted(loaded.trials["trial_id"]) == ["b", "d"]
     assert any("trial a left out" in n for n in loaded.notes)
+
+
+def test_runs_of_one_data_set_in_same_named_folders_get_their_own_labels(tmp_path):
+    from types import SimpleNamespace
+
+    from ckd_search.analysis.report import _labels
+    from ckd_search.analysis.report import _slug
+
+    runs = [
+        SimpleNamespace(name="digits_dvs", run_dir=tmp_path / "exp1" / "switching"),
+        SimpleNamespace(name="digits_dvs", run_dir=tmp_path / "exp2" / "switching"),
+        SimpleNamespace(name="digits_dvs", run_dir=tmp_path / "exp3" / "other"),
+        SimpleNamespace(name="cepdvs", run_dir=tmp_path / "exp4" / "switching"),
+    ]
+    labels = _labels(runs)  # type: ignore[arg-type]
+    assert labels == [
+        "digits_dvs (switching) #1",
+        "digits_dvs (switching) #2",
+        "digits_dvs (other)",
+        "cepdvs",
+    ]
+    assert len({_slug(label) for label in labels}) == len(labels)  # figure files cannot collide

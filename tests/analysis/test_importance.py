@@ -67,3 +67,57 @@ def test_one_schedule_kind_has_no_groups():
     imp = compute_importances(phased, params=["kd.e_th", "kd.k", "loss.beta"])
     assert imp.by_group == {} and "kd.e_th" in imp.params
     assert max(imp.by_method["fANOVA"], key=imp.by_method["fANOVA"].__getitem__) == "kd.e_th"
+
+
+def log_k_trials(n: int = 40, seed: int = 0) -> pd.DataFrame:
+    """Accuracy follows log10 k below k = 1 (k log-uniform over [1e-3, 1e2]); beta adds a little.
+
+    On a linear k axis k < 1 is 1 % of the range, and fANOVA (which ignores a ``log`` flag) found
+    beta three times as important as k."""
+    rng = np.random.default_rng(seed)
+    log_k = rng.uniform(-3, 2, n)
+    beta = rng.uniform(0, 1, n)
+    return pd.DataFrame(
+        {
+            "trial_id": [f"t{i}" for i in range(n)],
+            "status": "complete",
+            "best_test_acc": 0.5 + 0.1 * np.minimum(log_k, 0) + 0.05 * beta,
+            "kd.k": 10**log_k,
+            "loss.beta": beta,
+        }
+    )
+
+
+def test_fanova_weighs_a_log_parameter_over_its_decades():
+    imp = compute_importances(log_k_trials(), params=["kd.k", "loss.beta"])
+    assert imp.by_method["fANOVA"]["kd.k"] > 0.8
+
+
+def test_conditions_from_the_space_file_group_the_trials(tmp_path):
+    """cepdvs.yaml: kd.e_th is drawn only in epoch units; the iteration trials leave it unset."""
+    from ckd_search.analysis.space_facts import ENGINE_CONDITIONS
+    from ckd_search.analysis.space_facts import SpaceFacts
+
+    rng = np.random.default_rng(1)
+    rows = []
+    for i in range(40):
+        units = "epoch" if i % 2 == 0 else "iteration"
+        e_th = rng.uniform(1, 11) if units == "epoch" else np.nan
+        rows.append(
+            {
+                "trial_id": f"t{i}",
+                "status": "complete",
+                "best_test_acc": 0.3 + (0.05 * e_th if units == "epoch" else 0.2) + 0.001 * i,
+                "kd.units": units,
+                "kd.schedule": "phased",
+                "kd.e_th": e_th,
+                "kd.k": 10 ** rng.uniform(-2, 2),
+            }
+        )
+    trials = pd.DataFrame(rows)
+    facts = SpaceFacts(conditions={**ENGINE_CONDITIONS, "kd.e_th": (("kd.units", frozenset({"epoch"})),)})
+    imp = compute_importances(trials, params=["kd.units", "kd.e_th", "kd.k"], facts=facts)
+    epoch = imp.by_group["kd.units=epoch"]
+    assert set(imp.by_group) == {"kd.units=epoch"}
+    for values in epoch.by_method.values():
+        assert max(values, key=values.get) == "kd.e_th"

@@ -105,3 +105,17 @@ def test_reproduce_rejects_a_contradicting_dataset(tmp_path, capsys):
     )
     assert code == 2
     assert "data.dataset=shapes_dvs but --dataset is digits_dvs" in capsys.readouterr().err
+
+
+def test_the_teacher_line_counts_each_seeds_teacher_once():
+    from ckd_search.analysis.reproduce import ablation_markdown
+
+    runs = [
+        {"variant": v.name, "seed": seed, "best_test_acc": 0.5, "final_test_acc": 0.5, "teacher_test_acc": t}
+        for seed, t in ((42, 0.80), (1024, 0.90))
+        for v in VARIANTS
+        if v.name.startswith("ckd")
+    ]
+    doc = {"dataset": "d", "seeds": [42, 1024], "runs": runs, "summary": {}}
+    line = next(x for x in ablation_markdown(doc).splitlines() if x.startswith("Teacher"))
+    assert "85.00 ± 7.07" in line  # two teachers: sample std of (80, 90); four rows would give 5.77
