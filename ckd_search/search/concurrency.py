@@ -44,16 +44,17 @@ class ResizableLimiter(ConcurrencyLimiter):
         self.cap_file = str(cap_file)
         super().__init__(searcher, max_concurrent=max_concurrent)
 
-    def set_state(self, state: dict) -> None:
+    def set_state(self, state: dict) -> None:  # Tune's saved searcher state, last on a restore
         super().set_state(state)
-        self._follow_cap()
+        self._follow_cap(logging.INFO)
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
+    def __setstate__(self, state: dict[str, Any]) -> None:  # tuner.pkl, first on a restore
         self.__dict__.update(state)
-        self._follow_cap()
+        self._follow_cap(logging.DEBUG)
 
-    def _follow_cap(self) -> None:
+    def _follow_cap(self, level: int) -> None:
         cap = read_cap(self.cap_file)
         if cap is not None and cap != self.max_concurrent:
-            log.info("up to %d trials at once (the search ran up to %d before)", cap, self.max_concurrent)
+            before = self.max_concurrent
+            log.log(level, "up to %d trials at once (the search ran up to %d before)", cap, before)
             self.max_concurrent = cap

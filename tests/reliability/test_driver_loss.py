@@ -112,13 +112,21 @@ def test_driver_killed_three_times_then_resumed(tmp_path, tiny_fixed, helpers, d
         assert driver.alive(), f"the search ended before kill {number + 1}:\n{driver.tail()}"
         driver.kill()
         rungs.append(rung_entries(run / "asha_state.json"))
-        driver = helpers.start_driver(drivers, ["search", "--resume", str(run)], env, log_path)
+        resume = ["search", "--resume", str(run)]
+        # the last resume finds a smaller cluster: the cap on trials at once must follow it
+        driver = helpers.start_driver(
+            drivers, resume + (["--cpus", "1"] if number == 2 else []), env, log_path
+        )
     # a string message: pytest prints it whole (a tuple's repr is cut short, and with it the traceback)
     assert driver.wait(timeout=420) == 0, f"kills: {kills}\n{driver.tail()}"
     rungs.append(rung_entries(run / "asha_state.json"))
 
     log = log_path.read_text()
     assert log.count("=== ckd-search search --resume") == 3, kills
+    last = log.split("=== ")[-1]
+    assert "1 CPU + no GPU per trial, up to 1 at once" in last, kills
+    if "resuming search" in last:  # Tune's snapshot restored: its limiter took the new cap
+        assert "up to 1 trials at once (the search ran up to 2 before)" in last, kills
     assert "UpdateFinishedTrialError" not in log
     unexpected = unexpected_tracebacks(log.split("=== ")[-1])
     assert not unexpected, f"kills: {kills}\n{unexpected[0][:2000]}"
