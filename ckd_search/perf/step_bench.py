@@ -424,8 +424,9 @@ def run(args: argparse.Namespace) -> Result:
             notes.append(f"{variant.name}: out of device memory at B={args.batch}")
         elif row.status == "error":
             notes.append(f"{variant.name}: failed (traceback on stderr)")
-        if variant.compiled:
+        if variant.compiled:  # printed at once too: a part cut short by its time limit keeps them
             notes.append(f"{variant.name}: {compile_stats()}")
+            print(f"note: {notes[-1]}", file=sys.stderr, flush=True)
         rows.append(row)
     scaling: list[Row] = []
     ckd_rows = [r for r in rows if r.pairs_per_s is not None and r.variant.startswith("ckd")]
