@@ -1,21 +1,25 @@
-"""Imports the driver will need, done in a thread while it waits for something else.
+"""Imports the driver will need, read from disk ahead of time while it waits for something else.
 
 Cold, the driver's imports cost seconds of disk reads on a small machine (5-15 s for the report's
 on a 2-core VM), all on the critical path of ``ckd-search demo``. Two waits can hide them:
 
-- Ray's processes starting (:func:`importing` around ``ray.init``): torch and the engine, which
-  import nothing of Ray, so the two threads never wait on each other's module locks.
-- The trials training (:class:`ImportAhead`, from the first trial start, when the search's own
-  imports are done): what the export and the report import afterwards.
+- Ray's processes starting (:func:`importing` around ``ray.init``): torch and the engine.
+- The trials training (:class:`ImportAhead`, from the first trial start): what the export and the
+  report import afterwards.
 
-A module that fails to import here is left to fail where it is really used.
+The imports run in a child process, so what they warm is the page cache (the files, the shared
+libraries and the bytecode), never this interpreter: an import thread shares the interpreter's
+module locks with the main thread, and when both import a common module (``email`` under
+``importlib.metadata``, say) Python may break the wait with a deadlock error. That left
+spikingjelly half-imported in a resumed driver (``functional`` without ``lif_multi_step``, CI,
+session 9). The driver then imports the modules itself, from a warm cache.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
-import threading
+import subprocess
+import sys
 from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -25,10 +29,9 @@ from ray.tune import Callback
 
 log = logging.getLogger(__name__)
 
-# What prepare_all imports after ray.init (the engine, data, teacher, descriptors); no Ray inside.
+# What prepare_all imports after ray.init (the engine, data, teacher, descriptors).
 ENGINE_MODULES = ("ckd_search.engine", "ckd_search.analysis.descriptors")
-# What export_run and analyze_runs import (directly or lazily) beyond what the search loads: no
-# Ray or MLflow, which the driver's loop may be importing lazily at the same moment.
+# What export_run and analyze_runs import (directly or lazily) beyond what the search loads.
 REPORT_MODULES = (
     "ckd_search.analysis.report",
     "ckd_search.analysis.tracking",
@@ -38,46 +41,69 @@ REPORT_MODULES = (
     "pyarrow.parquet",
 )
 
-
-def import_all(modules: Sequence[str]) -> list[str]:
-    """Import ``modules`` in order; the names that failed (logged at debug level)."""
-    failed = []
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except Exception as err:  # noqa: BLE001 - only a head start: the real import reports it
-            log.debug("import ahead of %s failed: %s", name, err)
-            failed.append(name)
-    return failed
+# The child: import each module; a failure is only a missed head start (the real import reports it).
+_CHILD = """
+import importlib, sys
+for name in sys.argv[1:]:
+    try:
+        importlib.import_module(name)
+    except Exception as err:
+        print(f"{name}: {err}", file=sys.stderr)
+"""
 
 
-def start_importing(modules: Sequence[str]) -> threading.Thread:
-    """A started daemon thread running :func:`import_all` over ``modules``."""
-    thread = threading.Thread(target=import_all, args=(tuple(modules),), name="ckd-import-ahead", daemon=True)
-    thread.start()
-    return thread
+def start_importing(modules: Sequence[str]) -> subprocess.Popen[bytes] | None:
+    """A started child process importing ``modules`` (None when it cannot be started)."""
+    try:
+        return subprocess.Popen(
+            [sys.executable, "-c", _CHILD, *modules],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+    except OSError as err:
+        log.debug("import ahead of %s not started: %s", ", ".join(modules), err)
+        return None
 
 
 @contextmanager
 def importing(modules: Sequence[str]) -> Iterator[None]:
-    """Import ``modules`` in a thread while the block runs; wait for it at the block's end."""
-    thread = start_importing(modules)
+    """Read ``modules`` from disk in a child process while the block runs.
+
+    The block's end does not wait for the child: the driver's own imports read what it has cached
+    so far, and the child is reaped when it ends (or stopped with the driver).
+    """
+    child = start_importing(modules)
     try:
         yield
     finally:
-        thread.join()
+        if child is not None and child.poll() is None:
+            _reap_later(child)
+
+
+_PENDING: list[subprocess.Popen[bytes]] = []
+
+
+def _reap_later(child: subprocess.Popen[bytes]) -> None:
+    """Keep a running child to be waited for later, so it never lingers as a zombie."""
+    _PENDING[:] = [c for c in _PENDING if c.poll() is None]
+    _PENDING.append(child)
 
 
 class ImportAhead(Callback):
-    """At the first trial start, import ``modules`` in a daemon thread (once per driver)."""
+    """At the first trial start, read ``modules`` from disk in a child process (once per driver)."""
 
     def __init__(self, modules: Sequence[str] = REPORT_MODULES) -> None:
         self.modules = tuple(modules)
-        self.thread: threading.Thread | None = None
+        self.started = False
+        self.child: subprocess.Popen[bytes] | None = None
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        if self.thread is None:
-            self.thread = start_importing(self.modules)
+        if not self.started:
+            self.started = True
+            self.child = start_importing(self.modules)
+            if self.child is not None:
+                _reap_later(self.child)
 
-    def __getstate__(self) -> dict[str, Any]:  # Tune snapshots its callbacks: a thread does not pickle
-        return {"modules": self.modules, "thread": None}
+    def __getstate__(self) -> dict[str, Any]:  # Tune snapshots its callbacks: a process does not pickle
+        return {"modules": self.modules, "started": False, "child": None}
