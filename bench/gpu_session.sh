@@ -10,8 +10,8 @@
 #   here:  make gpu-wheels              (spikingjelly + loguru wheels into .whl/, the machine lacks them)
 #   there: BUDGET=480 bash bench/gpu_session.sh   with .whl carried (the default PARTS: 480 s of limits);
 #          then at once, on the still warm machine: BUDGET=250 PARTS="$SECOND" (below, 250 s)
-#   A session has 900 s of device time: a start (90-120 s), 480 + 250 s of parts and the transfers
-#   fill it. THIRD (below) is for the next session that gets a GPU, as its first call.
+#   A session's 900 s of device time hold one start (90-120 s), these two calls and their
+#   transfers. THIRD (below) is for the next session that gets a GPU, as its first call.
 #
 # Parts:
 #   step       every default variant of bench/step_throughput.py at B=120, T=10, 48x48 (~300 s cold)

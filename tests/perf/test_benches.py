@@ -232,5 +232,11 @@ def test_gpu_session_script_parses_and_knows_every_default_part():
     assert default.split() and set(default.split()) <= cases
     (second,) = re.findall(r'^SECOND="(.+)"', text, flags=re.M)  # the second call's parts
     assert set(second.split()) <= cases and not set(second.split()) & set(default.split())
+    (third,) = re.findall(r'^THIRD="(.+)"', text, flags=re.M)  # the next GPU session's first call
+    assert set(third.split()) <= cases and not set(third.split()) & set(default.split() + second.split())
     described = set(re.findall(r"^#   ([a-z-]+) ", text, flags=re.M))
     assert cases == described  # every part is in the header's list
+    # each call's parts fit the budget the header gives it (a part without 3/4 of its limit is skipped)
+    limits = {name: int(s) for name, s in re.findall(r"^    ([a-z-]+)\) part \1 (\d+) ", text, flags=re.M)}
+    for parts, budget in ((default, 480), (second, 250), (third, 520)):
+        assert sum(limits[p] for p in parts.split()) <= budget, (parts, budget)
