@@ -52,6 +52,9 @@ def unexpected_tracebacks(log: str) -> list[str]:
     - "Exception ignored in" (Python's report of an exception it cannot raise) from a trial worker
       that Ray SIGTERMs while it is collecting garbage: Ray's SIGTERM handler raises SystemExit
       inside a weakref callback. Seen under load when Tune stops the worker of a finished trial.
+    - "Last sync command failed" (a warning of Ray's syncer, which syncs again at the next snapshot)
+      when a snapshot upload listed a temp file that Tune renamed before the copy reached it: with
+      TUNE_GLOBAL_CHECKPOINT_S=0 a snapshot is written at every step. Seen once in CI, session 9.
     """
     marker = "Traceback (most recent call last):"
     parts = log.split(marker)
@@ -62,6 +65,8 @@ def unexpected_tracebacks(log: str) -> list[str]:
         if "_delete_fs_path" in block and "Path not found" in block:
             continue
         if "Exception ignored in" in header and "sigterm_handler" in block and "SystemExit" in block:
+            continue
+        if "Last sync command failed" in header and "-tmp-" in block and "No such file" in block:
             continue
         found.append(block)
     return found
