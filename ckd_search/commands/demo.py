@@ -14,6 +14,7 @@ def run_demo(args: argparse.Namespace) -> int:
     """Search ``search_spaces/demo.yaml`` (local Ray, CPU trials), print the best config, export, analyze."""
     from ckd_search.commands.analyze import analyze_runs
     from ckd_search.commands.search import describe_space
+    from ckd_search.commands.search import print_notes
     from ckd_search.commands.search import print_outcome
     from ckd_search.commands.search import remove_unstarted
     from ckd_search.search.export import export_run
@@ -39,7 +40,9 @@ def run_demo(args: argparse.Namespace) -> int:
             print(f"{out} holds an unfinished demo search; resuming it")
             outcome = run_search(settings, resume=True)
     else:
-        print(describe_space(load_space(space_path)))
+        space = load_space(space_path)
+        print(describe_space(space))
+        print_notes(space)
         settings = create_search(space_path, out=out, gpus=0)
         print(f"demo search {settings.study_name} in {out} (CPU trials on this machine's cores)")
         try:

@@ -41,6 +41,14 @@ def run_check_space(args: argparse.Namespace) -> int:
     return 0
 
 
+def print_notes(space: Any) -> None:
+    """check-space's notes on the space, printed as a new search starts."""
+    from ckd_search.search.advice import search_notes
+
+    for note in search_notes(space):
+        print(f"  note: {note}")
+
+
 def describe_space(space: Any) -> str:
     study = space.study
     metric = ", ".join(f"{m} ({d})" for m, d in zip(study.metrics, study.modes))
@@ -72,6 +80,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     """Start a search from ``--space`` or continue one with ``--resume RUN_DIR``."""
     from ckd_search.cli import parse_overrides
     from ckd_search.search.settings import SearchSettings
+    from ckd_search.search.space import load_space
     from ckd_search.search.tuner import create_search
     from ckd_search.search.tuner import run_search
 
@@ -108,6 +117,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         )
         print(f"search {settings.study_name}: run directory {settings.run_dir}")
         try:
+            print_notes(load_space(settings.space_file, settings.overrides))
             outcome = run_search(settings)
         except UserError:
             remove_unstarted(settings)

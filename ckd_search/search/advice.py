@@ -1,6 +1,7 @@
 """Notes on a valid search space whose early stopping may not measure what its author expects.
 
-``ckd-search check-space`` prints them; none stops a search. Both concern ASHA's rungs against the
+``ckd-search check-space`` prints them, and so do ``search`` and ``demo`` as they start a new search;
+none stops a search. Both concern ASHA's rungs against the
 trials' own epochs: a trial shorter than the first rung is never judged, and a trial whose KD switch
 comes after the first rung is judged while it is still distilling (under ``run.fidelity=truncate``
 the schedules span the planned run, so at epoch ``grace_period`` a trial with a later e_th has not
@@ -42,6 +43,14 @@ def scheduler_notes(space: SearchSpace, configs: Sequence[Config]) -> list[str]:
             "scheduler: none trains every trial in full)"
         )
     return notes
+
+
+def search_notes(space: SearchSpace, draws: int = 32) -> list[str]:
+    """:func:`scheduler_notes` over ``draws`` random configs of ``space`` (its own seed), for the
+    start of a search: one may be launched without ``check-space``."""
+    from ckd_search.search.space import check_draws
+
+    return scheduler_notes(space, check_draws(space, draws, seed=space.study.seed))
 
 
 def switch_epoch(cfg: Config) -> float | None:

@@ -44,3 +44,20 @@ def test_switch_epoch_is_the_half_way_point_in_epochs_only():
     unknown = ({"kd.units": "iteration", "kd.e_th": 3.0}, {"kd.schedule": "constant"}, {"kd.enabled": False})
     for fixed in unknown:
         assert switch_epoch(Config.from_dict(fixed)) is None
+
+
+def test_a_new_search_prints_the_notes_as_it_starts(tmp_path, capsys, monkeypatch):
+    from ckd_search.errors import UserError
+    from ckd_search.search import tuner
+
+    def refuse(settings, **kwargs):
+        raise UserError("stopped here by the test")
+
+    monkeypatch.setattr(tuner, "run_search", refuse)
+    args = ["search", "--space", space_with_switch(tmp_path, 4.0, 8.0), "--out", str(tmp_path / "run")]
+    assert main(args) == 2
+    assert (
+        "ASHA's first rung (epoch 2) comes before the KD switch (kd.e_th) of 32 of 32"
+        in capsys.readouterr().out
+    )
+    assert not (tmp_path / "run").exists()  # refused before its first trial: nothing left behind
