@@ -111,7 +111,7 @@ def infer_distribution(
     if vals.map(lambda v: isinstance(v, bool | str)).any() or vals.dtype == object:
         return CategoricalDistribution(sorted({_cat(v) for v in vals}, key=str))
     lo, hi = float(vals.min()), float(vals.max())
-    if name in log_params and lo > 0:  # np.log10, as study_values: the bounds hold the values exactly
+    if _log_scaled(name, values, log_params):  # np.log10, as study_values: the bounds hold the values
         logs = np.log10(vals.astype(float).to_numpy())
         return FloatDistribution(float(logs.min()), float(logs.max()))
     if np.allclose(vals, np.round(vals)) and pd.api.types.is_integer_dtype(vals):
@@ -123,11 +123,15 @@ def study_values(trials: pd.DataFrame, params: Sequence[str], log_params: frozen
     """``trials`` with each positive log parameter replaced by log10 of its values."""
     out = trials.copy()
     for p in params:
-        col = out[p]
-        if p in log_params and pd.api.types.is_numeric_dtype(col) and not pd.api.types.is_bool_dtype(col):
-            if float(col.min()) > 0:
-                out[p] = np.log10(col.astype(float))
+        if _log_scaled(p, out[p], log_params):
+            out[p] = np.log10(out[p].astype(float))
     return out
+
+
+def _log_scaled(name: str, values: pd.Series, log_params: frozenset[str]) -> bool:
+    """A log parameter whose (numeric) values are all positive: it enters the study as log10."""
+    numeric = pd.api.types.is_numeric_dtype(values) and not pd.api.types.is_bool_dtype(values)
+    return name in log_params and numeric and float(values.min()) > 0
 
 
 def _cat(value: Any) -> Any:

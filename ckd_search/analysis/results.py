@@ -29,7 +29,9 @@ from ckd_search.config import Config
 from ckd_search.config import load_yaml_mapping
 from ckd_search.errors import UserError
 from ckd_search.search.outcome import finite
+from ckd_search.search.settings import SETTINGS_FILE
 from ckd_search.search.settings import SPACE_FILE  # its ``fixed`` section is a base config too
+from ckd_search.search.settings import SearchSettings
 from ckd_search.storage import read_json_lines
 from ckd_search.storage import read_json_object
 
@@ -58,7 +60,6 @@ RAY_FIELDS = frozenset(
 )
 # Base-config files a run directory may hold; trial configs are laid over them.
 BASE_CONFIG_FILES = ("base_config.yaml", "config.yaml")
-SETTINGS_FILE = "search.yaml"
 PARQUET_FILES = (
     "trials.parquet",
     "export/trials.parquet",
@@ -94,8 +95,11 @@ class SearchRun:
     descriptors: dict[str, Any] = field(default_factory=dict)
     max_epoch: int = 0
     notes: list[str] = field(default_factory=list)
-    objectives: tuple[tuple[str, str], ...] = ()
     facts: SpaceFacts = field(default_factory=SpaceFacts)
+
+    @property
+    def objectives(self) -> tuple[tuple[str, str], ...]:
+        return self.facts.objectives
 
     @property
     def multi_objective(self) -> bool:
@@ -230,7 +234,7 @@ def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun
         int((trials["status"] == "complete").sum()),
         len(epochs),
     )
-    return SearchRun(root, name, trials, epochs, descriptors, max_epoch, notes, objectives, facts)
+    return SearchRun(root, name, trials, epochs, descriptors, max_epoch, notes, facts)
 
 
 # --- reading -----------------------------------------------------------------------------------
@@ -260,7 +264,7 @@ def _base_config(root: Path, notes: list[str]) -> dict[str, Any]:
 def _external_experiment(root: Path, notes: list[str]) -> Path:
     """The Ray experiment folder named by ``RUN_DIR/search.yaml`` when it lies outside RUN_DIR."""
     try:
-        settings = load_yaml_mapping(root / SETTINGS_FILE) if (root / SETTINGS_FILE).is_file() else {}
+        settings = SearchSettings.raw(root)
     except UserError as err:
         notes.append(f"{SETTINGS_FILE} unreadable ({err})")
         return root
@@ -303,10 +307,10 @@ def superseded_trials(root: Path) -> set[str]:
     from ckd_search.search.settings import JOURNAL_FILE
 
     journal = root / JOURNAL_FILE
-    if not journal.is_file() or not (root / SETTINGS_FILE).is_file():
+    if not journal.is_file():
         return set()
     try:
-        study_name = load_yaml_mapping(root / SETTINGS_FILE).get("study_name")
+        study_name = SearchSettings.raw(root).get("study_name")
     except UserError:
         return set()
     if not isinstance(study_name, str):

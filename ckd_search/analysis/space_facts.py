@@ -16,10 +16,9 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
-from ckd_search.config import load_yaml_mapping
 from ckd_search.errors import UserError
-from ckd_search.search.settings import SETTINGS_FILE
 from ckd_search.search.settings import SPACE_FILE
+from ckd_search.search.settings import SearchSettings
 
 #: Parameters read on a log scale in any run (when positive), whatever its space says.
 LOG_PARAMS = frozenset({"kd.k", "optim.lr", "optim.weight_decay", "optim.min_lr"})
@@ -83,7 +82,7 @@ def read_space_facts(run_dir: str | Path, notes: list[str] | None = None) -> Spa
 def _overrides(root: Path) -> dict[str, Any]:
     """The ``--set`` overrides the search was started with (none without a readable search.yaml)."""
     try:
-        settings = load_yaml_mapping(root / SETTINGS_FILE) if (root / SETTINGS_FILE).is_file() else {}
+        settings = SearchSettings.raw(root)
     except UserError:
         return {}
     overrides = settings.get("overrides")

@@ -21,6 +21,7 @@ import mmap
 from collections.abc import Iterator
 from collections.abc import Mapping
 from pathlib import Path
+from typing import IO
 from typing import Any
 
 import numpy as np
@@ -90,7 +91,7 @@ def write_split(path: Path, data: SplitArrays, params: Mapping[str, Any], info: 
     )
     make_cache_folder(path.parent)
 
-    def write(fh: Any) -> None:
+    def write(fh: IO[bytes]) -> None:
         with pa.ipc.new_file(fh, schema) as writer:
             writer.write_batch(pa.record_batch(columns, schema=schema))
 

@@ -1,11 +1,11 @@
 """Notes on a valid search space whose early stopping may not measure what its author expects.
 
-``ckd-search check-space`` prints them, and so do ``search`` and ``demo`` as they start a new search;
-none stops a search. Both concern ASHA's rungs against the
-trials' own epochs: a trial shorter than the first rung is never judged, and a trial whose KD switch
-comes after the first rung is judged while it is still distilling (under ``run.fidelity=truncate``
-the schedules span the planned run, so at epoch ``grace_period`` a trial with a later e_th has not
-switched yet, whatever its k).
+``ckd-search check-space`` prints them, and so do ``search`` and ``demo`` as they start a new
+search; none stops a search. Both concern ASHA's rungs against the trials' own epochs: a trial
+shorter than the first rung is never judged, and a trial whose KD switch comes after the first rung
+is judged while it is still distilling (under ``run.fidelity=truncate`` the schedules span the
+planned run, so at epoch ``grace_period`` a trial with a later e_th has not switched yet, whatever
+its k).
 """
 
 from __future__ import annotations

@@ -20,6 +20,7 @@ from ray.tune.search import ConcurrencyLimiter
 from ray.tune.search import Searcher
 
 from ckd_search.storage import atomic_write_text
+from ckd_search.storage import read_json_object
 
 log = logging.getLogger(__name__)
 
@@ -30,10 +31,7 @@ def write_cap(path: str | Path, max_concurrent: int) -> None:
 
 def read_cap(path: str | Path) -> int | None:
     """The cap in ``path``; None when the file is missing or unreadable (the limiter keeps its own)."""
-    try:
-        cap = json.loads(Path(path).read_text())["max_concurrent"]
-    except (OSError, ValueError, KeyError, TypeError):
-        return None
+    cap = (read_json_object(Path(path)) or {}).get("max_concurrent")
     return cap if isinstance(cap, int) and cap > 0 else None
 
 

@@ -110,6 +110,13 @@ class SearchSettings:
         text += yaml.safe_dump(dataclasses.asdict(self), sort_keys=False)
         return atomic_write_text(self.root / SETTINGS_FILE, text)
 
+    @staticmethod
+    def raw(run_dir: str | Path) -> dict[str, Any]:
+        """``RUN_DIR/search.yaml`` as written, unchecked ({} without one; a UserError if unreadable):
+        for readers such as ``analyze`` that take what they can from a run directory."""
+        path = Path(run_dir) / SETTINGS_FILE
+        return load_yaml_mapping(path) if path.is_file() else {}
+
     @classmethod
     def load(cls, run_dir: str | Path, *, for_resume: bool = False) -> SearchSettings:
         """Read ``RUN_DIR/search.yaml``; a moved directory is fine except for ``--resume``."""
