@@ -47,6 +47,7 @@ from ckd_search.perf.timing import SMOKE_SHAPE
 from ckd_search.perf.timing import add_shape_args
 from ckd_search.perf.timing import fmt
 from ckd_search.perf.timing import format_table
+from ckd_search.perf.timing import print_row
 from ckd_search.storage import given_or_temp_dir
 
 log = logging.getLogger(__name__)
@@ -307,13 +308,6 @@ def private_mps(root: str) -> Iterator[str]:
                 os.environ[key] = value
 
 
-def progress(cells: list[str]) -> list[str]:
-    """A level's row on stderr as soon as it ends: a run cut off by its time limit keeps the levels
-    it finished (the table is printed at the end)."""
-    print("row " + " | ".join(cells), file=sys.stderr, flush=True)
-    return cells
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     from ckd_search.engine import resolve_device
 
@@ -388,7 +382,8 @@ def _run(args: argparse.Namespace, cache_root: str) -> int:
                 if r.get("error"):
                     notes.append(f"{n} trial(s), rank {r['rank']}: {r['error'].strip().splitlines()[-1]}")
                     print(r["error"], file=sys.stderr)
-            rows.append(progress([str(n), status, "-", "-", "-", "-", frac]))
+            rows.append([str(n), status, "-", "-", "-", "-", frac])
+            print_row(rows[-1])
             continue
         span = max(r["end"] for r in reports) - min(r["start"] for r in reports)
         aggregate = sum(r["pairs"] for r in reports) / span
@@ -410,7 +405,7 @@ def _run(args: argparse.Namespace, cache_root: str) -> int:
         )
         if not args.device.startswith("cuda"):
             notes.append(f"{n} trial(s): {threads} torch thread(s) each")
-        progress(rows[-1])
+        print_row(rows[-1])
     print("\n".join(lines))
     print()
     print(format_table(COLUMNS, rows))

@@ -35,6 +35,7 @@ from ckd_search.perf.timing import Timing
 from ckd_search.perf.timing import add_shape_args
 from ckd_search.perf.timing import fmt
 from ckd_search.perf.timing import format_table
+from ckd_search.perf.timing import print_row
 from ckd_search.perf.timing import reset_peak
 from ckd_search.perf.timing import time_steps
 
@@ -384,11 +385,6 @@ def header(args: argparse.Namespace, device: torch.device) -> list[str]:
     return lines
 
 
-def progress(row: Row) -> None:
-    """Each row on stderr as soon as it is timed: a run cut short still leaves its figures."""
-    print("row " + " | ".join(row.cells()), file=sys.stderr, flush=True)
-
-
 def compile_stats() -> str:
     """What torch.compile did since the counters were last cleared (one variant's run)."""
     counters = torch._dynamo.utils.counters
@@ -419,7 +415,7 @@ def run(args: argparse.Namespace) -> Result:
             continue
         torch._dynamo.utils.counters.clear()
         row = bench(args, variant, args.timesteps, args.size, device)
-        progress(row)
+        print_row(row.cells())
         if row.status == "OOM":
             notes.append(f"{variant.name}: out of device memory at B={args.batch}")
         elif row.status == "error":
@@ -439,7 +435,7 @@ def run(args: argparse.Namespace) -> Result:
         for size in sizes:
             for t in ts:
                 scaling.append(bench(args, variant, t, size, device))
-                progress(scaling[-1])
+                print_row(scaling[-1].cells())
     base_rows = [r for r in rows if r.pairs_per_s is not None and r.variant.startswith("base")]
     ratio = None
     if ckd_rows and base_rows:

@@ -6,6 +6,7 @@ import argparse
 import gc
 import math
 import statistics
+import sys
 import time
 from collections.abc import Callable
 from collections.abc import Sequence
@@ -124,6 +125,12 @@ def time_steps(step: Callable[[int], object], *, steps: int, warmup: int, device
             step(warmup + i)
             times.append((time.perf_counter() - t0) * 1e3)
     return Timing(times_ms=times, warmup_s=warmup_s, peak_gib=peak_gib(device))
+
+
+def print_row(cells: Sequence[str]) -> None:
+    """A table row on stderr as soon as it is measured: a bench cut off by its time limit still
+    leaves the rows it finished (the whole table is printed at the end)."""
+    print("row " + " | ".join(cells), file=sys.stderr, flush=True)
 
 
 def fmt(value: float | None, digits: int = 1) -> str:
