@@ -55,3 +55,16 @@ def port(text: str) -> int:
     if not text.isdigit() or not 1 <= int(text) <= 65535:
         raise argparse.ArgumentTypeError(f"{text!r} is not a TCP port (1-65535)")
     return int(text)
+
+
+def ray_address(text: str) -> str:
+    """``auto`` or ``host:port`` of a Ray node; Ray Client (``ray://``) is refused: with it Tune's
+    driver loop runs on the head node, which writes the journal, ASHA state and MLflow there, not in
+    this machine's run directory."""
+    if text.startswith("ray://"):
+        raise argparse.ArgumentTypeError(
+            f"{text!r}: Ray Client addresses are not supported (Tune would run its loop on the head "
+            "node, away from the run directory); run ckd-search on a cluster node with --address auto "
+            "or host:port (e.g. through ray job submit)"
+        )
+    return text

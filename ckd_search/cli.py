@@ -19,6 +19,7 @@ from ckd_search import __version__
 from ckd_search.argtypes import OneLineParser
 from ckd_search.argtypes import non_negative_float
 from ckd_search.argtypes import port
+from ckd_search.argtypes import ray_address
 from ckd_search.errors import UserError
 from ckd_search.errors import exit_code
 
@@ -136,7 +137,12 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--cpus", type=non_negative_float, default=None, help="CPU budget of a local Ray (default: all cores)"
     )
-    p.add_argument("--address", default=None, help="join an existing Ray cluster ('auto' or host:port)")
+    p.add_argument(
+        "--address",
+        type=ray_address,
+        default=None,
+        help="join the Ray cluster this machine is a node of ('auto' or host:port of its head)",
+    )
     p.add_argument("--out", default=None, help="run directory (default: runs/<study name>)")
     p.add_argument("--storage", default=None, help="Ray storage path: local, NFS or s3:// (default: --out)")
     p.add_argument(

@@ -71,6 +71,14 @@ def test_resume_lets_the_cluster_change(tmp_path, capsys):
     assert "drop" not in err and str(tmp_path) in err
 
 
+def test_ray_client_addresses_are_refused_before_anything_is_written(tmp_path, capsys):
+    args = ["search", "--space", "search_spaces/demo.yaml", "--out", str(tmp_path / "run")]
+    assert cli.main([*args, "--address", "ray://head:10001"]) == 2
+    err = capsys.readouterr().err
+    assert "argument --address: 'ray://head:10001': Ray Client addresses are not supported" in err
+    assert err.count("\n") == 1 and not (tmp_path / "run").exists()
+
+
 def test_config_lists_keys_with_defaults_and_meaning(capsys):
     assert cli.main(["config", "kd."]) == 0
     lines = capsys.readouterr().out.splitlines()

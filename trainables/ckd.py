@@ -23,6 +23,7 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -40,6 +41,7 @@ from ckd_search.search.preparation import PreparedRegistry
 
 log = logging.getLogger(__name__)
 RELPATH_KEY = "ckd_relpath"
+READ_RETRY_WAITS_S = (2.0, 8.0)  # seconds before the 2nd and 3rd read of a checkpoint
 
 
 def train_ckd(config: dict[str, Any], prepared: PreparedRegistry) -> None:
@@ -95,7 +97,18 @@ def configure_process(cpus: float, gpus: float) -> bool:
     os.environ.setdefault("TRITON_CACHE_DIR", str(cache / "triton"))
     os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", str(cache / "inductor"))
     torch.set_num_threads(max(1, int(math.floor(cpus))))
-    if gpus <= 0 or not ray.get_gpu_ids() or not torch.cuda.is_available():
+    if gpus <= 0:
+        return False
+    if not ray.get_gpu_ids() or not torch.cuda.is_available():
+        # Logical GPUs (tests, `ray start --num-gpus N` on a CPU node) or a node whose CUDA is broken:
+        # say so, since such a trial holds its GPU share for a run many times slower.
+        log.warning(
+            "this trial holds %g GPU (ids %s) but torch sees no CUDA device (CUDA_VISIBLE_DEVICES=%r): "
+            "it trains on the CPU; set run.device=cuda to make that an error",
+            gpus,
+            ray.get_gpu_ids(),
+            os.environ.get("CUDA_VISIBLE_DEVICES"),
+        )
         return False
     if gpus < 1:
         torch.cuda.set_per_process_memory_fraction(gpus, device=0)
@@ -114,9 +127,7 @@ def restore_checkpoint(checkpoint: Any, ckpt_root: Path) -> bool:
         try:
             relpath = (candidate.get_metadata() or {}).get(RELPATH_KEY, ".")
             target = (ckpt_root / relpath).resolve()
-            _clear(ckpt_root)
-            with candidate.as_directory() as folder:
-                shutil.copytree(folder, target, dirs_exist_ok=True)
+            _copy_checkpoint(candidate, target, ckpt_root)
             problem = verify_checkpoint(target)
         except Exception as err:  # noqa: BLE001 - an unreadable checkpoint is a damaged one
             problem = f"{candidate.path}: checkpoint cannot be read ({error_line(err)})"
@@ -129,6 +140,26 @@ def restore_checkpoint(checkpoint: Any, ckpt_root: Path) -> bool:
     _clear(ckpt_root)
     log.warning("no intact checkpoint left for this trial; it starts again from epoch 1")
     return False
+
+
+def _copy_checkpoint(checkpoint: Any, target: Path, ckpt_root: Path) -> None:
+    """Copy ``checkpoint`` to ``target``, again after each of :data:`READ_RETRY_WAITS_S` on a read
+    error other than a missing file: a storage hiccup (S3, NFS) must not pass for a damaged
+    checkpoint and cost the trial its progress. The last error is raised (then it counts as damaged).
+    """
+    for wait_s in (*READ_RETRY_WAITS_S, None):
+        _clear(ckpt_root)
+        try:
+            with checkpoint.as_directory() as folder:
+                shutil.copytree(folder, target, dirs_exist_ok=True)
+            return
+        except OSError as err:
+            if wait_s is None or isinstance(err, FileNotFoundError | IsADirectoryError | NotADirectoryError):
+                raise
+            log.warning(
+                "reading checkpoint %s failed (%s); again in %g s", checkpoint.path, error_line(err), wait_s
+            )
+            time.sleep(wait_s)
 
 
 def _candidates(checkpoint: Any) -> Iterator[Any]:

@@ -56,11 +56,11 @@ class Plan:
 
 
 def check_reachable(address: str, timeout_s: float = 5.0) -> None:
-    """Refuse a ``host:port`` (or ``ray://host:port``) nothing answers at, in seconds: ``ray.init``
-    keeps retrying such an address for minutes. ``auto`` and other forms are left to Ray."""
+    """Refuse a ``host:port`` nothing answers at, in seconds: ``ray.init`` keeps retrying such an
+    address for minutes. ``auto`` and other forms are left to Ray."""
     import socket
 
-    host, sep, port = address.removeprefix("ray://").rpartition(":")
+    host, sep, port = address.rpartition(":")
     if not sep or not host or not port.isdigit():
         return
     try:
@@ -98,7 +98,7 @@ def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -
             ray.init(
                 address=address, logging_level=logging.WARNING, log_to_driver=True, runtime_env=runtime_env
             )
-        except (ConnectionError, ValueError, RuntimeError) as err:
+        except (ConnectionError, ValueError, RuntimeError, ray.exceptions.AuthenticationError) as err:
             hint = (
                 ""
                 if os.environ.get("RAY_AUTH_MODE")
@@ -108,6 +108,7 @@ def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -
     else:
         num_gpus = None if gpus is None else int(math.ceil(gpus))
         ray.init(
+            address="local",  # a new Ray even where RAY_ADDRESS or a `ray start` on this machine exists
             num_cpus=int(cpus) if cpus else None,
             num_gpus=num_gpus,
             include_dashboard=False,

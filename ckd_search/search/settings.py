@@ -23,6 +23,8 @@ from dataclasses import dataclass
 from dataclasses import field
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
+from urllib.parse import urlunsplit
 
 import yaml
 
@@ -101,7 +103,7 @@ class SearchSettings:
     @property
     def experiment_path(self) -> str:
         """Ray Tune's experiment directory (local path or URI)."""
-        return f"{self.storage_path.rstrip('/')}/{self.study_name}"
+        return join_storage(self.storage_path, self.study_name)
 
     # -- io -----------------------------------------------------------------------------------
     def save(self) -> Path:
@@ -179,3 +181,12 @@ def default_mlflow_uri(run_dir: Path) -> str:
 
 def is_uri(path: str) -> bool:
     return "://" in path
+
+
+def join_storage(storage: str, name: str) -> str:
+    """``storage/name`` for a local path or a URI; a URI's query (``s3://b/p?endpoint_override=...``,
+    for MinIO) stays at the end, where pyarrow reads it."""
+    if not is_uri(storage):
+        return f"{storage.rstrip('/')}/{name}"
+    parts = urlsplit(storage)
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))

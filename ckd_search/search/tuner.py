@@ -121,14 +121,8 @@ def create_search(
     uri = mlflow_uri or default_mlflow_uri(run_dir)
     check_tracking_uri(uri)
     storage_path = storage or str(run_dir)
-    if not is_uri(storage_path):
+    if not is_uri(storage_path):  # on a cluster, run_search checks every node sees it
         storage_path = str(Path(storage_path).expanduser().resolve())
-        if address is not None:
-            log.warning(
-                "--address with a local storage path (%s): it must be a shared file system (NFS) "
-                "mounted at the same path on every node (pitfall 8), or use s3://",
-                storage_path,
-            )
     warm_start = warm_start_points(space, warm_start_from)  # refused before anything is written
     output_dir(run_dir)
     settings = SearchSettings(
@@ -166,6 +160,7 @@ def run_search(
     from ckd_search.search.import_ahead import importing
     from ckd_search.search.resources import plan_trials
     from ckd_search.search.resources import start_or_join
+    from ckd_search.search.shared_storage import check_storage_shared
 
     with driver_lock(settings.root):
         restorable = False
@@ -176,6 +171,7 @@ def run_search(
         with importing(ENGINE_MODULES):  # torch loads from disk while Ray's processes start
             cluster = start_or_join(settings.address, settings.cpus, settings.gpus)
         try:
+            check_storage_shared(settings.storage_path)  # before hours of data and teacher preparation
             plan = plan_trials(
                 space.resources, space.study, settings.num_trials, cluster, settings.gpus, settings.cpus
             )

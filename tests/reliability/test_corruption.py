@@ -249,3 +249,32 @@ def test_restore_falls_back_to_the_newest_intact_checkpoint(tmp_path):
     (trial / "checkpoint_000000" / "state.pt").write_bytes(b"")
     assert not restore_checkpoint(tune.Checkpoint(str(trial / "checkpoint_000002")), root)
     assert list(root.iterdir()) == []  # nothing left: the trial starts again
+
+
+def test_a_read_error_of_the_storage_is_retried_before_a_checkpoint_counts_as_damaged(
+    tmp_path, caplog, monkeypatch
+):
+    from ray import tune
+
+    from ckd_search.checkpoint import load_checkpoint
+    from ckd_search.checkpoint import save_checkpoint
+    from trainables import ckd
+
+    trial = tmp_path / "trial_x"
+    for index in range(2):  # checkpoint_000000..1 hold epochs 1..2
+        save_checkpoint(trial / f"checkpoint_{index:06d}", {"epoch": torch.tensor(index + 1)})
+    failures = iter([ConnectionResetError("connection reset by peer")])
+
+    class Flaky(tune.Checkpoint):
+        def as_directory(self):
+            if (err := next(failures, None)) is not None:
+                raise err
+            return super().as_directory()
+
+    root = tmp_path / "work"
+    root.mkdir()
+    monkeypatch.setattr(ckd, "READ_RETRY_WAITS_S", (0.0,))
+    with caplog.at_level(logging.WARNING, logger=ckd.__name__):
+        assert ckd.restore_checkpoint(Flaky(str(trial / "checkpoint_000001")), root)
+    assert int(load_checkpoint(root)["epoch"]) == 2  # the newest, not the older one
+    assert any("connection reset by peer); again in 0 s" in r.getMessage() for r in caplog.records)

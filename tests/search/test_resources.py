@@ -75,7 +75,6 @@ def test_an_address_nothing_answers_at_is_refused_at_once():
         listening.listen()
         port = listening.getsockname()[1]
         check_reachable(f"127.0.0.1:{port}")  # something answers: no error
-        check_reachable(f"ray://127.0.0.1:{port}")
     with pytest.raises(UserError, match=rf"--address 127.0.0.1:{port}: nothing answers there"):
         check_reachable(f"127.0.0.1:{port}")
     check_reachable("auto")  # left to Ray
@@ -87,3 +86,16 @@ def test_a_trial_no_single_node_holds_is_refused():
     with pytest.raises(UserError, match=r"8 CPU \+ 0.5 GPU per trial, but no Ray node has both"):
         plan_trials(Resources(8, 0.5), Study("t"), 10, cluster, gpus=None, cpus=None)
     assert plan_trials(Resources(4, 0.5), Study("t"), 10, cluster, gpus=None, cpus=None).max_concurrent == 1
+
+
+def test_without_address_a_new_local_ray_starts_even_where_ray_address_is_set(monkeypatch, ray_cleanup):
+    # RAY_ADDRESS (or a `ray start` on this machine) would make ray.init(address=None) join that
+    # cluster, where num_cpus/num_gpus are refused; nothing answers at this one.
+    import ray
+
+    from ckd_search.search.resources import start_or_join
+
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:9")
+    cluster = start_or_join(None, cpus=1, gpus=0)
+    assert cluster.started_here and ray.is_initialized()
+    assert cluster.nodes == ((1.0, 0.0),)

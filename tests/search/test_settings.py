@@ -1,0 +1,32 @@
+"""Paths of a search's settings."""
+
+from __future__ import annotations
+
+import pytest
+
+from ckd_search.search.settings import join_storage
+
+
+@pytest.mark.parametrize(
+    ("storage", "expected"),
+    [
+        ("/nfs/runs/", "/nfs/runs/study-1"),
+        ("s3://bucket", "s3://bucket/study-1"),
+        ("s3://bucket/runs/", "s3://bucket/runs/study-1"),
+        # MinIO: the query names the endpoint; the study goes into the path, before it
+        (
+            "s3://bucket/runs?endpoint_override=minio:9000&scheme=http",
+            "s3://bucket/runs/study-1?endpoint_override=minio:9000&scheme=http",
+        ),
+    ],
+)
+def test_the_study_folder_joins_the_storage_path(storage, expected):
+    assert join_storage(storage, "study-1") == expected
+
+
+def test_pyarrow_reads_the_joined_uri_as_the_study_folder():
+    from pyarrow import fs
+
+    uri = join_storage("s3://bucket/runs?endpoint_override=127.0.0.1:9&scheme=http", "study-1")
+    filesystem, path = fs.FileSystem.from_uri(uri)
+    assert path == "bucket/runs/study-1" and filesystem.type_name == "s3"
