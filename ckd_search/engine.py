@@ -31,6 +31,7 @@ from ckd_search.config import Config
 from ckd_search.config import config_differences
 from ckd_search.data.base import Split
 from ckd_search.data.batches import BatchSource
+from ckd_search.devices import resolve_device
 from ckd_search.errors import TrialFailure
 from ckd_search.errors import UserError
 from ckd_search.models.snn import VGGSNN
@@ -104,21 +105,6 @@ def prime_for_compile(model: torch.nn.Module, forward: Callable[[], object]) -> 
             forward()
     finally:
         model.train(was_training)
-
-
-def resolve_device(name: str, key: str = "run.device") -> torch.device:
-    """``auto`` (CUDA when present), ``cpu``, ``cuda`` or ``cuda:N``; a UserError naming ``key``."""
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise UserError(f"{key}={name!r} is not a device (auto, cpu, cuda or cuda:N)") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UserError(f"{key}={name!r} but no CUDA device is available")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise UserError(f"{key}={name!r} but this machine has {torch.cuda.device_count()} CUDA device(s)")
-    return device
 
 
 def frame_dtype(precision: str) -> torch.dtype:
@@ -506,7 +492,15 @@ class Trainer:
             state["history"],
         )
         self.cpu_gen.set_state(state["cpu_gen"])
-        self.dev_gen.set_state(state["dev_gen"])
+        try:
+            self.dev_gen.set_state(state["dev_gen"])
+        except RuntimeError:  # written on the other device type (CUDA's state is 16 bytes, a CPU's 5056)
+            self.dev_gen.manual_seed(self.cfg.run.seed + 1 + self.epoch)
+            log.warning(
+                "the checkpoint's pairing/mask random stream is of another device type than %s: it "
+                "restarts from a seed, so the resumed run is not bit-identical to an uninterrupted one",
+                self.device.type,
+            )
         torch.set_rng_state(state["torch_rng"])
         random.setstate((3, tuple(state["python_rng"]), None))
         if "cuda_rng" in state and self.device.type == "cuda":

@@ -6,6 +6,7 @@ ships the result to every trial (the engine takes it as ``prepared``).
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import math
@@ -23,13 +24,16 @@ from torch import Tensor
 from ckd_search.color import rgb_to_hsv
 from ckd_search.config import Config
 from ckd_search.data import PairedData
+from ckd_search.devices import resolve_device
 from ckd_search.models.teachers import create_teacher
 from ckd_search.storage import atomic_write
 from ckd_search.storage import stable_hash
 
 log = logging.getLogger(__name__)
-#: 2: H scaled as OpenCV's uint8 hue (color.HUE_SCALE), logits bound to the data cache files.
-TEACHER_FORMAT = 2
+#: 3: teachers keyed by the RGB side only (teacher_key), logits bound to the images' content hash.
+TEACHER_FORMAT = 3
+#: Data settings of the event side only: the teacher never sees them (one teacher for a search over T).
+EVENT_ONLY_FIELDS = ("timesteps", "size")
 
 
 @dataclass(frozen=True)
@@ -57,6 +61,14 @@ def prepare_key(cfg: Config) -> str:
     return stable_hash(data_fields(cfg), teacher, cfg.run.seed if teacher else None)
 
 
+def teacher_key(cfg: Config) -> str:
+    """Hash of what the teacher's fine-tune depends on: the RGB side of the data, the teacher and the
+    seed. The images' content hash (:func:`images_identity`) is checked as well, so a field wrongly
+    left out here costs a rebuild, never stale logits."""
+    rgb_side = {k: v for k, v in data_fields(cfg).items() if k not in EVENT_ONLY_FIELDS}
+    return stable_hash(rgb_side, asdict(cfg.teacher), cfg.run.seed, TEACHER_FORMAT)
+
+
 def teacher_input(images_uint8: Tensor, hsv: bool, size: int) -> Tensor:
     """uint8 RGB [N, 3, h, w] -> float [N, 3, size, size] in [0, 1], HSV when asked (paper)."""
     x = images_uint8.float() / 255.0
@@ -73,31 +85,35 @@ def prepare(cfg: Config) -> Prepared:
     key = prepare_key(cfg)
     if not (cfg.kd.enabled and cfg.loss.method == "ckd"):
         return Prepared(key, data, None, None)
-    logits, acc = _teacher_logits(cfg, data, key)
+    logits, acc = _teacher_logits(cfg, data)
     return Prepared(key, data, logits, acc)
 
 
-def _teacher_logits(cfg: Config, data: PairedData, key: str) -> tuple[Tensor, float]:
-    folder = Path(cfg.data.cache_dir).expanduser() / "teachers" / key
+def _teacher_logits(cfg: Config, data: PairedData) -> tuple[Tensor, float]:
+    folder = Path(cfg.data.cache_dir).expanduser() / "teachers" / teacher_key(cfg)
     logits_path = folder / "logits.arrow"
-    data_id = data_identity(data)
+    data_id = images_identity(data)
     cached = _read_logits(logits_path, len(data.train.images), data.num_classes, data_id)
     if cached is not None:
         return cached
     tc = cfg.teacher
+    device = resolve_device(cfg.run.device)  # a WRN-101-2 fine-tune takes hours on a CPU, minutes on a GPU
     start = time.perf_counter()
     with torch.random.fork_rng(devices=[]):  # the caller's RNG moves the same on a cache hit or miss
-        torch.manual_seed(cfg.run.seed)
-        net = create_teacher(tc.arch, data.num_classes, tc.weights)
-        _finetune(net, cfg, data)
+        torch.manual_seed(cfg.run.seed)  # the init is drawn on the CPU whatever the device
+        net = create_teacher(tc.arch, data.num_classes, tc.weights).to(device)
+        if device.type == "cuda":
+            net = net.to(memory_format=torch.channels_last)
+        _finetune(net, cfg, data, device)
     net.eval()
-    train_logits = _predict(net, data.train.images, tc.hsv, tc.input_size)
-    test_logits = _predict(net, data.test.images, tc.hsv, tc.input_size)
+    train_logits = _predict(net, data.train.images, tc.hsv, tc.input_size, device)
+    test_logits = _predict(net, data.test.images, tc.hsv, tc.input_size, device)
     test_acc = _accuracy(test_logits, data.test.image_labels)
     train_acc = _accuracy(train_logits, data.train.image_labels)
     log.info(
-        "teacher %s: train acc %.3f, test acc %.3f (%.1fs)",
+        "teacher %s on %s: train acc %.3f, test acc %.3f (%.1fs)",
         tc.arch,
+        device,
         train_acc,
         test_acc,
         time.perf_counter() - start,
@@ -109,14 +125,20 @@ def _teacher_logits(cfg: Config, data: PairedData, key: str) -> tuple[Tensor, fl
     return train_logits, test_acc
 
 
-def data_identity(data: PairedData) -> str:
-    """The data cache files the teacher was trained and evaluated on (their names carry the hash of
-    the file listing, data version and format), so a rebuilt data cache never meets stale logits."""
-    files = data.descriptors.get("cache_files", {})
-    return stable_hash(sorted(Path(f).name for f in files.values()))
+def images_identity(data: PairedData) -> str:
+    """SHA-256 of the images and labels the teacher is trained and evaluated on, in order: logits
+    are reused only for exactly these images (a rebuilt or reordered data cache never meets stale
+    ones). About a second per GB of images."""
+    digest = hashlib.sha256()
+    for split in (data.train, data.test):
+        for tensor in (split.images, split.image_labels):
+            array = tensor.contiguous().numpy()
+            digest.update(f"{array.dtype.str}{array.shape};".encode())
+            digest.update(memoryview(array).cast("B"))
+    return digest.hexdigest()[:32]
 
 
-def _finetune(net: torch.nn.Module, cfg: Config, data: PairedData) -> None:
+def _finetune(net: torch.nn.Module, cfg: Config, data: PairedData, device: torch.device) -> None:
     """AdamW + cosine on the TRAIN images only (no test leakage), random shifts of 1/8 the size."""
     tc = cfg.teacher
     if tc.epochs == 0:
@@ -133,8 +155,8 @@ def _finetune(net: torch.nn.Module, cfg: Config, data: PairedData) -> None:
         order = torch.randperm(len(x_all), generator=gen)
         for i in range(steps_per_epoch):
             idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
-            x = _random_shift(x_all[idx], pad, gen)
-            loss = F.cross_entropy(net(x), y_all[idx])
+            x = _random_shift(x_all[idx], pad, gen).to(device, non_blocking=True)
+            loss = F.cross_entropy(net(x), y_all[idx].to(device, non_blocking=True))
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -149,8 +171,14 @@ def _random_shift(x: Tensor, pad: int, gen: torch.Generator) -> Tensor:
 
 
 @torch.no_grad()
-def _predict(net: torch.nn.Module, images: Tensor, hsv: bool, size: int, batch: int = 256) -> Tensor:
-    out = [net(teacher_input(images[i : i + batch], hsv, size)).float() for i in range(0, len(images), batch)]
+def _predict(
+    net: torch.nn.Module, images: Tensor, hsv: bool, size: int, device: torch.device, batch: int = 256
+) -> Tensor:
+    """Logits [N, C] fp32 on the CPU; images go to ``device`` a batch at a time, as uint8."""
+    out = [
+        net(teacher_input(images[i : i + batch].to(device), hsv, size)).float().cpu()
+        for i in range(0, len(images), batch)
+    ]
     return torch.cat(out) if out else torch.zeros(0)
 
 

@@ -16,6 +16,7 @@ TINY_SEARCH_CONFIG: dict[str, Any] = {
     "teacher.epochs": 1,
     "run.epochs": 2,
     "optim.batch_size": 32,
+    "run.device": "cpu",  # the same on a machine with a GPU: tests never depend on one
 }
 
 

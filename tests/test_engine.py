@@ -1,6 +1,7 @@
 """The CKD engine on the real embedded data: step semantics, overfitting, resume, faults, learning."""
 
 import dataclasses
+import logging
 import math
 
 import pytest
@@ -273,3 +274,53 @@ def test_default_training_on_digits_dvs_is_far_above_chance(tmp_path):
     result = fit(cfg)
     assert result.teacher_test_acc is not None and result.teacher_test_acc > 0.8
     assert result.best_test_acc > 0.5  # chance is 0.1
+
+
+def test_a_checkpoint_from_the_other_device_type_resumes_with_a_warning(prepared_tiny, tmp_path, caplog):
+    from ckd_search.checkpoint import load_checkpoint
+
+    cfg, prep = prepared_tiny
+    fit(cfg.replace(**{"run.epochs": 1}), prepared=prep, checkpoint_dir=tmp_path)
+    state = load_checkpoint(tmp_path)
+    state["dev_gen"] = torch.zeros(16, dtype=torch.uint8)  # a CUDA generator's state (seed, offset)
+    trainer = Trainer(cfg.replace(**{"run.epochs": 1}), prep, torch.device("cpu"))
+    with caplog.at_level(logging.WARNING, logger="ckd_search.engine"):
+        trainer.load_state(state)
+    assert trainer.epoch == 1 and "not bit-identical" in caplog.text
+
+
+def test_the_epochs_lr_reaches_adamw_and_decay_skips_rank_one_parameters(prepared_tiny):
+    cfg, prep = prepared_tiny
+    cfg = cfg.replace(**{"optim.warmup_epochs": 2, "optim.weight_decay": 0.05})
+    trainer = Trainer(cfg, prep, torch.device("cpu"))
+    trainer.epoch = 1  # mid warm-up: neither optim.lr (AdamW's initial value) nor warmup_lr
+    trainer.train_epoch()
+    lr = trainer.schedules.lr(1)
+    assert cfg.optim.warmup_lr < lr < cfg.optim.lr
+    assert [g["lr"] for g in trainer.optimizer.param_groups] == [lr, lr]
+    decay, no_decay = trainer.optimizer.param_groups
+    assert decay["weight_decay"] == 0.05 and no_decay["weight_decay"] == 0.0
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim < 2 for p in no_decay["params"])
+    assert any(p is trainer.model.theta for p in no_decay["params"])  # theta and BatchNorm: no decay
+
+
+def test_evaluation_and_checkpoints_follow_their_periods_and_the_last_epoch(prepared_tiny, tmp_path):
+    cfg, prep = prepared_tiny
+    seen: list[tuple[int, bool, bool]] = []
+
+    def record(metrics, written):
+        seen.append((int(metrics["epoch"]), "test_acc" in metrics, written is not None))
+
+    cfg = cfg.replace(**{"run.epochs": 3, "run.eval_every": 2, "run.checkpoint_every": 2})
+    result = fit(cfg, record, prepared=prep, checkpoint_dir=tmp_path)
+    assert seen == [(1, False, False), (2, True, True), (3, True, True)]
+    assert result.metrics[0]["best_test_acc"] == 0.0 and result.metrics[2]["best_test_acc"] > 0
+
+
+def test_the_default_switch_is_half_the_run_in_either_unit(prepared_tiny):
+    from ckd_search.engine import Schedules
+
+    cfg, _ = prepared_tiny
+    cfg = cfg.replace(**{"run.epochs": 10, "kd.e_th": None})
+    assert Schedules(cfg, iters_per_epoch=7).switch_point() == 5
+    assert Schedules(cfg.replace(**{"kd.units": "iteration"}), iters_per_epoch=7).switch_point() == 35

@@ -1,4 +1,5 @@
-"""Teacher logits cached on disk are used only for the data files and format they were made for."""
+"""Teacher logits cached on disk: one teacher per RGB side of the data, reused only for the images
+and format they were made for."""
 
 from __future__ import annotations
 
@@ -9,13 +10,13 @@ from ckd_search.prepare import _read_logits
 from ckd_search.prepare import _write_logits
 
 
-def test_cached_logits_belong_to_their_data_files_and_format(tmp_path):
+def test_cached_logits_belong_to_their_images_and_format(tmp_path):
     path = tmp_path / "logits.arrow"
     logits = torch.randn(6, 3)
     _write_logits(path, logits, {"test_acc": 0.5, "train_acc": 0.6, "arch": "small_cnn", "data": "abc"})
     cached = _read_logits(path, 6, 3, "abc")
     assert cached is not None and torch.equal(cached[0], logits) and cached[1] == 0.5
-    assert _read_logits(path, 6, 3, "rebuilt-data") is None  # a rebuilt data cache: train again
+    assert _read_logits(path, 6, 3, "rebuilt-data") is None  # other images: train again
     assert _read_logits(path, 7, 3, "abc") is None
 
 
@@ -27,3 +28,51 @@ def test_logits_of_an_older_format_are_rebuilt(tmp_path, monkeypatch):
     _write_logits(path, torch.randn(4, 2), {"test_acc": 0.5, "data": "abc"})
     monkeypatch.setattr(prepare, "TEACHER_FORMAT", TEACHER_FORMAT)
     assert _read_logits(path, 4, 2, "abc") is None
+
+
+def _cfg(tmp_path, **extra):
+    from ckd_search.config import Config
+
+    values = {
+        "data.limit": 96,
+        "data.size": 16,
+        "data.timesteps": 2,
+        "teacher.epochs": 1,
+        "data.cache_dir": str(tmp_path / "cache"),
+        "run.device": "cpu",
+    }
+    return Config.from_dict({**values, **extra})
+
+
+def test_one_teacher_serves_every_timestep_count_and_frame_size(tmp_path, monkeypatch):
+    import ckd_search.prepare as prepare
+
+    fine_tunes = []
+    finetune = prepare._finetune
+    monkeypatch.setattr(prepare, "_finetune", lambda *a: fine_tunes.append(a) or finetune(*a))
+    first = prepare.prepare(_cfg(tmp_path))
+    other = prepare.prepare(_cfg(tmp_path, **{"data.timesteps": 3, "data.size": 20}))
+    assert first.key != other.key and other.data.train.frames.shape[1:] == (3, 2, 20, 20)
+    assert len(fine_tunes) == 1  # the second T and size reuse the teacher: its images are the same
+    assert torch.equal(first.teacher_logits, other.teacher_logits)
+    prepare.prepare(_cfg(tmp_path, **{"teacher.epochs": 2}))
+    assert len(fine_tunes) == 2  # a teacher setting is part of the key
+
+
+def test_the_images_identity_sees_content_and_order(tmp_path):
+    import dataclasses
+
+    from ckd_search.prepare import images_identity
+    from ckd_search.prepare import prepare
+
+    data = prepare(_cfg(tmp_path, **{"kd.enabled": False})).data
+    same = images_identity(data)
+    assert images_identity(data) == same
+
+    def with_train_images(images):
+        return dataclasses.replace(data, train=dataclasses.replace(data.train, images=images))
+
+    changed = data.train.images.clone()
+    changed[0, 0, 0, 0] ^= 1
+    assert images_identity(with_train_images(changed)) != same
+    assert images_identity(with_train_images(data.train.images.flip(0))) != same

@@ -52,7 +52,9 @@ def train_ckd(config: dict[str, Any], prepared: PreparedRegistry) -> None:
 
     cfg = Config.from_dict(config)
     resources = tune.get_context().get_trial_resources().required_resources
-    has_gpu = configure_process(float(resources.get("CPU", 1.0)), float(resources.get("GPU", 0.0)))
+    has_gpu = configure_process(
+        float(resources.get("CPU", 1.0)), float(resources.get("GPU", 0.0)), cfg.run.device
+    )
     if not has_gpu and cfg.run.device == "auto":
         cfg = cfg.replace(**{"run.device": "cpu"})  # no GPU reserved: do not touch one that is visible
     data = prepared.get(cfg)
@@ -81,8 +83,11 @@ def train_ckd(config: dict[str, Any], prepared: PreparedRegistry) -> None:
         shutil.rmtree(workdir, ignore_errors=True)
 
 
-def configure_process(cpus: float, gpus: float) -> bool:
+def configure_process(cpus: float, gpus: float, device: str = "auto") -> bool:
     """Threads, compile caches and GPU memory share of this trial; True if a GPU is usable.
+
+    A trial that holds a GPU share CUDA cannot see (logical GPUs, a broken driver) says so when its
+    ``run.device`` is ``auto``: it falls back to the CPU.
 
     Ray sets ``OMP_NUM_THREADS`` to the trial's CPUs (1 for fractions, pitfall 9), so torch's
     thread count is set explicitly. ``torch.cuda.set_per_process_memory_fraction`` caps a
@@ -102,6 +107,8 @@ def configure_process(cpus: float, gpus: float) -> bool:
     if not ray.get_gpu_ids() or not torch.cuda.is_available():
         # Logical GPUs (tests, `ray start --num-gpus N` on a CPU node) or a node whose CUDA is broken:
         # say so, since such a trial holds its GPU share for a run many times slower.
+        if device != "auto":
+            return False
         log.warning(
             "this trial holds %g GPU (ids %s) but torch sees no CUDA device (CUDA_VISIBLE_DEVICES=%r): "
             "it trains on the CPU; set run.device=cuda to make that an error",

@@ -330,17 +330,14 @@ def test_check_space_cli(write_space, capsys):
     assert main(["check-space", "/nonexistent.yaml"]) == 2
 
 
-def test_check_space_is_fast_and_does_not_start_ray(write_space):
+def test_check_space_does_not_start_ray(write_space):
     import subprocess
     import sys
-    import time
 
     path = write_space(yaml.safe_dump(VALID))
-    start = time.monotonic()
     code = (
         "import sys; from ckd_search.cli import main; rc = main(['check-space', sys.argv[1]]); "
         "sys.exit(rc if 'ray' not in sys.modules or not __import__('ray').is_initialized() else 9)"
     )
     proc = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
-    assert time.monotonic() - start < 30

@@ -36,6 +36,24 @@ def test_a_trial_holding_a_gpu_that_cuda_cannot_see_says_it_trains_on_the_cpu(
     (message,) = _warnings(caplog)
     assert "holds 0.5 GPU (ids [3]) but torch sees no CUDA device" in message and "run.device=cuda" in message
     assert torch.get_num_threads() == 1
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger=ckd.__name__):
+        assert ckd.configure_process(1.0, 0.5, "cpu") is False  # the user chose the CPU
+    assert _warnings(caplog) == []
+
+
+def test_a_usable_gpu_share_caps_the_trials_memory(trial_process, monkeypatch):
+    import ray
+
+    shares = []
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(
+        torch.cuda, "set_per_process_memory_fraction", lambda f, device: shares.append((f, device))
+    )
+    assert ckd.configure_process(2.0, 0.25) is True
+    assert ckd.configure_process(2.0, 1.0) is True
+    assert shares == [(0.25, 0)]  # a whole card is not capped
 
 
 def test_a_cpu_trial_says_nothing(trial_process, monkeypatch, caplog):
