@@ -76,3 +76,33 @@ def test_the_images_identity_sees_content_and_order(tmp_path):
     changed[0, 0, 0, 0] ^= 1
     assert images_identity(with_train_images(changed)) != same
     assert images_identity(with_train_images(data.train.images.flip(0))) != same
+
+
+def test_the_prepare_key_changes_with_what_the_tensors_and_teacher_depend_on(tmp_path):
+    from ckd_search.prepare import prepare_key
+
+    base = _cfg(tmp_path)
+    key = prepare_key(base)
+    changed = [
+        {"data.timesteps": 3},
+        {"data.size": 20},
+        {"data.limit": 50},
+        {"teacher.epochs": 2},
+        {"teacher.lr": 1e-3},
+        {"run.seed": 1},
+        {"kd.enabled": False},
+    ]
+    for values in changed:
+        assert prepare_key(base.replace(**values)) != key, values
+    same = [
+        {"data.crop_padding": 0},
+        {"data.flip": True},
+        {"data.rotation": 10.0},
+        {"data.balanced_sampler": True},
+        {"data.cache_dir": str(tmp_path / "elsewhere")},
+        {"kd.k": 3.0},
+    ]
+    for values in same:
+        assert prepare_key(base.replace(**values)) == key, values
+    no_kd = base.replace(**{"kd.enabled": False})  # without a teacher the seed does not matter
+    assert prepare_key(no_kd.replace(**{"run.seed": 1})) == prepare_key(no_kd)

@@ -47,7 +47,9 @@ def test_vggsnn_shapes_heads_and_reset():
     net.reset_state()
     again = net(x, head="dvs")
     assert torch.equal(out.logits, again.logits)  # reset -> same state -> same output
-    static = net(x, head="static")
+    net.reset_state()
+    static = net(x, head="static")  # the same state and backbone: only the head differs
+    assert torch.equal(static.membrane, again.membrane)
     assert not torch.equal(static.logits, again.logits)  # separate heads by default
     shared = VGGSNN(ModelConfig(width=0.0625, shared_head=True), 7, 32)
     assert shared.static_head is shared.dvs_head
@@ -67,6 +69,9 @@ def test_firing_rates_and_sops():
     assert bool(((out.firing >= 0) & (out.firing <= 1)).all())
     sops, energy = synaptic_ops(net, out.firing, 2)
     macs = net.macs_per_step()
+    # by hand: Cin * Cout * 9 * H * W per conv (channels 64..512 x 1/16, pooled 16 -> 8 -> 4 -> 2), FC 32 x 5
+    assert macs == [2 * 4 * 9 * 256, 4 * 8 * 9 * 256, 8 * 16 * 9 * 64, 16 * 16 * 9 * 64,
+                    16 * 32 * 9 * 16, 32 * 32 * 9 * 16, 32 * 32 * 9 * 4, 32 * 32 * 9 * 4, 32 * 5]  # fmt: skip
     assert sops == pytest.approx(sum(r * m for r, m in zip(out.firing.tolist(), macs[1:])) * 2)
     assert energy == pytest.approx((macs[0] * 2 * 4.6 + sops * 0.9) * 1e-6)
     silent, _ = synaptic_ops(net, torch.zeros(8), 2)

@@ -61,3 +61,17 @@ def test_a_new_search_prints_the_notes_as_it_starts(tmp_path, capsys, monkeypatc
         in capsys.readouterr().out
     )
     assert not (tmp_path / "run").exists()  # refused before its first trial: nothing left behind
+
+
+def test_the_switch_note_needs_a_quarter_of_the_draws_to_switch_after_the_first_rung(tmp_path):
+    from ckd_search.search.advice import scheduler_notes
+    from ckd_search.search.space import load_space
+
+    space = load_space(space_with_switch(tmp_path, 0.0, 8.0))  # first rung at epoch 2
+
+    def notes(*e_ths: float) -> list[str]:
+        return scheduler_notes(space, [Config.from_dict({"run.epochs": 8, "kd.e_th": e}) for e in e_ths])
+
+    assert any("of 1 of 4 drawn configs" in n for n in notes(1.0, 1.5, 2.0, 5.0))  # 1 of 4: noted
+    assert notes(1.0, 1.5, 2.0, 1.0, 5.0) == []  # 1 of 5 is under a quarter
+    assert notes(1.0, 2.0) == []  # a switch at the rung itself is judged after it

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import threading
 import time
@@ -262,3 +263,42 @@ def test_the_summary_counts_trials_only_the_journal_holds(tmp_path: Path, tracki
     path = client.download_artifacts(parent.info.run_id, "best_config.yaml", str(tmp_path))
     best = yaml.safe_load(Path(path).read_text())
     assert best["kd"]["k"] == pytest.approx(3.0) and best["kd"]["e_th"] == 1.0 and best["run"]["epochs"] == 2
+
+
+def test_a_call_mlflow_refuses_for_good_is_dropped_and_the_rest_is_sent(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking_callback
+):
+    cb = tracking_callback("sqlite:///unused.db", tmp_path)
+    sent: list[int] = []
+
+    class Refused(Exception):
+        error_code = "INVALID_PARAMETER_VALUE"
+
+    def execute(op: dict) -> None:
+        if op["n"] == 0:
+            raise Refused("param value changed")
+        sent.append(op["n"])
+
+    monkeypatch.setattr(cb, "_execute", execute)
+    for n in range(3):
+        cb._queue({"op": "params", "n": n})
+    assert cb._flush(force=True)
+    assert sent == [1, 2] and cb.pending == 0
+
+
+@pytest.mark.parametrize(
+    ("uri", "needle"),
+    [
+        ("file:///tmp/mlruns", "refuses file stores"),
+        ("/tmp/mlruns", "refuses file stores"),
+        ("ftp://host/x", "expected http(s)://, sqlite:///"),
+    ],
+)
+def test_tracking_uris_mlflow_cannot_use_are_refused(uri, needle):
+    from ckd_search.errors import UserError
+    from ckd_search.search.tracking import check_tracking_uri
+
+    with pytest.raises(UserError, match=rf"--mlflow-uri {uri}: .*{re.escape(needle)}"):
+        check_tracking_uri(uri)
+    check_tracking_uri("sqlite:///x.db")
+    check_tracking_uri("http://127.0.0.1:5000")
