@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 from collections.abc import Callable
 from typing import NoReturn
 
@@ -39,15 +40,15 @@ def non_negative_int(text: str) -> int:
 
 def positive_float(text: str) -> float:
     value = _number(float, text)
-    if not value > 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text} must be > 0")
+    if not 0 < value < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number > 0")
     return value
 
 
 def non_negative_float(text: str) -> float:
     value = _number(float, text)
-    if not value >= 0:  # also refuses nan
-        raise argparse.ArgumentTypeError(f"{text} must be >= 0")
+    if not 0 <= value < math.inf:  # also refuses nan
+        raise argparse.ArgumentTypeError(f"{text} must be a finite number >= 0")
     return value
 
 

@@ -19,6 +19,7 @@ from ckd_search import __version__
 from ckd_search.argtypes import OneLineParser
 from ckd_search.argtypes import non_negative_float
 from ckd_search.argtypes import port
+from ckd_search.argtypes import positive_int
 from ckd_search.argtypes import ray_address
 from ckd_search.errors import UserError
 from ckd_search.errors import exit_code
@@ -135,7 +136,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
         "(0 = CPU trials; default: the GPUs Ray sees)",
     )
     p.add_argument(
-        "--cpus", type=non_negative_float, default=None, help="CPU budget of a local Ray (default: all cores)"
+        "--cpus", type=positive_int, default=None, help="CPU budget in whole cores (default: all Ray sees)"
     )
     p.add_argument(
         "--address",
@@ -162,6 +163,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--set",
         nargs="*",
+        action="extend",  # --set a=1 --set b=2 keeps both
         metavar="KEY=VALUE",
         default=None,
         help="override fixed config values (dotted keys)",
@@ -181,7 +183,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run one CKD training (no Ray) and write metrics + config")
     p.add_argument("--config", help="config YAML (nested or dotted keys); default: built-in defaults")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=None, help="override config values")
+    p.add_argument(
+        "--set", nargs="*", action="extend", metavar="KEY=VALUE", default=None, help="override config values"
+    )
     p.add_argument("--out", default=None, help="output directory (default: runs/train-<time>)")
     p.add_argument(
         "--resume",
@@ -196,47 +200,51 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("check-space", help="validate a search-space file without starting Ray")
     p.add_argument("space", help="search-space YAML file")
-    p.add_argument("--draws", type=int, default=8, help="random configs to build and validate")
+    p.add_argument("--draws", type=positive_int, default=8, help="random configs to build and validate")
     p.set_defaults(handler=_cmd_check_space)
 
     p = sub.add_parser("export", help="write the best configs (YAML) and all trials (Parquet)")
     p.add_argument("run_dir", help="search run directory")
-    p.add_argument("--top", type=int, default=3, help="number of best configs to write")
+    p.add_argument("--top", type=positive_int, default=3, help="number of best configs to write")
     p.add_argument("--out", default=None, help="output directory (default: RUN_DIR/export)")
     p.set_defaults(handler=_cmd_export)
 
     p = sub.add_parser("analyze", help="HTML + Markdown report answering the switching question")
     p.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more search run directories")
     p.add_argument("--out", required=True, help="report directory")
-    p.add_argument("--fidelity", default=None, help="fidelity.json from bench/fidelity.py to include")
+    p.add_argument("--fidelity", default=None, help="a .json written by bench/fidelity.py to include")
     p.set_defaults(handler=_cmd_analyze)
 
     p = sub.add_parser("reproduce", help="the paper's ablation table as mean +- std over seeds")
-    p.add_argument("--dataset", default="digits_dvs")
-    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--dataset", default="digits_dvs", help="data set of every variant (default digits_dvs)")
+    p.add_argument("--seeds", type=positive_int, default=3, help="runs per variant (default 3)")
     p.add_argument("--config", default=None, help="base config YAML")
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=None)
-    p.add_argument("--out", default="runs/reproduce")
+    p.add_argument(
+        "--set", nargs="*", action="extend", metavar="KEY=VALUE", default=None, help="override config values"
+    )
+    p.add_argument("--out", default="runs/reproduce", help="output directory (default runs/reproduce)")
     p.set_defaults(handler=_cmd_reproduce)
 
     p = sub.add_parser("ui", help="start the MLflow UI on 127.0.0.1 for a run directory")
-    p.add_argument("run_dir", nargs="?", default="runs/demo")
+    p.add_argument("run_dir", nargs="?", default="runs/demo", help="search run directory (default runs/demo)")
     p.add_argument("--host", default="127.0.0.1", help="bind address (default 127.0.0.1)")
-    p.add_argument("--port", type=port, default=5000)
+    p.add_argument("--port", type=port, default=5000, help="port (default 5000)")
     p.set_defaults(handler=_cmd_ui)
 
     p = sub.add_parser("data", help="build or inspect a data set's frame cache")
-    p.add_argument("action", choices=["build", "inspect"])
-    p.add_argument("--dataset", default="digits_dvs")
+    p.add_argument("action", choices=["build", "inspect"], help="build the cache, or print its statistics")
+    p.add_argument("--dataset", default="digits_dvs", help="data set name (default digits_dvs)")
     p.add_argument("--root", default=None, help="local folder of a real data set")
-    p.add_argument("--timesteps", type=int, default=None)
-    p.add_argument("--size", type=int, default=None)
-    p.add_argument("--set", nargs="*", metavar="KEY=VALUE", default=None, help="other data.* values")
+    p.add_argument("--timesteps", type=int, default=None, help="T (default: data.timesteps)")
+    p.add_argument("--size", type=int, default=None, help="frame size S (default: data.size)")
+    p.add_argument(
+        "--set", nargs="*", action="extend", metavar="KEY=VALUE", default=None, help="other data.* values"
+    )
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=_cmd_data)
 
     p = sub.add_parser("bench", help="benchmarks: step throughput, trial packing, CPU epoch, profile")
-    p.add_argument("what", choices=["step", "packing", "epoch", "profile"])
+    p.add_argument("what", choices=["step", "packing", "epoch", "profile"], help="which benchmark")
     p.add_argument("--smoke", action="store_true", help="tiny CPU run (CI)")
     p.add_argument("rest", nargs=argparse.REMAINDER, help="passed to the benchmark script")
     p.set_defaults(handler=_cmd_bench)
@@ -246,8 +254,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(handler=_cmd_config)
 
     p = sub.add_parser("demo", help="the embedded demo: search, export, and how to open the UI")
-    p.add_argument("--out", default="runs/demo")
-    p.add_argument("--space", default=None, help="default: search_spaces/demo.yaml")
+    p.add_argument("--out", default="runs/demo", help="run directory (default runs/demo; resumed if there)")
+    p.add_argument("--space", default=None, help="search space (default: search_spaces/demo.yaml)")
     p.set_defaults(handler=_cmd_demo)
     return parser
 

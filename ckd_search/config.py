@@ -484,9 +484,10 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(key, value, "must be an integer")
         try:
             number = float(value) if isinstance(value, str) else value
-        except ValueError:
-            raise ConfigError(key, value, "must be an integer") from None
-        if not isinstance(number, int | float) or not math.isfinite(number) or number != int(number):
+            whole = isinstance(number, int | float) and math.isfinite(number) and number == int(number)
+        except (ValueError, OverflowError):  # OverflowError: an int too large for a float
+            whole = False
+        if not whole:
             raise ConfigError(key, value, "must be an integer")
         return int(number)
     if base is float:
@@ -494,7 +495,7 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
             raise ConfigError(key, value, "must be a number")
         try:
             number = float(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise ConfigError(key, value, "must be a number") from None
         if not math.isfinite(number):
             raise ConfigError(key, value, "must be a finite number")

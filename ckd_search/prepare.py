@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pyarrow as pa
 import torch
 import torch.nn.functional as F
@@ -134,7 +135,7 @@ def images_identity(data: PairedData) -> str:
         for tensor in (split.images, split.image_labels):
             array = tensor.contiguous().numpy()
             digest.update(f"{array.dtype.str}{array.shape};".encode())
-            digest.update(memoryview(array).cast("B"))
+            digest.update(array.reshape(-1).view(np.uint8).data)
     return digest.hexdigest()[:32]
 
 

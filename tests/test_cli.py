@@ -86,3 +86,25 @@ def test_config_lists_keys_with_defaults_and_meaning(capsys):
     assert any(line.startswith('kd.schedule = "phased"') and "# gamma" in line for line in lines)
     assert any(line.startswith("kd.e_th = null") for line in lines)
     assert cli.main(["config", "nope"]) == 2
+
+
+def test_a_resume_flag_that_is_refused_is_not_kept(tmp_path, capsys, monkeypatch, tiny_search_config):
+    from ckd_search.search import resources
+    from ckd_search.search.tuner import create_search
+    from tests.helpers import two_key_space
+
+    settings = create_search(two_key_space(tmp_path, tiny_search_config), out=tmp_path / "run")
+    saved = (tmp_path / "run" / "search.yaml").read_bytes()
+    monkeypatch.setattr(resources, "local_gpus", lambda: 0)
+    assert cli.main(["search", "--resume", str(tmp_path / "run"), "--gpus", "2"]) == 2
+    assert "--gpus 2: this machine has 0 GPU(s)" in capsys.readouterr().err
+    assert (tmp_path / "run" / "search.yaml").read_bytes() == saved  # the next resume is not refused too
+    assert settings.gpus is None
+
+
+def test_each_set_flag_adds_its_values(capsys):
+    parser = cli.build_parser()
+    args = parser.parse_args(["train", "--set", "run.epochs=3", "--set", "kd.k=2", "loss.beta=1"])
+    assert args.set == ["run.epochs=3", "kd.k=2", "loss.beta=1"]
+    assert cli.main(["train", "--set", "run.epochs=1", "--set", "run.epochs=2"]) == 2
+    assert "--set run.epochs is given twice" in capsys.readouterr().err

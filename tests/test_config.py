@@ -128,6 +128,8 @@ def test_replace_returns_validated_copy():
         ({"kd.k": None}, "kd.k", "must not be empty"),
         ({"kd.k": float("nan")}, "kd.k", "finite"),
         ({"run.epochs": True}, "run.epochs", "must be an integer"),
+        ({"run.epochs": 10**400}, "run.epochs", "must be an integer"),  # too large for a float
+        ({"kd.k": 10**400}, "kd.k", "must be a number"),
         ({"data.dataset": 3}, "data.dataset", "must be a string"),
     ],
 )

@@ -89,7 +89,7 @@ def run_search_command(args: argparse.Namespace) -> int:
             raise UserError("--resume RUN_DIR continues a search as it was; drop --space")
         if args.warm_start_from:
             raise UserError("--warm-start-from applies to new searches only")
-        # The study, run directory and stores are fixed when a search starts (settings.json);
+        # The study, run directory and stores are fixed when a search starts (search.yaml);
         # only where it runs (--address, --cpus, --gpus) may change.
         if given := _fixed_on_resume(args):
             raise UserError(f"--resume RUN_DIR continues a search as it was; drop {', '.join(given)}")
@@ -97,7 +97,6 @@ def run_search_command(args: argparse.Namespace) -> int:
         for name in ("address", "cpus", "gpus"):
             if getattr(args, name) is not None:
                 setattr(settings, name, getattr(args, name))  # the cluster may be a new one
-        settings.save()
         print(f"resuming {settings.study_name} in {settings.run_dir}")
         outcome = run_search(settings, resume=True)
     else:
@@ -210,6 +209,7 @@ def run_ui(args: argparse.Namespace) -> int:
     db = run_dir / MLFLOW_DB
     if not db.is_file():
         raise UserError(f"{run_dir}: no {MLFLOW_DB} here (was the search tracked on an MLflow server?)")
+    _check_port_free(args.host, args.port)  # mlflow itself exits 0 when the port is taken
     exe = Path(sys.executable).with_name("mlflow")
     cmd = [str(exe)] if exe.is_file() else [shutil.which("mlflow") or "mlflow"]
     cmd += ["ui", "--backend-store-uri", f"sqlite:///{db}", "--host", args.host, "--port", str(args.port)]
@@ -218,3 +218,15 @@ def run_ui(args: argparse.Namespace) -> int:
         return subprocess.call(cmd, env={**os.environ})
     except FileNotFoundError:
         raise UserError("mlflow is not installed in this environment") from None
+
+
+def _check_port_free(host: str, port: int) -> None:
+    import socket
+
+    try:
+        with socket.create_server((host, port)):
+            pass
+    except OSError as err:
+        raise UserError(
+            f"--port {port}: cannot listen on {host} ({err.strerror or err}); pick another --port"
+        ) from None

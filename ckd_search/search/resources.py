@@ -107,6 +107,12 @@ def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -
             raise UserError(f"--address {address}: cannot join the Ray cluster ({err}){hint}") from None
     else:
         num_gpus = None if gpus is None else int(math.ceil(gpus))
+        if num_gpus and num_gpus > (physical := local_gpus()):  # refused before Ray starts
+            raise UserError(
+                f"--gpus {gpus:g}: this machine has {physical} GPU(s), and trials Ray placed on the others "
+                "would find none; for logical GPUs start Ray yourself (ray start --head --num-gpus N) "
+                "and pass --address"
+            )
         ray.init(
             address="local",  # a new Ray even where RAY_ADDRESS or a `ray start` on this machine exists
             num_cpus=int(cpus) if cpus else None,
@@ -117,13 +123,6 @@ def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -
             logging_level=logging.WARNING,
         )
         started = True
-        if num_gpus and num_gpus > (physical := local_gpus()):
-            ray.shutdown()
-            raise UserError(
-                f"--gpus {gpus:g}: this machine has {physical} GPU(s), and trials Ray placed on the others "
-                "would find none; for logical GPUs start Ray yourself (ray start --head --num-gpus N) "
-                "and pass --address"
-            )
     return Cluster(started, _alive_nodes())
 
 

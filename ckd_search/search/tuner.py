@@ -124,6 +124,8 @@ def create_search(
     if not is_uri(storage_path):  # on a cluster, run_search checks every node sees it
         storage_path = str(Path(storage_path).expanduser().resolve())
     warm_start = warm_start_points(space, warm_start_from)  # refused before anything is written
+    if not is_uri(storage_path):
+        output_dir(storage_path, "--storage")  # e.g. a path under a file: refused before Ray starts
     output_dir(run_dir)
     settings = SearchSettings(
         run_dir=str(run_dir),
@@ -176,6 +178,8 @@ def run_search(
                 space.resources, space.study, settings.num_trials, cluster, settings.gpus, settings.cpus
             )
             log.info("search %s: %d trials, %s", settings.study_name, settings.num_trials, plan.describe())
+            if resume:
+                settings.save()  # a new --address/--cpus/--gpus is kept once Ray and the plan took it
             from ckd_search.search.preparation import prepare_all
 
             registry = prepare_all(space, plan.trial, run_dir=settings.root)  # + descriptors.json
@@ -520,7 +524,12 @@ def read_outcome(settings: SearchSettings, space: SearchSpace | None = None) -> 
     if not settings.journal_path.is_file():
         return outcome
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.load_study(study_name=settings.study_name, storage=journal_storage(settings.journal_path))
+    try:
+        study = optuna.load_study(
+            study_name=settings.study_name, storage=journal_storage(settings.journal_path)
+        )
+    except KeyError:  # "Record does not exist": the driver stopped before the study was created
+        return outcome
     trials = [t for t in study.get_trials(deepcopy=False) if not t.system_attrs.get(ORPHAN_ATTR)]
     counts = {
         s.name.lower(): 0

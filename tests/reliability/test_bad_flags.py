@@ -32,8 +32,11 @@ def space(tmp_path) -> Path:
 @pytest.mark.parametrize(
     ("args", "needle"),
     [
-        (["search", "--space", "{space}", "--gpus", "-1"], "--gpus: -1 must be >= 0"),
-        (["search", "--space", "{space}", "--cpus", "nan"], "--cpus: nan must be >= 0"),
+        (["search", "--space", "{space}", "--gpus", "-1"], "--gpus: -1 must be a finite number >= 0"),
+        (["search", "--space", "{space}", "--gpus", "inf"], "--gpus: inf must be a finite number >= 0"),
+        (["search", "--space", "{space}", "--cpus", "nan"], "--cpus: 'nan' is not an integer"),
+        (["search", "--space", "{space}", "--cpus", "0.5"], "--cpus: '0.5' is not an integer"),
+        (["search", "--space", "{space}", "--cpus", "0"], "--cpus: 0 must be >= 1"),
         (["search", "--space", "{space}", "--gpus", "two"], "--gpus: 'two' is not a number"),
         (["train", "--set", "kd.k=1", "kd.k=2"], "--set kd.k is given twice"),
         (["train", "--set", "run.device=gpu"], "run.device='gpu' must be auto, cpu, cuda or cuda:N"),
@@ -98,3 +101,22 @@ def test_analyze_names_an_unreadable_settings_file(tmp_path, capsys):
     (tmp_path / "search.yaml").write_text("a: [1\n")
     assert main(["analyze", str(tmp_path), "--out", str(tmp_path / "report")]) == 2
     assert "search.yaml unreadable" in error_line(capsys)
+
+
+def test_a_storage_path_under_a_file_is_refused_before_anything_starts(tmp_path, space, capsys):
+    (tmp_path / "f").write_text("mine")
+    out = tmp_path / "out"
+    argv = ["search", "--space", str(space), "--out", str(out), "--storage", str(tmp_path / "f" / "sub")]
+    assert main(argv) == 2
+    assert f"--storage {tmp_path / 'f' / 'sub'}: cannot be created" in error_line(capsys)
+    assert not out.exists() and (tmp_path / "f").read_text() == "mine"
+
+
+def test_ui_on_a_port_in_use_is_refused(tmp_path, capsys):
+    import socket
+
+    (tmp_path / "mlflow.db").write_bytes(b"")
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        assert main(["ui", str(tmp_path), "--port", str(port)]) == 2
+    assert f"--port {port}: cannot listen on 127.0.0.1" in error_line(capsys)

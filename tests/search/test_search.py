@@ -398,3 +398,13 @@ def test_search_on_a_two_node_cluster(two_node_cluster, tmp_path, tiny_fixed):
     assert len(children) == 2 and {r.data.params["resources.gpu_fraction"] for r in children} == {"0.5"}
     (s1, e1), (s2, e2) = sorted((r.info.start_time, r.info.end_time) for r in children)
     assert s2 < e1  # concurrent, and each node has one CPU: both nodes ran a trial
+
+
+def test_the_outcome_of_a_search_stopped_before_its_study_existed_is_empty(tmp_path, tiny_search_config):
+    from ckd_search.search.tuner import create_search
+    from ckd_search.search.tuner import read_outcome
+
+    settings = create_search(two_key_space(tmp_path, tiny_search_config), out=tmp_path / "run")
+    settings.journal_path.write_text("")  # a driver killed before Optuna wrote the study
+    outcome = read_outcome(settings)
+    assert not outcome.finished and sum(outcome.counts.values()) == 0
