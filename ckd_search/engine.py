@@ -22,7 +22,6 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from ckd_search import schedules
 from ckd_search.checkpoint import has_checkpoint
 from ckd_search.checkpoint import load_checkpoint
 from ckd_search.checkpoint import save_checkpoint
@@ -39,6 +38,7 @@ from ckd_search.models.snn import synaptic_ops
 from ckd_search.prepare import Prepared
 from ckd_search.prepare import prepare
 from ckd_search.prepare import prepare_key
+from ckd_search.schedules import Schedules
 from ckd_search.step import CKDModel
 from ckd_search.step import StepInputs
 from ckd_search.step import ckd_losses
@@ -115,63 +115,6 @@ def frame_dtype(precision: str) -> torch.dtype:
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     torch.manual_seed(seed)
-
-
-# --- schedules in run units --------------------------------------------------------------------
-@dataclass(frozen=True)
-class Schedules:
-    """P_replace, gamma and LR as functions of (epoch, batch index), laid over ``span`` epochs."""
-
-    cfg: Config
-    iters_per_epoch: int
-
-    @property
-    def span(self) -> int:
-        """Epochs the schedules cover: the planned run (truncate) or the trial's budget (compress)."""
-        return self.cfg.run.epochs if self.cfg.run.fidelity == "truncate" else self.budget
-
-    @property
-    def budget(self) -> int:
-        run = self.cfg.run
-        if run.fidelity == "truncate":
-            return min(run.max_epochs or run.epochs, run.epochs)
-        return run.max_epochs or run.epochs
-
-    def lr(self, epoch: int) -> float:
-        o = self.cfg.optim
-        return schedules.lr_at(
-            epoch,
-            base_lr=o.lr,
-            total_epochs=self.span,
-            warmup_epochs=o.warmup_epochs,
-            warmup_lr=o.warmup_lr,
-            min_lr=o.min_lr,
-        )
-
-    def p_replace(self, it: int, epoch: int) -> float:
-        mode, power = self.cfg.loss.replace, self.cfg.loss.replace_power
-        return schedules.replacement(mode, it, epoch, self.iters_per_epoch, self.span, power)
-
-    def switch_point(self) -> float:
-        """e_th in schedule units (default: half the run), rescaled to the span under compress."""
-        kd = self.cfg.kd
-        per_epoch = self.iters_per_epoch if kd.units == "iteration" else 1
-        e_th = kd.e_th if kd.e_th is not None else self.cfg.run.epochs * per_epoch / 2
-        return e_th * self.span / self.cfg.run.epochs
-
-    def switch_steepness(self) -> float:
-        """k, steepened by epochs/span under compress: gamma then has the full run's shape over the
-        fraction of the run (sigma(-k(e - e_th)) with e and e_th both scaled by span/epochs)."""
-        return self.cfg.kd.k * self.cfg.run.epochs / self.span
-
-    def gamma(self, it: int, epoch: int, p_replace: float) -> float:
-        kd = self.cfg.kd
-        if kd.schedule == "constant":
-            return 1.0
-        if kd.schedule == "adaptive":
-            return schedules.adaptive_kd_weight(p_replace, kd.p_th, kd.k)
-        now = epoch * self.iters_per_epoch + it if kd.units == "iteration" else epoch
-        return schedules.kd_switch_weight(now, self.switch_point(), self.switch_steepness())
 
 
 # --- pairing -----------------------------------------------------------------------------------

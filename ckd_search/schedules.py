@@ -1,11 +1,15 @@
 """Pure schedule functions: replacement probability, KD switch weight, learning rate.
 
 Everything takes plain numbers and returns a float: no optimizer mutation, no globals.
+:class:`Schedules` lays them over one run's config, for the engine and the report alike.
 """
 
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+
+from ckd_search.config import Config
 
 
 def stable_sigmoid(z: float) -> float:
@@ -84,3 +88,60 @@ def lr_at(
         return warmup_lr + epoch * (base_lr - warmup_lr) / warmup_epochs
     ratio = min(max(epoch / total_epochs, 0.0), 1.0)
     return min_lr + 0.5 * (base_lr - min_lr) * (1.0 + math.cos(math.pi * ratio))
+
+
+# --- schedules in run units --------------------------------------------------------------------
+@dataclass(frozen=True)
+class Schedules:
+    """P_replace, gamma and LR as functions of (epoch, batch index), laid over ``span`` epochs."""
+
+    cfg: Config
+    iters_per_epoch: int
+
+    @property
+    def span(self) -> int:
+        """Epochs the schedules cover: the planned run (truncate) or the trial's budget (compress)."""
+        return self.cfg.run.epochs if self.cfg.run.fidelity == "truncate" else self.budget
+
+    @property
+    def budget(self) -> int:
+        run = self.cfg.run
+        if run.fidelity == "truncate":
+            return min(run.max_epochs or run.epochs, run.epochs)
+        return run.max_epochs or run.epochs
+
+    def lr(self, epoch: int) -> float:
+        o = self.cfg.optim
+        return lr_at(
+            epoch,
+            base_lr=o.lr,
+            total_epochs=self.span,
+            warmup_epochs=o.warmup_epochs,
+            warmup_lr=o.warmup_lr,
+            min_lr=o.min_lr,
+        )
+
+    def p_replace(self, it: int, epoch: int) -> float:
+        mode, power = self.cfg.loss.replace, self.cfg.loss.replace_power
+        return replacement(mode, it, epoch, self.iters_per_epoch, self.span, power)
+
+    def switch_point(self) -> float:
+        """e_th in schedule units (default: half the run), rescaled to the span under compress."""
+        kd = self.cfg.kd
+        per_epoch = self.iters_per_epoch if kd.units == "iteration" else 1
+        e_th = kd.e_th if kd.e_th is not None else self.cfg.run.epochs * per_epoch / 2
+        return e_th * self.span / self.cfg.run.epochs
+
+    def switch_steepness(self) -> float:
+        """k, steepened by epochs/span under compress: gamma then has the full run's shape over the
+        fraction of the run (sigma(-k(e - e_th)) with e and e_th both scaled by span/epochs)."""
+        return self.cfg.kd.k * self.cfg.run.epochs / self.span
+
+    def gamma(self, it: int, epoch: int, p_replace: float) -> float:
+        kd = self.cfg.kd
+        if kd.schedule == "constant":
+            return 1.0
+        if kd.schedule == "adaptive":
+            return adaptive_kd_weight(p_replace, kd.p_th, kd.k)
+        now = epoch * self.iters_per_epoch + it if kd.units == "iteration" else epoch
+        return kd_switch_weight(now, self.switch_point(), self.switch_steepness())

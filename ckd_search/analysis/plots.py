@@ -17,10 +17,13 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from ckd_search import schedules
 from ckd_search.analysis.results import ACCURACY
 from ckd_search.analysis.results import Ranking
 from ckd_search.analysis.space_facts import LOG_PARAMS
+from ckd_search.config import Config
+from ckd_search.config import leaf_keys
+from ckd_search.errors import UserError
+from ckd_search.schedules import Schedules
 from ckd_search.storage import atomic_write
 
 log = logging.getLogger(__name__)
@@ -137,46 +140,38 @@ def switch_plane(
 def switch_curves(
     flat: Mapping[str, Any], iters_per_epoch: int | None = None, resolution: int = 50
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray] | None:
-    """(epoch grid, gamma, P_replace) of one config over its planned run, as the engine steps them.
+    """(epoch grid, gamma, P_replace) of one config over its planned run, from the engine's own
+    :class:`~ckd_search.schedules.Schedules` (keys the trial did not set take their defaults).
 
     ``resolution`` batches per epoch are sampled (P_replace depends only on progress). With
-    ``kd.units='iteration'`` the real iterations per epoch are needed; None then skips the curve.
+    ``kd.units='iteration'`` the real iterations per epoch are needed; None then skips the curve,
+    as it does for a config that does not validate.
     """
-    epochs = int(flat.get("run.epochs") or 0)
-    if epochs < 1:
+    known = {k: v for k, v in flat.items() if k in _CONFIG_KEYS and not _missing(v)}
+    try:  # the planned run: laid over run.epochs, whatever budget the trial had
+        cfg = Config.from_dict({**known, "run.max_epochs": None, "run.fidelity": "truncate"})
+    except UserError:
         return None
-    units = flat.get("kd.units", "epoch")
-    if units == "iteration" and not iters_per_epoch:
+    if cfg.kd.units == "iteration" and not iters_per_epoch:
         return None
-    ipe = int(iters_per_epoch) if units == "iteration" and iters_per_epoch else resolution
-    mode = flat.get("loss.replace", "sliding")
-    power = float(flat.get("loss.replace_power", 3.0))
-    e_th = flat.get("kd.e_th")
-    per_unit = ipe if units == "iteration" else 1
-    if e_th is None or (isinstance(e_th, float) and math.isnan(e_th)):
-        e_th = epochs * per_unit / 2
-    k, p_th, kind = (
-        float(flat.get("kd.k", 1.0)),
-        float(flat.get("kd.p_th", 0.5)),
-        flat.get("kd.schedule", "phased"),
-    )
+    ipe = int(iters_per_epoch) if cfg.kd.units == "iteration" and iters_per_epoch else resolution
+    sched = Schedules(cfg, ipe)
+    distils = cfg.kd.enabled and cfg.loss.method == "ckd"
     xs, gs, ps = [], [], []
-    for epoch in range(epochs):
+    for epoch in range(cfg.run.epochs):
         for it in range(ipe):
-            p = schedules.replacement(mode, it, epoch, ipe, epochs, power)
-            if not flat.get("kd.enabled", True) or flat.get("loss.method") == "dvs_only":
-                g = 0.0
-            elif kind == "constant":
-                g = 1.0
-            elif kind == "adaptive":
-                g = schedules.adaptive_kd_weight(p, p_th, k)
-            else:
-                now = epoch * ipe + it if units == "iteration" else epoch
-                g = schedules.kd_switch_weight(now, float(e_th), k)
+            p = sched.p_replace(it, epoch)
             xs.append(epoch + it / ipe)
-            gs.append(g)
+            gs.append(sched.gamma(it, epoch, p) if distils else 0.0)
             ps.append(p)
     return np.asarray(xs), np.asarray(gs), np.asarray(ps)
+
+
+_CONFIG_KEYS = leaf_keys()
+
+
+def _missing(value: Any) -> bool:
+    return value is None or (isinstance(value, float) and math.isnan(value))
 
 
 def _switch_label(flat: Mapping[str, Any]) -> str:

@@ -30,6 +30,7 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from collections.abc import Iterator
 from collections.abc import Sequence
 from contextlib import contextmanager
@@ -157,13 +158,14 @@ def _trial(rank: int, n: int, spec: TrialSpec, barrier: Any) -> dict[str, Any]:
     return {"status": "ok", "start": start, "end": end, "pairs": pairs, "peak_gib": peak}
 
 
-def run_packed(n: int, spec: TrialSpec) -> list[dict[str, Any]]:
-    """Spawn ``n`` trials, wait for their reports (sorted by rank)."""
+def run_packed(n: int, spec: TrialSpec, worker: Callable[..., None] | None = None) -> list[dict[str, Any]]:
+    """Spawn ``n`` trials (``worker``: :func:`_worker`), wait for their reports (sorted by rank)."""
     ctx = mp.get_context("spawn")
     barrier = ctx.Barrier(n)
     results = ctx.Queue()
+    target = worker or _worker
     procs = [
-        ctx.Process(target=_worker, args=(rank, n, spec, barrier, results), daemon=True) for rank in range(n)
+        ctx.Process(target=target, args=(rank, n, spec, barrier, results), daemon=True) for rank in range(n)
     ]
     for proc in procs:
         proc.start()
@@ -175,6 +177,10 @@ def run_packed(n: int, spec: TrialSpec) -> list[dict[str, Any]]:
         except queue.Empty:
             if time.monotonic() > deadline or not any(p.is_alive() for p in procs):
                 break
+            if len(reports) + sum(p.is_alive() for p in procs) < n:
+                # a trial died without a report (segfault, the OOM killer): free the others from
+                # the barrier, where they would otherwise wait out RESULT_TIMEOUT_S
+                barrier.abort()
     for proc in procs:
         proc.join(timeout=30)
         if proc.is_alive():

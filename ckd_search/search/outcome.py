@@ -47,7 +47,7 @@ TUNE_RESULT_KEYS = frozenset(
 
 def budget_epochs(cfg: Any) -> int:
     """Epochs ``engine.fit`` trains this config for (the engine's own rule)."""
-    from ckd_search.engine import Schedules
+    from ckd_search.schedules import Schedules
 
     return int(Schedules(cfg, 1).budget)
 

@@ -109,6 +109,29 @@ def test_packing_names_how_the_gpu_is_shared(tmp_path, monkeypatch):
     assert gpu_sharing().startswith(f"MPS daemon found ({tmp_path})")
 
 
+def _dies_or_waits(rank, n, spec, barrier, results):
+    """Rank 0 dies without a report (as under the OOM killer); the others wait at the barrier."""
+    import threading
+
+    if rank == 0:
+        os._exit(9)
+    try:
+        barrier.wait()
+        results.put({"rank": rank, "status": "ok"})
+    except threading.BrokenBarrierError:
+        results.put({"rank": rank, "status": "error", "error": "BrokenBarrierError"})
+
+
+def test_a_packed_trial_that_dies_frees_the_others_from_the_barrier(monkeypatch):
+    from ckd_search.perf import packing
+
+    monkeypatch.setattr(packing, "RESULT_TIMEOUT_S", 60.0)  # the old behaviour waited this out
+    reports = packing.run_packed(2, None, worker=_dies_or_waits)  # type: ignore[arg-type]
+    assert [r["status"] for r in reports] == ["error", "error"]
+    assert reports[0]["error"] == "no report (process died)"
+    assert reports[1] == {"rank": 1, "status": "error", "error": "BrokenBarrierError"}
+
+
 FAKE_MPS_CONTROL = """#!/bin/sh
 # stands in for nvidia-cuda-mps-control: -d "starts the daemon" (its control pipe), stdin is a command
 if [ "$1" = "-d" ]; then
