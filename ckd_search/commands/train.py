@@ -26,6 +26,8 @@ def load_config(config_path: str | None, overrides: list[str] | None) -> Config:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    if args.resume and not args.out:
+        raise UserError("--resume continues the run in --out DIR: give --out")
     out = Path(args.out or f"runs/train-{time.strftime('%Y%m%d-%H%M%S')}")
     saved = out / "config.yaml"
     if args.resume and not saved.is_file():

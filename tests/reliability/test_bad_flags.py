@@ -120,3 +120,10 @@ def test_ui_on_a_port_in_use_is_refused(tmp_path, capsys):
         port = taken.getsockname()[1]
         assert main(["ui", str(tmp_path), "--port", str(port)]) == 2
     assert f"--port {port}: cannot listen on 127.0.0.1" in error_line(capsys)
+
+
+def test_train_resume_without_out_names_the_missing_flag(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    assert main(["train", "--resume"]) == 2
+    assert "--resume continues the run in --out DIR: give --out" in error_line(capsys)
+    assert list(tmp_path.iterdir()) == []

@@ -37,3 +37,23 @@ def test_ledger_rows_are_deduplicated_by_trial_and_epoch(tmp_path):
     assert got["a"][1] == {"epoch": 1.0, "budget_epochs": 3.0}
     assert got["b"][1] == {"epoch": 1.0}  # a non-finite metric is no value
     assert ledger_histories(tmp_path / "missing.jsonl") == {}
+
+
+def test_rank_puts_completed_trials_first_then_by_the_metric_and_its_mode():
+    from ckd_search.search.export import COMPLETED
+    from ckd_search.search.export import PRUNED
+    from ckd_search.search.export import rank
+
+    rows = [
+        {"id": "pruned-best", "status": PRUNED, "final/acc": 0.99, "final/sops": 1.0},
+        {"id": "done-low", "status": COMPLETED, "final/acc": 0.50, "final/sops": 9.0},
+        {"id": "done-high", "status": COMPLETED, "final/acc": 0.80, "final/sops": 9.0},
+        {"id": "no-metric", "status": COMPLETED, "final/acc": float("nan"), "final/sops": 1.0},
+        {"id": "done-cheap", "status": COMPLETED, "final/acc": 0.40, "final/sops": 2.0},
+    ]
+    ids = [r["id"] for r in rank(rows, ["acc"], ["max"])]
+    assert ids == ["done-high", "done-low", "done-cheap", "pruned-best"]  # a NaN metric is left out
+    assert [r["id"] for r in rank(rows, ["acc"], ["min"])][:3] == ["done-cheap", "done-low", "done-high"]
+    # two objectives: the Pareto front (done-high, done-cheap) before the dominated done-low
+    two = [r["id"] for r in rank(rows, ["acc", "sops"], ["max", "min"])]
+    assert two == ["done-high", "done-cheap", "done-low", "pruned-best"]
