@@ -13,6 +13,7 @@ from ckd_search.analysis.fidelity import sample_configs
 from ckd_search.analysis.reproduce import VARIANTS
 from ckd_search.analysis.reproduce import seeds_for
 from ckd_search.cli import main
+from ckd_search.config import Config
 from ckd_search.engine import Schedules
 
 
@@ -72,6 +73,10 @@ def test_reproduce_writes_the_ablation_table(tmp_path, tiny):
     assert set(doc["summary"]) == {v.name for v in VARIANTS}
     for s in doc["summary"].values():
         assert s["n"] == 2 and 0 <= s["best_mean"] <= 1 and s["best_std"] >= 0
+    for row in doc["runs"]:  # the CKD variants distil from a teacher; the baseline and transfer do not
+        assert (row["teacher_test_acc"] is not None) == row["variant"].startswith("ckd_"), row
+    teacherless = {r["prepare_key"] for r in doc["runs"] if not r["variant"].startswith("ckd_")}
+    assert len(teacherless) == 1 and len({r["prepare_key"] for r in doc["runs"]}) == 2
     md = (out / "ablation.md").read_text()
     for v in VARIANTS:
         assert f"| {v.name} |" in md
@@ -119,3 +124,15 @@ def test_the_teacher_line_counts_each_seeds_teacher_once():
     doc = {"dataset": "d", "seeds": [42, 1024], "runs": runs, "summary": {}}
     line = next(x for x in ablation_markdown(doc).splitlines() if x.startswith("Teacher"))
     assert "85.00 ± 7.07" in line  # two teachers: sample std of (80, 90); four rows would give 5.77
+
+
+def test_each_variant_sets_its_switches_and_the_seed():
+    from ckd_search.analysis.reproduce import variant_config
+
+    base = Config.from_dict({"kd.schedule": "adaptive", "loss.method": "dvs_only"})
+    made = {v.name: variant_config(base, v, 7) for v in VARIANTS}
+    assert made["tet_baseline"].loss.method == "dvs_only"
+    assert made["transfer"].loss.method == "ckd" and not made["transfer"].kd.enabled
+    assert made["ckd_kd_always"].kd.schedule == "constant" and made["ckd_kd_always"].kd.enabled
+    assert made["ckd_phased"].kd.schedule == "phased" and made["ckd_phased"].loss.method == "ckd"
+    assert {c.run.seed for c in made.values()} == {7}

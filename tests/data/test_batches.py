@@ -187,3 +187,17 @@ def test_an_epochs_draws_reach_the_device_in_one_copy_each(monkeypatch) -> None:
     moved.clear()
     assert len(list(source(frames, labels, train=False))) == 7  # test order: one copy too
     assert moved == [(50,)]
+
+
+@pytest.mark.parametrize("degrees", [90.0, -90.0, 180.0])
+def test_rotation_turns_by_the_drawn_angle_as_torchvision_does(degrees) -> None:
+    from torchvision.transforms.functional import InterpolationMode
+    from torchvision.transforms.functional import rotate
+
+    frames, labels = make_split()
+    x = torch.zeros(1, 2, 9, 9)
+    x[0, 0, 1, 6] = 1.0  # off the centre: where it lands shows the angle and its sign
+    x[0, 1, 7, 2] = 2.0
+    turned = source(frames, labels)._rotate(x, torch.tensor([degrees], dtype=torch.float64))
+    assert torch.equal(turned, rotate(x, degrees, interpolation=InterpolationMode.NEAREST))
+    assert not torch.equal(turned, x)
