@@ -29,6 +29,12 @@ def _quiet_ray() -> None:
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _matplotlib_cache_in_tmp(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """The report's figures build matplotlib's font cache: under the session's tmp, not $HOME."""
+    os.environ.setdefault("MPLCONFIGDIR", str(tmp_path_factory.mktemp("matplotlib")))
+
+
 @pytest.fixture(scope="session")
 def tiny_search_config() -> dict[str, Any]:
     """The tiny search config (a copy per session)."""

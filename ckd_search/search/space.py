@@ -337,10 +337,14 @@ def parse_space(
             err.fail(str(section), raw[section], f"is not a known section (known: {', '.join(SECTIONS)})")
     study = _parse_study(_mapping(raw, "study", err), err, default_name)
     fixed = _parse_fixed(_mapping(raw, "fixed", err), err)
+    searched = _mapping(raw, "space", err)
+    set_err = _Errors("--set")  # the user's flag, not the file, holds these mistakes
     for key, value in (overrides or {}).items():
-        _check_key(key, "--set", value, err, _leaf_types())
+        _check_key(key, "", value, set_err, _leaf_types())
+        if key in searched:
+            set_err.fail(key, value, f"sets a key that {where} searches; drop one of them")
         fixed[key] = value
-    params = _parse_params(_mapping(raw, "space", err), fixed, err)
+    params = _parse_params(searched, fixed, err)
     if not params:
         err.fail(
             "space",
@@ -458,15 +462,17 @@ def _leaf_types() -> dict[str, tuple[type, bool]]:
 
 
 def _check_key(key: Any, where: str, value: Any, err: _Errors, types: Mapping[str, Any]) -> str:
+    """``key`` if it is an engine config key; ``where`` is its section ("" for --set)."""
+    label = f"{where}.{key}" if where else str(key)
     if not isinstance(key, str) or key not in types:
         section = str(key).split(".")[0] if isinstance(key, str) else ""
         known = sorted(k for k in types if k.startswith(section + ".")) if section else []
         hint = (
             f" (known {section}.* keys: {', '.join(known)})" if known else " (`ckd-search config` lists them)"
         )
-        err.fail(f"{where}.{key}", value, f"is not a key of the engine config{hint}")
+        err.fail(label, value, f"is not a key of the engine config{hint}")
     if key.startswith("resources."):
-        err.fail(f"{where}.{key}", value, "is set in the `resources` section (cpu, gpu), not here")
+        err.fail(label, value, "is set in the `resources` section (cpu, gpu), not here")
     return key
 
 

@@ -341,3 +341,17 @@ def test_check_space_does_not_start_ray(write_space):
     )
     proc = subprocess.run([sys.executable, "-c", code, str(path)], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"kd.kk": 1}, "--set: kd.kk=1 is not a key of the engine config (known kd.* keys: kd.alpha"),
+        ({"resources.cpus": 1}, "--set: resources.cpus=1 is set in the `resources` section"),
+        ({"kd.k": 1}, "--set: kd.k=1 sets a key that space.yaml searches; drop one of them"),
+    ],
+)
+def test_set_mistakes_name_the_flag_not_the_file(overrides, message):
+    with pytest.raises(UserError) as info:
+        parse_space(VALID, "space.yaml", overrides=overrides)
+    assert str(info.value).startswith(message)
