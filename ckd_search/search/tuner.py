@@ -57,6 +57,7 @@ from ckd_search.search.space import check_paths
 from ckd_search.search.space import load_space
 from ckd_search.storage import atomic_copy
 from ckd_search.storage import atomic_write_text
+from ckd_search.storage import check_output_dir
 from ckd_search.storage import output_dir
 
 log = logging.getLogger(__name__)
@@ -124,7 +125,8 @@ def create_search(
     if not is_uri(storage_path):  # on a cluster, run_search checks every node sees it
         storage_path = str(Path(storage_path).expanduser().resolve())
     warm_start = warm_start_points(space, warm_start_from)  # refused before anything is written
-    if not is_uri(storage_path):
+    check_output_dir(run_dir)
+    if storage and not is_uri(storage_path):
         output_dir(storage_path, "--storage")  # e.g. a path under a file: refused before Ray starts
     output_dir(run_dir)
     settings = SearchSettings(
