@@ -45,13 +45,14 @@ class PreparedRegistry:
 
         from ckd_search.engine import prepare
         from ckd_search.engine import prepare_key
+        from ckd_search.search.shared_data import as_tensors
 
         key = prepare_key(cfg)
         ref = self.refs.get(key)
         if ref is None:
             log.warning("no driver-prepared data for key %s; preparing in this trial", key)
             return prepare(cfg)
-        return ray.get(ref)
+        return as_tensors(ray.get(ref))  # the node's one copy in shared memory, not a copy per trial
 
 
 def prepare_sensitive_params(
@@ -165,13 +166,14 @@ def prepare_all(
     from ckd_search.analysis.descriptors import dataset_descriptors
     from ckd_search.analysis.descriptors import write_descriptors
     from ckd_search.engine import prepare
+    from ckd_search.search.shared_data import as_arrays
 
     refs: dict[str, Any] = {}
     labels: dict[str, str] = {}
     for key, (cfg, label) in prepare_variants(space, resources).items():
         start = time.monotonic()
         prepared = prepare(cfg)
-        refs[key] = ray.put(prepared)
+        refs[key] = ray.put(as_arrays(prepared))
         labels[key] = label
         log.info("prepared data and teacher for %s (key %s) in %.1f s", label, key, time.monotonic() - start)
         if run_dir is not None and not (run_dir / FILE_NAME).is_file():
