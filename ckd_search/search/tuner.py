@@ -108,6 +108,9 @@ def create_search(
 
     space = load_space(space_path, overrides)
     check_paths(space)
+    if anchored := anchored_paths(space.fixed):  # a resume from another folder reads the same files
+        overrides = {**(overrides or {}), **anchored}
+        space = load_space(space_path, overrides)
     run_dir = Path(out or Path("runs") / space.study.name).expanduser().resolve()
     if (run_dir / SETTINGS_FILE).exists():
         raise UserError(
@@ -146,6 +149,23 @@ def create_search(
     atomic_copy(Path(space_path).expanduser(), settings.space_file)  # a torn copy would break --resume
     settings.save()
     return settings
+
+
+#: Fixed path keys resolved against the folder a search starts in (``~`` paths are left as given).
+PATH_KEYS = ("data.root", "teacher.weights", "data.cache_dir")
+
+
+def anchored_paths(fixed: Mapping[str, Any]) -> dict[str, str]:
+    """The relative paths among ``fixed``'s :data:`PATH_KEYS`, made absolute against this folder:
+    saved with the search's overrides, so ``--resume`` from elsewhere (and a trial that prepares its
+    own data in Ray's working folder) meets the files the search started with."""
+    return {
+        key: str(Path(value).resolve())
+        for key in PATH_KEYS
+        if isinstance(value := fixed.get(key), str)
+        and not value.startswith("~")
+        and not Path(value).is_absolute()
+    }
 
 
 def run_search(

@@ -408,3 +408,16 @@ def test_the_outcome_of_a_search_stopped_before_its_study_existed_is_empty(tmp_p
     settings.journal_path.write_text("")  # a driver killed before Optuna wrote the study
     outcome = read_outcome(settings)
     assert not outcome.finished and sum(outcome.counts.values()) == 0
+
+
+def test_relative_paths_of_a_new_search_are_kept_absolute(tmp_path, tiny_search_config, monkeypatch):
+    from ckd_search.search.space import load_space
+    from ckd_search.search.tuner import create_search
+
+    monkeypatch.chdir(tmp_path)
+    fixed = {**tiny_search_config, "data.cache_dir": "caches/ckd"}
+    settings = create_search(two_key_space(tmp_path, fixed), out=tmp_path / "run")
+    assert settings.overrides == {"data.cache_dir": str(tmp_path / "caches" / "ckd")}
+    monkeypatch.chdir(tmp_path / "run")  # a resume from another folder reads the same cache
+    space = load_space(settings.space_file, settings.overrides)
+    assert space.fixed["data.cache_dir"] == str(tmp_path / "caches" / "ckd")
