@@ -126,6 +126,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 # --- parser ------------------------------------------------------------------------------------
+def _add_set(p: argparse.ArgumentParser, meaning: str) -> None:
+    """``--set KEY=VALUE ...``; the flag may repeat (``--set a=1 --set b=2`` keeps both)."""
+    p.add_argument("--set", nargs="*", action="extend", metavar="KEY=VALUE", default=None, help=meaning)
+
+
 def _add_search_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--space", help="search-space YAML file (see search_spaces/)")
     p.add_argument(
@@ -160,14 +165,7 @@ def _add_search_args(p: argparse.ArgumentParser) -> None:
         default=None,
         help="seed the study with the best configs of earlier searches",
     )
-    p.add_argument(
-        "--set",
-        nargs="*",
-        action="extend",  # --set a=1 --set b=2 keeps both
-        metavar="KEY=VALUE",
-        default=None,
-        help="override fixed config values (dotted keys)",
-    )
+    _add_set(p, "override fixed config values (dotted keys)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -183,9 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run one CKD training (no Ray) and write metrics + config")
     p.add_argument("--config", help="config YAML (nested or dotted keys); default: built-in defaults")
-    p.add_argument(
-        "--set", nargs="*", action="extend", metavar="KEY=VALUE", default=None, help="override config values"
-    )
+    _add_set(p, "override config values")
     p.add_argument("--out", default=None, help="output directory (default: runs/train-<time>)")
     p.add_argument(
         "--resume",
@@ -219,9 +215,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset", default="digits_dvs", help="data set of every variant (default digits_dvs)")
     p.add_argument("--seeds", type=positive_int, default=3, help="runs per variant (default 3)")
     p.add_argument("--config", default=None, help="base config YAML")
-    p.add_argument(
-        "--set", nargs="*", action="extend", metavar="KEY=VALUE", default=None, help="override config values"
-    )
+    _add_set(p, "override config values")
     p.add_argument("--out", default="runs/reproduce", help="output directory (default runs/reproduce)")
     p.set_defaults(handler=_cmd_reproduce)
 
@@ -237,9 +231,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--root", default=None, help="local folder of a real data set")
     p.add_argument("--timesteps", type=int, default=None, help="T (default: data.timesteps)")
     p.add_argument("--size", type=int, default=None, help="frame size S (default: data.size)")
-    p.add_argument(
-        "--set", nargs="*", action="extend", metavar="KEY=VALUE", default=None, help="other data.* values"
-    )
+    _add_set(p, "other data.* values")
     p.add_argument("--json", action="store_true", help="print JSON instead of a table")
     p.set_defaults(handler=_cmd_data)
 

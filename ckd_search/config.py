@@ -288,6 +288,11 @@ class Config:
         """Build from nested and/or dotted keys; unknown keys and broken rules raise ConfigError."""
         return _build(cls, _nest(values or {}, ""), "")
 
+    @property
+    def distils(self) -> bool:
+        """Whether the run uses the teacher: CKD's two streams with logit distillation on."""
+        return self.kd.enabled and self.loss.method == "ckd"
+
     def to_dict(self) -> dict[str, Any]:
         """Nested plain dict (tuples as lists) that ``from_dict`` turns back into an equal Config."""
         return _plain(dataclasses.asdict(self))

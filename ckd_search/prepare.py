@@ -58,7 +58,7 @@ def data_fields(cfg: Config) -> dict[str, Any]:
 
 def prepare_key(cfg: Config) -> str:
     """Hash of every config value that affects :class:`Prepared` (data tensors and teacher)."""
-    teacher = asdict(cfg.teacher) if cfg.kd.enabled and cfg.loss.method == "ckd" else None
+    teacher = asdict(cfg.teacher) if cfg.distils else None
     return stable_hash(data_fields(cfg), teacher, cfg.run.seed if teacher else None)
 
 
@@ -84,7 +84,7 @@ def prepare(cfg: Config) -> Prepared:
 
     data = load_paired(cfg.data, image_size=cfg.teacher.input_size)
     key = prepare_key(cfg)
-    if not (cfg.kd.enabled and cfg.loss.method == "ckd"):
+    if not cfg.distils:
         return Prepared(key, data, None, None)
     logits, acc = _teacher_logits(cfg, data)
     return Prepared(key, data, logits, acc)

@@ -156,13 +156,12 @@ def switch_curves(
         return None
     ipe = int(iters_per_epoch) if cfg.kd.units == "iteration" and iters_per_epoch else resolution
     sched = Schedules(cfg, ipe)
-    distils = cfg.kd.enabled and cfg.loss.method == "ckd"
     xs, gs, ps = [], [], []
     for epoch in range(cfg.run.epochs):
         for it in range(ipe):
             p = sched.p_replace(it, epoch)
             xs.append(epoch + it / ipe)
-            gs.append(sched.gamma(it, epoch, p) if distils else 0.0)
+            gs.append(sched.gamma(it, epoch, p) if cfg.distils else 0.0)
             ps.append(p)
     return np.asarray(xs), np.asarray(gs), np.asarray(ps)
 

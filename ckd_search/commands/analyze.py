@@ -103,8 +103,6 @@ def run_reproduce(args: argparse.Namespace) -> int:
     from ckd_search.config import check_local_paths
     from ckd_search.engine import resolve_device
 
-    if args.seeds < 1:
-        raise UserError(f"--seeds={args.seeds} must be >= 1")
     sets = parse_overrides(args.set)
     for where, given in (("--set", sets.get("data.dataset")), ("--config", _file_dataset(args.config))):
         if given is not None and given != args.dataset:

@@ -61,7 +61,7 @@ def switch_epoch(cfg: Config) -> float | None:
     the data set's size; the default e_th, half the run, is known in either unit).
     """
     kd = cfg.kd
-    if not (kd.enabled and cfg.loss.method == "ckd" and kd.schedule == "phased"):
+    if not (cfg.distils and kd.schedule == "phased"):
         return None
     if cfg.run.fidelity != "truncate":
         return None

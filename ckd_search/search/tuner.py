@@ -128,8 +128,8 @@ def create_search(
     if not is_uri(storage_path):  # on a cluster, run_search checks every node sees it
         storage_path = str(Path(storage_path).expanduser().resolve())
     warm_start = warm_start_points(space, warm_start_from)  # refused before anything is written
-    check_output_dir(run_dir)
     if storage and not is_uri(storage_path):
+        check_output_dir(run_dir)  # --out's own problem is named first
         output_dir(storage_path, "--storage")  # e.g. a path under a file: refused before Ray starts
     output_dir(run_dir)
     settings = SearchSettings(
