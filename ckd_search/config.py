@@ -158,6 +158,13 @@ class TeacherConfig:
         gt(0),
     )
     batch_size: int = f(64, "fine-tune batch size", ge(1))
+    weight_decay: float = f(1e-4, "fine-tune AdamW weight decay [GUESS]", ge(0))
+    shift: float = f(
+        0.125,
+        "fine-tune augmentation: each image shifted by up to this fraction of the input size, "
+        "zero padded [GUESS]; 0 = off",
+        between(0, 0.5),
+    )
     hsv: bool = f(True, "feed the teacher HSV rather than RGB (paper: HSV)")
 
 
@@ -176,10 +183,16 @@ class KDConfig:
     )
     e_th: float | None = f(
         None,
-        "switch point in `units` (None = half the run; paper: 150 of 300 N-Caltech101, 90 of 200 CEP-DVS)",
+        "switch point in `units`, counted from 0: gamma = 0.5 at 0-based epoch e_th, logged as epoch "
+        "e_th + 1 (None = half the run; paper: 150 of 300 N-Caltech101, 90 of 200 CEP-DVS)",
         opt(ge(0)),
     )
-    k: float = f(100.0, "switch steepness (paper: 100 N-Caltech101, 0.001 CEP-DVS)", gt(0))
+    k: float = f(
+        100.0,
+        "switch steepness per `unit` (paper: 100 N-Caltech101, 0.001 CEP-DVS); the adaptive schedule "
+        "reads it per unit of P_replace (0..1), so one k is not comparable across schedules",
+        gt(0),
+    )
     units: str = f("epoch", "unit of e and e_th in gamma [GUESS]", one_of("epoch", "iteration"))
     p_th: float = f(0.5, "adaptive schedule: gamma = sigma(-k (P_replace - p_th))", between(0, 1))
     target: str = f(
@@ -197,7 +210,13 @@ class LossConfig:
         "ckd: two streams; dvs_only: TET on the DVS stream alone (baseline)",
         one_of("ckd", "dvs_only"),
     )
-    beta: float = f(0.5, "domain-alignment (CKA) weight beta (He et al.)", ge(0))
+    beta: float = f(
+        0.5,
+        "domain-alignment (CKA) weight beta (He et al.); near 0, a learnable theta_t gets only the DVS "
+        "loss's push upwards and grows, fading the DVS head's loss weights 1 - sigma(theta_t) (as in He "
+        "et al.'s ablation); loss.learnable_theta=false keeps them fixed",
+        ge(0),
+    )
     tet_lambda: float = f(1e-3, "TET MSE weight lambda", between(0, 1))
     tet_phi: float = f(0.5, "TET MSE target phi (He et al.: V_th)")
     learnable_theta: bool = f(True, "learn the per-step STR weights theta_t (else fixed at theta_init)")

@@ -39,7 +39,9 @@ def linear_cka(x: Tensor, y: Tensor) -> Tensor:
         kc = _centered_grams(x.float())
         lc = _centered_grams(y.float())
         hsic = (kc * lc).sum(dim=(-1, -2))
-        norm = kc.pow(2).sum(dim=(-1, -2)).sqrt() * lc.pow(2).sum(dim=(-1, -2)).sqrt()
+        # vector_norm, not pow(2).sum().sqrt(): its gradient at a zero norm (features equal across
+        # the batch at some step) is 0, as torch.norm's in He et al.'s CKA, not NaN.
+        norm = torch.linalg.vector_norm(kc, dim=(-1, -2)) * torch.linalg.vector_norm(lc, dim=(-1, -2))
         return hsic / (norm + CKA_EPS)
 
 

@@ -31,10 +31,14 @@ from ckd_search.storage import atomic_write
 from ckd_search.storage import stable_hash
 
 log = logging.getLogger(__name__)
-#: 3: teachers keyed by the RGB side only (teacher_key), logits bound to the images' content hash.
-TEACHER_FORMAT = 3
+#: 3: teachers keyed by the RGB side only (teacher_key), logits bound to the images' content hash;
+#: 4: the fine-tune shifts each image by its own offset (was one offset per batch).
+TEACHER_FORMAT = 4
 #: Data settings of the event side only: the teacher never sees them (one teacher for a search over T).
 EVENT_ONLY_FIELDS = ("timesteps", "size")
+#: The one simulator setting the RGB side depends on: Shapes-DVS draws its colours against the
+#: intensity channel. Contrast, noise, refractory, saccade: events only.
+SIMULATOR_RGB_FIELDS = ("intensity",)
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,7 @@ def teacher_key(cfg: Config) -> str:
     seed. The images' content hash (:func:`images_identity`) is checked as well, so a field wrongly
     left out here costs a rebuild, never stale logits."""
     rgb_side = {k: v for k, v in data_fields(cfg).items() if k not in EVENT_ONLY_FIELDS}
+    rgb_side["simulator"] = {k: rgb_side["simulator"][k] for k in SIMULATOR_RGB_FIELDS}
     return stable_hash(rgb_side, asdict(cfg.teacher), cfg.run.seed, TEACHER_FORMAT)
 
 
@@ -140,23 +145,23 @@ def images_identity(data: PairedData) -> str:
 
 
 def _finetune(net: torch.nn.Module, cfg: Config, data: PairedData, device: torch.device) -> None:
-    """AdamW + cosine on the TRAIN images only (no test leakage), random shifts of 1/8 the size."""
+    """AdamW + cosine on the TRAIN images only (no test leakage), each image randomly shifted."""
     tc = cfg.teacher
     if tc.epochs == 0:
         return
     x_all = teacher_input(data.train.images, tc.hsv, tc.input_size)
     y_all = data.train.image_labels
     steps_per_epoch = max(1, math.ceil(len(x_all) / tc.batch_size))
-    opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=1e-4)
+    opt = torch.optim.AdamW(net.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=tc.epochs * steps_per_epoch)
     gen = torch.Generator().manual_seed(cfg.run.seed)
-    pad = max(1, tc.input_size // 8)
+    pad = int(tc.shift * tc.input_size)  # 3 px at 28, 28 px at 224
     net.train()
     for _ in range(tc.epochs):
         order = torch.randperm(len(x_all), generator=gen)
         for i in range(steps_per_epoch):
             idx = order[i * tc.batch_size : (i + 1) * tc.batch_size]
-            x = _random_shift(x_all[idx], pad, gen).to(device, non_blocking=True)
+            x = random_shift(x_all[idx], pad, gen).to(device, non_blocking=True)
             loss = F.cross_entropy(net(x), y_all[idx].to(device, non_blocking=True))
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -164,11 +169,17 @@ def _finetune(net: torch.nn.Module, cfg: Config, data: PairedData, device: torch
             sched.step()
 
 
-def _random_shift(x: Tensor, pad: int, gen: torch.Generator) -> Tensor:
-    size = x.shape[-1]
-    padded = F.pad(x, (pad, pad, pad, pad))
-    dx, dy = (int(v) for v in torch.randint(0, 2 * pad + 1, (2,), generator=gen))
-    return padded[..., dy : dy + size, dx : dx + size]
+def random_shift(x: Tensor, pad: int, gen: torch.Generator) -> Tensor:
+    """Each image of ``x`` [N, C, S, S] shifted by its own (dx, dy) in [-pad, pad], zero filled."""
+    if pad == 0:
+        return x
+    n, size = x.shape[0], x.shape[-1]
+    padded = F.pad(x, (pad, pad, pad, pad)).permute(0, 2, 3, 1)  # [N, S+2p, S+2p, C]
+    offsets = torch.randint(0, 2 * pad + 1, (2, n, 1), generator=gen)
+    span = torch.arange(size)
+    rows, cols = offsets[0] + span, offsets[1] + span  # [N, S] each
+    out = padded[torch.arange(n)[:, None, None], rows[:, :, None], cols[:, None, :]]
+    return out.permute(0, 3, 1, 2)
 
 
 @torch.no_grad()

@@ -116,10 +116,19 @@ class Schedules:
             epoch,
             base_lr=o.lr,
             total_epochs=self.span,
-            warmup_epochs=o.warmup_epochs,
+            warmup_epochs=self.warmup_epochs,
             warmup_lr=o.warmup_lr,
             min_lr=o.min_lr,
         )
+
+    @property
+    def warmup_epochs(self) -> int:
+        """optim.warmup_epochs, scaled to the span under compress like the other schedules (5 of 300
+        becomes 1 of 30, not a sixth of the trial); at least 1 where a warm-up was asked for."""
+        warmup = self.cfg.optim.warmup_epochs
+        if warmup == 0 or self.span == self.cfg.run.epochs:
+            return warmup
+        return max(1, round(warmup * self.span / self.cfg.run.epochs))
 
     def p_replace(self, it: int, epoch: int) -> float:
         mode, power = self.cfg.loss.replace, self.cfg.loss.replace_power

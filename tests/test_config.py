@@ -94,6 +94,8 @@ def test_replace_returns_validated_copy():
         ({"teacher.epochs": -1}, "teacher.epochs", "must be >= 0"),
         ({"teacher.lr": 0}, "teacher.lr", "must be > 0"),
         ({"teacher.batch_size": 0}, "teacher.batch_size", "must be >= 1"),
+        ({"teacher.weight_decay": -1e-4}, "teacher.weight_decay", "must be >= 0"),
+        ({"teacher.shift": 0.6}, "teacher.shift", "must be in"),
         ({"optim.batch_size": 1}, "optim.batch_size", "must be >= 2"),
         ({"optim.lr": 0}, "optim.lr", "must be > 0"),
         ({"optim.weight_decay": -1}, "optim.weight_decay", "must be >= 0"),

@@ -58,6 +58,18 @@ def test_cka_matches_gram_form_with_centering_matrix(gen):
     assert losses.linear_cka(x, y).item() == pytest.approx(ref.item(), abs=1e-5)
 
 
+def test_cka_gradient_is_finite_where_one_step_has_no_variance(gen):
+    # a step whose membranes are equal across the batch (no spike reached the layer) has a zero
+    # Gram norm; the other steps must still train, so the gradient is 0 there, not NaN
+    x = torch.randn(3, 8, 6, generator=gen)
+    x[1] = 0.5
+    x.requires_grad_(True)
+    y = torch.randn(3, 8, 5, generator=gen, requires_grad=True)
+    losses.domain_alignment_loss(x, y, torch.zeros(3)).backward()
+    assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
+    assert x.grad[0].abs().sum() > 0
+
+
 def test_cka_rejects_batch_mismatch():
     with pytest.raises(ValueError, match="same batch size"):
         losses.linear_cka(torch.zeros(4, 3), torch.zeros(5, 3))

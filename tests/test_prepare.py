@@ -106,3 +106,33 @@ def test_the_prepare_key_changes_with_what_the_tensors_and_teacher_depend_on(tmp
         assert prepare_key(base.replace(**values)) == key, values
     no_kd = base.replace(**{"kd.enabled": False})  # without a teacher the seed does not matter
     assert prepare_key(no_kd.replace(**{"run.seed": 1})) == prepare_key(no_kd)
+
+
+def test_random_shift_moves_each_image_by_its_own_offset():
+    from ckd_search.prepare import random_shift
+
+    x = torch.zeros(64, 3, 9, 9)
+    x[:, :, 4, 4] = torch.arange(1, 65, dtype=torch.float32)[:, None]  # one bright pixel per image
+    out = random_shift(x, 2, torch.Generator().manual_seed(0))
+    assert out.shape == x.shape
+    where = [divmod(int(img[0].argmax()), 9) for img in out]
+    assert all(2 <= r <= 6 and 2 <= c <= 6 for r, c in where)  # within +-2 of the centre
+    assert len(set(where)) > 10  # not one offset for the whole batch
+    assert torch.equal(out.amax(dim=(1, 2, 3)), x.amax(dim=(1, 2, 3)))  # each keeps its own pixel
+    assert random_shift(x, 0, torch.Generator()) is x
+
+
+def test_one_teacher_serves_every_event_side_setting():
+    from ckd_search.config import Config
+    from ckd_search.prepare import teacher_key
+
+    base = Config.from_dict({})
+    same = {
+        "data.timesteps": 4,
+        "data.size": 48,
+        "data.simulator.contrast": 0.3,
+        "data.simulator.refractory_us": 500,
+    }
+    assert teacher_key(base.replace(**same)) == teacher_key(base)
+    for other in ({"data.simulator.intensity": "value"}, {"teacher.input_size": 32}, {"run.seed": 1}):
+        assert teacher_key(base.replace(**other)) != teacher_key(base), other

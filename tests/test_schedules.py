@@ -73,3 +73,32 @@ def test_lr_warmup_cosine_and_floor():
 def test_stable_sigmoid_matches_math():
     for z in (-50.0, -1.0, 0.0, 2.5, 700.0, -800.0):
         assert s.stable_sigmoid(z) == pytest.approx(1 / (1 + math.exp(-z)) if z > -700 else 0.0)
+
+
+@pytest.mark.parametrize(
+    ("fidelity", "budget", "warmup", "expected"),
+    [("compress", 30, 5, 1), ("compress", 150, 10, 5), ("compress", 30, 0, 0), ("truncate", 30, 5, 5)],
+)
+def test_compress_scales_the_warm_up_with_the_other_schedules(fidelity, budget, warmup, expected):
+    from ckd_search.config import Config
+
+    cfg = Config.from_dict(
+        {"run.epochs": 300, "run.max_epochs": budget, "run.fidelity": fidelity, "optim.warmup_epochs": warmup}
+    )
+    sched = s.Schedules(cfg, iters_per_epoch=7)
+    assert sched.warmup_epochs == expected
+    if expected:  # the warm-up ends where the scaled count says: the base LR one epoch later
+        assert (
+            sched.lr(expected - 1)
+            < sched.lr(expected)
+            == pytest.approx(
+                s.lr_at(
+                    expected,
+                    base_lr=cfg.optim.lr,
+                    total_epochs=sched.span,
+                    warmup_epochs=0,
+                    warmup_lr=0.0,
+                    min_lr=cfg.optim.min_lr,
+                )
+            )
+        )

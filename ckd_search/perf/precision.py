@@ -158,8 +158,8 @@ def device_name(cfg: Config) -> str:
     from ckd_search.engine import resolve_device
 
     device = resolve_device(cfg.run.device)
-    if device.type == "cuda":  # the engine's CUDA setup: fp32 convolutions and matmuls run in TF32
-        return f"{torch.cuda.get_device_name(device)} (the fp32 runs use TF32 convolutions and matmuls)"
+    if device.type == "cuda":  # the engine's CUDA setup: fp32 convolutions run in TF32, matmuls in fp32
+        return f"{torch.cuda.get_device_name(device)} (the fp32 runs use TF32 convolutions)"
     return f"CPU, {torch.get_num_threads()} threads"
 
 

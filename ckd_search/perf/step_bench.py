@@ -403,9 +403,10 @@ def run(args: argparse.Namespace) -> Result:
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
-        # As the engine and section 6: cuDNN autotuning, TF32 for the fp32 convolutions.
+        # As the engine and section 6: cuDNN autotuning, TF32 for the fp32 convolutions. Matmuls in
+        # IEEE fp32 as the engine (section 6 allowed TF32 there; the plain step's one matmul is its head).
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = True
     rows: list[Row] = []
     notes: list[str] = []
