@@ -42,7 +42,28 @@ def scheduler_notes(space: SearchSpace, configs: Sequence[Config]) -> list[str]:
             "there cannot weigh e_th or k (bench/fidelity.py measures how well short runs rank configs; "
             "scheduler: none trains every trial in full)"
         )
+    stale = _rungs_between_evaluations(space, configs)
+    if stale:
+        notes.append(
+            f"ASHA judges at epochs {', '.join(map(str, stale))}, where some drawn configs "
+            "(run.eval_every > 1) have not evaluated: they are compared on a test accuracy up to "
+            "eval_every - 1 epochs old (0 before their first evaluation)"
+        )
     return notes
+
+
+def _rungs_between_evaluations(space: SearchSpace, configs: Sequence[Config]) -> list[int]:
+    """ASHA's milestones (grace * rf^k below max_t) that are not evaluation epochs of every config,
+    where the study's metric comes from the test set (the losses are fresh every epoch)."""
+    asha = space.scheduler
+    if asha is None or not any(m.endswith("test_acc") for m in space.study.metrics):
+        return []
+    periods = {c.run.eval_every for c in configs}
+    milestones, rung = [], float(asha.grace_period)
+    while rung < asha.max_t:
+        milestones.append(round(rung))
+        rung *= asha.reduction_factor
+    return [m for m in milestones if any(m % every for every in periods)]
 
 
 def search_notes(space: SearchSpace, draws: int = 32) -> list[str]:

@@ -54,7 +54,8 @@ class ProgressCallback(Callback):
         outcome = classify(trial.last_result, error=False, max_t=self.max_t)
         self._outcomes[trial.trial_id] = outcome
         epochs = int((trial.last_result or {}).get(EPOCH_KEY, 0))
-        verb = "finished" if outcome == COMPLETED else "stopped early by ASHA"
+        early = "stopped early by ASHA" if self.max_t is not None else "stopped before its budget"
+        verb = "finished" if outcome == COMPLETED else early
         self._emit(trials, f"trial {trial.trial_id} {verb} after {epochs} epochs")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

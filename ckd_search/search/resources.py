@@ -193,12 +193,12 @@ def plan_trials(
     if study.max_concurrent:
         limits.append(study.max_concurrent)
     max_concurrent = max(1, min(limits))
-    if not study.max_concurrent and num_trials > 1 and max_concurrent > num_trials // 2:
-        # ray#14770: trials started together are sampled before any result is back, so with most of
-        # the study in flight TPE (or CMA-ES) has little to learn from: it is close to random search
+    if not study.max_concurrent and num_trials > 1 and max_concurrent > max(1, num_trials // 4):
+        # ray#14770: trials started together are sampled before any result is back, so with a large
+        # part of the study in flight TPE (or CMA-ES) has little to learn from: close to random search
         log.warning(
             "%d of %d trials may run at once (all the resources allow): a model-based searcher "
-            "samples most of them before any finishes; set study.max_concurrent to cap this",
+            "samples all of them before any finishes; set study.max_concurrent to cap this",
             max_concurrent,
             num_trials,
         )
@@ -214,3 +214,14 @@ def _trials_on_gpus(node_gpus: float, share: float) -> int:
     cards = math.floor(node_gpus + 1e-9)
     rest = node_gpus - cards  # a node with a fractional GPU count: its last, partial card
     return cards * per_card + (math.floor(rest / share + 1e-9) if rest > 1e-9 else 0)
+
+
+def check_trial_device(devices: set[object], share: float) -> None:
+    """Refuse ``run.device: cuda`` for trials that reserve no GPU: Ray 2.60 no longer hides the
+    node's GPUs from them (ray#54868), so they would all land on cuda:0, unaccounted and uncapped."""
+    cuda = sorted(str(d) for d in devices if str(d).startswith("cuda"))
+    if share == 0 and cuda:
+        raise UserError(
+            f"run.device={cuda[0]} but the trials reserve no GPU (resources.gpu 0 or --gpus 0); "
+            "set run.device: auto or cpu, or give each trial a GPU share"
+        )

@@ -141,9 +141,19 @@ class SearchSettings:
                 # Ray's tuner.pkl and the searcher snapshot hold absolute paths into the run directory.
                 raise UserError(f"{root}: this search ran in {old}; move it back there to resume it")
             settings.run_dir = str(root)
-            settings.storage_path = settings.storage_path.replace(old, str(root), 1)
-            settings.mlflow_uri = settings.mlflow_uri.replace(old, str(root), 1)
+            settings.storage_path = _rebase(settings.storage_path, old, str(root))
+            settings.mlflow_uri = _rebase(settings.mlflow_uri, old, str(root))
         return settings
+
+
+def _rebase(value: str, old: str, new: str) -> str:
+    """``value`` (a path, or a URI holding one) with the folder ``old`` moved to ``new``; a path that
+    only starts with the same letters (``RUN-ray`` beside ``RUN``) is left alone."""
+    start = value.find(old)
+    end = start + len(old)
+    if start < 0 or (end < len(value) and value[end] != "/"):
+        return value
+    return value[:start] + new + value[end:]
 
 
 def _check_fields(path: Path, data: dict[str, Any]) -> None:

@@ -59,6 +59,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import random
+import re
 import typing
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -127,6 +128,7 @@ KD_METRICS = frozenset({"loss_kd", "teacher_test_acc"})
 TWO_STREAM_METRICS = frozenset({"loss_cls_s", "loss_da"})
 #: Optuna's samplers seed numpy's generator, which takes at most 32 bits.
 MAX_SEED = 2**32 - 1
+STUDY_NAME = re.compile(r"[A-Za-z0-9._-]+")
 #: Prefixes of config keys whose values change ``engine.prepare_key`` (data and teacher).
 PREPARE_PREFIXES = ("data.", "teacher.")
 Scalar = bool | int | float | str | None
@@ -276,6 +278,17 @@ class SearchSpace:
     def build_config(self, drawn: Mapping[str, Any], resources: Resources | None = None) -> Config:
         return Config.from_dict(self.trial_config(drawn, resources))
 
+    def possible_values(self, key: str) -> set[Any]:
+        """Values ``key`` can take in a trial: the fixed (or default) one, or those searched."""
+        default = Config().flat()[key]
+        if key not in self.keys:
+            return {self.fixed.get(key, default)}
+        p = self.param(key)
+        values = set(p.probe_values())  # int: low < high, so the bounds show whether it varies
+        if p.condition:  # where the condition fails, the trial keeps the config default
+            values.add(default)
+        return values
+
     def grid_size(self) -> int:
         return math.prod(len(p.values) for p in self.params) if self.params else 1
 
@@ -402,8 +415,10 @@ def _parse_study(raw: dict[str, Any], err: _Errors, default_name: str) -> Study:
         if key not in STUDY_KEYS:
             err.fail(f"study.{key}", raw[key], f"is not a known key (known: {', '.join(STUDY_KEYS)})")
     name = raw.get("name", default_name)
-    if not isinstance(name, str) or not name.strip() or any(c in name for c in "/\\ \t\n"):
-        err.fail("study.name", name, "must be a non-empty name without spaces or slashes")
+    # the name is a folder, an Optuna study and an MLflow experiment, and goes into MLflow filter
+    # strings quoted with ': letters, digits, '.', '_' and '-' only
+    if not isinstance(name, str) or not STUDY_NAME.fullmatch(name):
+        err.fail("study.name", name, "must be a non-empty name of letters, digits, '.', '_' and '-'")
     metric = raw.get("metric", "best_test_acc")
     metrics = tuple(metric) if isinstance(metric, list) else (metric,)
     if not metrics:
@@ -481,6 +496,8 @@ def _parse_fixed(raw: dict[str, Any], err: _Errors) -> dict[str, Any]:
     fixed: dict[str, Any] = {}
     for key, value in _flatten_mapping(raw):
         _check_key(key, "fixed", value, err, types)
+        if key in fixed:  # `kd.k: 1` and `kd: {k: 2}`: YAML sees two keys, the config one
+            err.fail(f"fixed.{key}", value, f"is given twice, nested and dotted (the other: {fixed[key]!r})")
         fixed[key] = value
     return fixed
 
@@ -580,7 +597,7 @@ def _parse_values(spec: Mapping[str, Any], where: str, err: _Errors) -> tuple[Sc
             err.fail(f"{where}.values", v, "must hold scalars (numbers, strings, booleans, null)")
         if isinstance(v, float) and not math.isfinite(v):
             err.fail(f"{where}.values", v, "must be finite")
-    if len({(type(v), v) for v in values}) != len(values):
+    if len(set(values)) != len(values):  # by ==, as Optuna stores a choice (1 and 1.0 are one choice)
         err.fail(f"{where}.values", values, "lists a value twice")
     return tuple(values)
 
@@ -742,14 +759,8 @@ def _check_against_config(space: SearchSpace, err: _Errors) -> Config:
 
 
 def _trial_values(space: SearchSpace, base: Config, key: str) -> set[Any]:
-    """Values ``key`` can take in a trial: the fixed (or default) one, or those searched."""
-    if key not in space.keys:
-        return {base.flat()[key]}
-    p = space.param(key)
-    values = set(p.probe_values())  # int: low < high, so the bounds show whether it varies
-    if p.condition:  # where the condition fails, the trial keeps the config default
-        values.add(Config().flat()[key])
-    return values
+    """:meth:`SearchSpace.possible_values`, with a fixed value as the config coerced it."""
+    return space.possible_values(key) if key in space.keys else {base.flat()[key]}
 
 
 def _check_metrics(space: SearchSpace, base: Config, err: _Errors) -> None:
@@ -766,11 +777,23 @@ def _check_metrics(space: SearchSpace, base: Config, err: _Errors) -> None:
                 f"is reported only on evaluation epochs, but run.eval_every is {shown} (not 1); "
                 "set run.eval_every: 1 or use best_test_acc",
             )
-        if m in TWO_STREAM_METRICS and "ckd" not in methods:
+        # every trial must report it: Ray stops the whole search at the first result without it
+        if m in TWO_STREAM_METRICS and methods != {"ckd"}:
             err.fail("study.metric", m, "is not reported with loss.method: dvs_only (one stream only)")
-        if m in KD_METRICS and (True not in enabled or "ckd" not in methods):
-            why = "kd.enabled is false" if True not in enabled else "loss.method is not ckd"
+        if m in KD_METRICS and (enabled != {True} or methods != {"ckd"}):
+            key, value, value_set = (
+                ("kd.enabled", "false", enabled)
+                if enabled != {True}
+                else ("loss.method", "dvs_only", methods)
+            )
+            why = f"{key} {'is' if len(value_set) == 1 else 'can be'} {value}"
             err.fail("study.metric", m, f"is reported only when the run distils from a teacher, but {why}")
+    threads = {t for t in _trial_values(space, base, "run.threads") if t is not None}
+    if threads and max(threads) > space.resources.cpu:
+        where = "space" if "run.threads" in space.keys else "fixed"
+        cpu = space.resources.cpu
+        rule = f"must be <= resources.cpu ({cpu:g}): a trial uses the cores it reserved"
+        err.fail(f"{where}.run.threads", max(threads), rule)
 
 
 def check_draws(

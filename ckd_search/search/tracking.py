@@ -476,7 +476,8 @@ class MlflowTrackingCallback(Callback):
                 "trial_id": trial_id,
                 "run_id": self._runs.get(trial_id, ""),
                 "status": trial_status(trial),
-                "epochs_run": max(trial.intermediate_values, default=0),
+                # multi-objective trials keep no intermediate values: the searcher's attribute
+                "epochs_run": trial.user_attrs.get("epochs_run", max(trial.intermediate_values, default=0)),
             }
             row.update({m: values[i] if i < len(values) else None for i, m in enumerate(self.metrics)})
             config = {**self.base_config, **trial.params}

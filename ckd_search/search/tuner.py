@@ -182,6 +182,7 @@ def run_search(
     from ckd_search.search.faults import install_failure_policy
     from ckd_search.search.import_ahead import ENGINE_MODULES
     from ckd_search.search.import_ahead import importing
+    from ckd_search.search.resources import check_trial_device
     from ckd_search.search.resources import plan_trials
     from ckd_search.search.resources import start_or_join
     from ckd_search.search.shared_storage import check_storage_shared
@@ -199,6 +200,7 @@ def run_search(
             plan = plan_trials(
                 space.resources, space.study, settings.num_trials, cluster, settings.gpus, settings.cpus
             )
+            check_trial_device(space.possible_values("run.device"), plan.trial.gpu)
             log.info("search %s: %d trials, %s", settings.study_name, settings.num_trials, plan.describe())
             if resume:
                 settings.save()  # a new --address/--cpus/--gpus is kept once Ray and the plan took it

@@ -75,3 +75,14 @@ def test_the_switch_note_needs_a_quarter_of_the_draws_to_switch_after_the_first_
     assert any("of 1 of 4 drawn configs" in n for n in notes(1.0, 1.5, 2.0, 5.0))  # 1 of 4: noted
     assert notes(1.0, 1.5, 2.0, 1.0, 5.0) == []  # 1 of 5 is under a quarter
     assert notes(1.0, 2.0) == []  # a switch at the rung itself is judged after it
+
+
+def test_rungs_between_test_evaluations_are_noted(tmp_path, capsys):
+    # rungs at epochs 2 and 4; evaluations every 4 epochs: rung 2 compares a test accuracy of 0
+    study = {"name": "t", "metric": "best_test_acc", "mode": "max", "num_trials": 3, "seed": 0}
+    path = two_key_space(tmp_path, {"run.epochs": 8, "run.eval_every": 4}, scheduler=ASHA, study=study)
+    assert main(["check-space", str(path), "--draws", "4"]) == 0
+    assert "ASHA judges at epochs 2, where some drawn configs (run.eval_every > 1)" in capsys.readouterr().out
+    path = two_key_space(tmp_path, {"run.epochs": 8, "run.eval_every": 2}, scheduler=ASHA, study=study)
+    assert main(["check-space", str(path), "--draws", "4"]) == 0
+    assert "ASHA judges at" not in capsys.readouterr().out

@@ -40,20 +40,20 @@ def _warnings(caplog: pytest.LogCaptureFixture) -> list[str]:
     return [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
 
 
-def test_uncapped_concurrency_over_half_the_study_warns(caplog):
+def test_uncapped_concurrency_over_a_quarter_of_the_study_warns(caplog):
     cluster = Cluster(False, ((16.0, 0.0),))
     with caplog.at_level(logging.INFO, logger="ckd_search.search.resources"):
-        plan = plan_trials(Resources(1, 0), Study("t"), 20, cluster, gpus=0, cpus=None)
-    assert plan.max_concurrent == 16  # the default cap itself is unchanged
+        plan = plan_trials(Resources(1, 0), Study("t"), 20, cluster, gpus=0, cpus=6.0)
+    assert plan.max_concurrent == 6  # the cap itself is what the resources allow
     (message,) = _warnings(caplog)
-    assert "16 of 20 trials" in message and "study.max_concurrent" in message
+    assert "6 of 20 trials" in message and "study.max_concurrent" in message
 
 
 @pytest.mark.parametrize(
     ("study", "num_trials", "cpus"),
     [
         (Study("t", max_concurrent=16), 20, None),  # the user chose the cap
-        (Study("t"), 20, 10.0),  # resources allow 10: half of 20, not over it
+        (Study("t"), 20, 5.0),  # resources allow 5: a quarter of 20, not over it
         (Study("t"), 1, None),  # one trial: nothing to learn from anyway
     ],
 )
@@ -99,3 +99,12 @@ def test_without_address_a_new_local_ray_starts_even_where_ray_address_is_set(mo
     cluster = start_or_join(None, cpus=1, gpus=0)
     assert cluster.started_here and ray.is_initialized()
     assert cluster.nodes == ((1.0, 0.0),)
+
+
+def test_cuda_trials_without_a_gpu_share_are_refused():
+    from ckd_search.search.resources import check_trial_device
+
+    with pytest.raises(UserError, match=r"run.device=cuda:1 but the trials reserve no GPU"):
+        check_trial_device({"auto", "cuda:1"}, 0.0)
+    check_trial_device({"cuda"}, 0.5)  # a GPU share: fine
+    check_trial_device({"auto", "cpu"}, 0.0)  # auto becomes cpu in a trial without a GPU

@@ -30,3 +30,19 @@ def test_pyarrow_reads_the_joined_uri_as_the_study_folder():
     uri = join_storage("s3://bucket/runs?endpoint_override=127.0.0.1:9&scheme=http", "study-1")
     filesystem, path = fs.FileSystem.from_uri(uri)
     assert path == "bucket/runs/study-1" and filesystem.type_name == "s3"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("/w/run/ray", "/w/moved/ray"),
+        ("/w/run", "/w/moved"),
+        ("sqlite:////w/run/mlflow.db", "sqlite:////w/moved/mlflow.db"),
+        ("/w/run-ray", "/w/run-ray"),  # a sibling folder, not inside the run
+        ("s3://bucket/x", "s3://bucket/x"),
+    ],
+)
+def test_a_moved_run_rebases_only_paths_inside_it(value, expected):
+    from ckd_search.search.settings import _rebase
+
+    assert _rebase(value, "/w/run", "/w/moved") == expected

@@ -218,8 +218,8 @@ def test_eval_only_metrics_need_eval_every_1(metric):
     [
         ("loss_kd", {"kd.enabled": False}, "kd.enabled is false"),
         ("teacher_test_acc", {"kd.enabled": False}, "kd.enabled is false"),
-        ("loss_kd", {"loss.method": "dvs_only"}, "loss.method is not ckd"),
-        ("teacher_test_acc", {"loss.method": "dvs_only"}, "loss.method is not ckd"),
+        ("loss_kd", {"loss.method": "dvs_only"}, "loss.method is dvs_only"),
+        ("teacher_test_acc", {"loss.method": "dvs_only"}, "loss.method is dvs_only"),
         ("loss_da", {"loss.method": "dvs_only"}, "dvs_only"),
         ("loss_cls_s", {"loss.method": "dvs_only"}, "dvs_only"),
     ],
@@ -235,12 +235,53 @@ def test_metrics_a_fixed_config_never_reports(metric, fixed, match):
         parse_space(mutate("study/metric", metric), overrides=fixed)
 
 
-def test_metrics_of_searched_kd_settings_are_left_to_the_trials():
-    raw = mutate("study/metric", "loss_kd")
-    raw["space"]["kd.enabled"] = {"type": "choice", "values": [True, False]}
-    assert parse_space(raw).study.metric == "loss_kd"
-    raw["space"]["kd.enabled"] = {"type": "choice", "values": [False]}
-    with pytest.raises(UserError, match="kd.enabled is false"):
+@pytest.mark.parametrize(
+    ("metric", "key", "values", "match"),
+    [
+        ("loss_kd", "kd.enabled", [True, False], "kd.enabled can be false"),
+        ("teacher_test_acc", "kd.enabled", [True, False], "kd.enabled can be false"),
+        ("loss_kd", "loss.method", ["ckd", "dvs_only"], "loss.method can be dvs_only"),
+        ("loss_da", "loss.method", ["ckd", "dvs_only"], "dvs_only"),
+    ],
+)
+def test_metrics_some_drawn_trials_never_report(metric, key, values, match):
+    # Ray stops the whole search at the first result without the study's metric (TuneError)
+    raw = mutate("study/metric", metric)
+    raw["space"][key] = {"type": "choice", "values": values}
+    with pytest.raises(UserError, match=f"study.metric='{metric}' .*{match}"):
+        parse_space(raw)
+    raw["space"][key] = {"type": "choice", "values": values[:1]}
+    assert parse_space(raw).study.metric == metric
+
+
+def test_fixed_key_given_nested_and_dotted_is_refused():
+    raw = mutate("fixed/kd.temperature", 1.0)
+    raw["fixed"]["kd"] = {"alpha": 2.0}
+    assert parse_space(raw).fixed["kd.temperature"] == 1.0  # other keys of the section are fine
+    raw["fixed"]["kd"]["temperature"] = 2.0
+    with pytest.raises(UserError, match=r"fixed\.kd\.temperature=2\.0 is given twice"):
+        parse_space(raw)
+
+
+@pytest.mark.parametrize("values", [[1, 1.0], [True, 1], ["a", "b", "a"]])
+def test_choices_optuna_would_merge_are_refused(values):
+    with pytest.raises(UserError, match="lists a value twice"):
+        parse_space(mutate("space/kd.alpha", {"type": "choice", "values": values}))
+
+
+@pytest.mark.parametrize("name", ["kd's", "a b", "x/y", "", "ümlaut"])
+def test_study_names_that_are_not_plain_are_refused(name):
+    with pytest.raises(UserError, match="study.name"):
+        parse_space(mutate("study/name", name))
+    assert parse_space(mutate("study/name", "ncal-101_v2.1")).study.name == "ncal-101_v2.1"
+
+
+def test_threads_beyond_the_trials_cores_are_refused():
+    raw = mutate("fixed/run.threads", 2)
+    raw["resources"] = {"cpu": 2}
+    assert parse_space(raw).fixed["run.threads"] == 2
+    raw["resources"] = {"cpu": 1}
+    with pytest.raises(UserError, match=r"fixed\.run\.threads=2 must be <= resources\.cpu \(1\)"):
         parse_space(raw)
 
 
@@ -355,3 +396,11 @@ def test_set_mistakes_name_the_flag_not_the_file(overrides, message):
     with pytest.raises(UserError) as info:
         parse_space(VALID, "space.yaml", overrides=overrides)
     assert str(info.value).startswith(message)
+
+
+def test_possible_values_of_fixed_searched_and_conditional_keys():
+    space = parse_space(mutate("fixed/run.device", "cpu"))
+    assert space.possible_values("run.device") == {"cpu"}
+    assert space.possible_values("kd.temperature") == {4.0}  # the config default
+    assert space.possible_values("kd.schedule") == {"phased", "adaptive"}
+    assert space.possible_values("kd.p_th") == {0.2, 0.8, 0.5}  # bounds, and the default where not drawn

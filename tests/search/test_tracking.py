@@ -302,3 +302,33 @@ def test_tracking_uris_mlflow_cannot_use_are_refused(uri, needle):
         check_tracking_uri(uri)
     check_tracking_uri("sqlite:///x.db")
     check_tracking_uri("http://127.0.0.1:5000")
+
+
+def test_summary_rows_of_a_multi_objective_journal_count_their_epochs(tmp_path):
+    # multi-objective trials keep no intermediate values; the searcher records epochs_run instead
+    import optuna
+
+    from ckd_search.search.optuna_search import RAY_TRIAL_ATTR
+    from ckd_search.search.optuna_search import journal_storage
+    from ckd_search.search.tracking import MlflowTrackingCallback
+
+    journal = tmp_path / "optuna.journal"
+    study = optuna.create_study(
+        study_name="mo", storage=journal_storage(journal), directions=["maximize", "minimize"]
+    )
+    trial = study.ask()
+    trial.set_user_attr(RAY_TRIAL_ATTR, "t1")
+    trial.set_user_attr("epochs_run", 3)
+    study.tell(trial, [0.8, 1e6])
+    cb = MlflowTrackingCallback(
+        f"sqlite:///{tmp_path}/mlflow.db",
+        "exp",
+        "mo",
+        tmp_path,
+        ["best_test_acc", "sops_per_sample"],
+        ["max", "min"],
+        max_t=3,
+        journal_path=str(journal),
+    )
+    (row,) = cb._journal_rows(set())
+    assert row["trial_id"] == "t1" and row["epochs_run"] == 3 and row["sops_per_sample"] == 1e6
