@@ -107,6 +107,16 @@ def prime_for_compile(model: torch.nn.Module, forward: Callable[[], object]) -> 
         model.train(was_training)
 
 
+#: run settings that say where a run computes, not what: a resume may change them (a Ray trial
+#: retried on a node without a GPU runs with device cpu where its first attempt had auto).
+PLACEMENT_FIELDS = ("device", "threads")
+
+
+def _what_is_computed(config: dict[str, Any]) -> dict[str, Any]:
+    run = {k: v for k, v in config.get("run", {}).items() if k not in PLACEMENT_FIELDS}
+    return {**config, "run": run}
+
+
 def frame_dtype(precision: str) -> torch.dtype:
     """The dtype of the frames a batch source hands the step (event counts up to 256 are exact in bf16)."""
     return torch.bfloat16 if precision == "bf16" else torch.float32
@@ -424,8 +434,9 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         saved = state.get("config")
-        if saved != self.cfg.to_dict():
-            changed = config_differences(saved if isinstance(saved, dict) else {}, self.cfg.to_dict())
+        saved = saved if isinstance(saved, dict) else {}
+        if _what_is_computed(saved) != _what_is_computed(self.cfg.to_dict()):
+            changed = config_differences(_what_is_computed(saved), _what_is_computed(self.cfg.to_dict()))
             raise UserError(
                 f"the checkpoint was written by a run with a different config ({changed}); "
                 "resume needs the same config (use a fresh output directory otherwise)"

@@ -166,6 +166,14 @@ def test_resume_refuses_a_different_config(prepared_tiny, tmp_path):
         )
 
 
+def test_resume_may_move_to_another_device_or_thread_count(prepared_tiny, tmp_path):
+    # a Ray trial retried on a node without a GPU has run.device cpu where its first attempt had auto
+    cfg, prep = prepared_tiny
+    fit(cfg.replace(**{"run.epochs": 2}), prepared=prep, checkpoint_dir=tmp_path)
+    moved = cfg.replace(**{"run.epochs": 2, "run.device": "auto", "run.threads": 1})
+    assert fit(moved, prepared=prep, checkpoint_dir=tmp_path, resume=True).epochs_run == 2
+
+
 def test_corrupt_checkpoint_is_refused(prepared_tiny, tmp_path):
     cfg, prep = prepared_tiny
     fit(cfg.replace(**{"run.epochs": 2}), prepared=prep, checkpoint_dir=tmp_path)
