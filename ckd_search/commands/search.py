@@ -94,6 +94,7 @@ def run_search_command(args: argparse.Namespace) -> int:
         if given := _fixed_on_resume(args):
             raise UserError(f"--resume RUN_DIR continues a search as it was; drop {', '.join(given)}")
         settings = SearchSettings.load(args.resume, for_resume=True)
+        _check_gpu_share_kept(settings, args.gpus)
         for name in ("address", "cpus", "gpus"):
             if getattr(args, name) is not None:
                 setattr(settings, name, getattr(args, name))  # the cluster may be a new one
@@ -230,3 +231,19 @@ def _check_port_free(host: str, port: int) -> None:
         raise UserError(
             f"--port {port}: cannot listen on {host} ({err.strerror or err}); pick another --port"
         ) from None
+
+
+def _check_gpu_share_kept(settings: Any, gpus: float | None) -> None:
+    """Tune restores unfinished trials with the resources they started with: a resume that turns
+    GPU trials into CPU ones (--gpus 0) or back would leave them PENDING or on the wrong device."""
+    if gpus is None or (gpus == 0) == (settings.gpus == 0):
+        return
+    from ckd_search.search.space import load_space
+
+    if load_space(settings.space_file, settings.overrides).resources.gpu == 0:
+        return  # CPU trials either way
+    was = "CPU trials (--gpus 0)" if settings.gpus == 0 else "GPU trials"
+    raise UserError(
+        f"--gpus {gpus:g}: this search started {was}, and Ray restores unfinished trials with the "
+        "resources they started with; resume with the same kind (or start a new search)"
+    )
