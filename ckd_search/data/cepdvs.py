@@ -27,9 +27,9 @@ from ckd_search.config import DataConfig
 from ckd_search.data.built import BuiltData
 from ckd_search.data.built import limit_indices
 from ckd_search.data.events import make_events
-from ckd_search.data.realdata import IMAGE_SUFFIXES
 from ckd_search.data.realdata import Recording
 from ckd_search.data.realdata import build_split
+from ckd_search.data.realdata import images_by_stem
 from ckd_search.data.realdata import listing_fingerprint
 from ckd_search.data.realdata import require_root
 from ckd_search.errors import DataError
@@ -64,7 +64,8 @@ def read_cep_mat(path: str | Path) -> np.ndarray:
         [E] structured events in file order.
 
     Raises:
-        DataError: unreadable, missing fields, unequal lengths, bad values or no events.
+        DataError: unreadable, missing fields, unequal lengths, bad values (ts not in whole
+            microseconds, ...) or no events.
     """
     import scipy.io
 
@@ -81,6 +82,11 @@ def read_cep_mat(path: str | Path) -> np.ndarray:
     missing = [k for k in ("x", "y", "ts", "p") if k not in mat]
     if missing:
         raise DataError(f"{path}: missing field(s) {missing}; expected fields x, y, ts, p")
+    ts = np.asarray(mat["ts"]).reshape(-1)
+    if ts.dtype.kind == "f" and not np.array_equal(ts, np.round(ts)):
+        # float seconds (or ms) would all truncate to one integer and bin to all-zero frames
+        bad = float(ts[ts != np.round(ts)][0])
+        raise DataError(f"{path}: timestamp ts={bad:g} is not a whole number; expected integer microseconds")
     try:
         x, y, t, p = (np.asarray(mat[k]).reshape(-1).astype(np.int64) for k in ("x", "y", "ts", "p"))
     except (TypeError, ValueError) as err:
@@ -139,9 +145,7 @@ def find_layout(root: str | Path | None) -> Layout:
         mats[int(path.stem)] = path
     if not mats:
         raise DataError(f"{mat_dir}: no recordings (expected <index>.mat files)")
-    images = {
-        int(p.stem): p for p in img_dir.iterdir() if p.stem.isdigit() and p.suffix.lower() in IMAGE_SUFFIXES
-    }
+    images = {int(stem): p for stem, p in images_by_stem(img_dir).items() if stem.isdigit()}
     labels = read_labels(base / "pathFile.csv")
     recordings = []
     for index in sorted(mats):

@@ -9,9 +9,11 @@ Expected layout under ``root`` (the first match of each list is used)::
       root/N-Caltech101/Caltech101/        root/Caltech101/  (only if it holds images)
       root/Caltech101/  (only if it holds .bin files)
 
-Classes are the event folder's sub-folders in sorted (ASCII) order: 101 with
-``BACKGROUND_Google`` (``include_background``), ``Faces`` absent (N-Caltech101 removed it; a
-stray ``Faces`` folder is skipped with a warning). Files are sorted by name. Recording
+Classes are N-Caltech101's 101 folders (:data:`CLASS_NAMES`) in sorted (ASCII) order, He et
+al.'s label map (BrainCog's NCALTECH101): 101 with ``BACKGROUND_Google`` (``include_background``), ``Faces``
+absent (N-Caltech101 removed it). A missing class folder is an error, since labels and teacher
+logits would no longer line up with the paper's; any other folder (a stray ``Faces``, ...) is
+skipped with a warning. Files are sorted by name. Recording
 ``<class>/<stem>.bin`` pairs with image ``<class>/<stem>.jpg`` (``same_image``); the split takes
 the first ``round(0.9 n)`` files of every class for training, the rest for testing (He et al.).
 Frames follow He et al.: x and y shifted to start at 0, the sensor window inferred per recording,
@@ -35,6 +37,7 @@ from ckd_search.data.events import make_events
 from ckd_search.data.realdata import IMAGE_SUFFIXES
 from ckd_search.data.realdata import Recording
 from ckd_search.data.realdata import build_split
+from ckd_search.data.realdata import images_by_stem
 from ckd_search.data.realdata import listing_fingerprint
 from ckd_search.data.realdata import require_root
 from ckd_search.errors import DataError
@@ -43,6 +46,24 @@ log = logging.getLogger(__name__)
 
 NAME = "ncaltech101"
 BACKGROUND = "BACKGROUND_Google"
+CLASS_NAMES = (
+    "BACKGROUND_Google", "Faces_easy", "Leopards", "Motorbikes", "accordion", "airplanes", "anchor",
+    "ant", "barrel", "bass", "beaver", "binocular", "bonsai", "brain", "brontosaurus", "buddha",
+    "butterfly", "camera", "cannon", "car_side", "ceiling_fan", "cellphone", "chair", "chandelier",
+    "cougar_body", "cougar_face", "crab", "crayfish", "crocodile", "crocodile_head", "cup",
+    "dalmatian", "dollar_bill", "dolphin", "dragonfly", "electric_guitar", "elephant", "emu",
+    "euphonium", "ewer", "ferry", "flamingo", "flamingo_head", "garfield", "gerenuk", "gramophone",
+    "grand_piano", "hawksbill", "headphone", "hedgehog", "helicopter", "ibis", "inline_skate",
+    "joshua_tree", "kangaroo", "ketch", "lamp", "laptop", "llama", "lobster", "lotus", "mandolin",
+    "mayfly", "menorah", "metronome", "minaret", "nautilus", "octopus", "okapi", "pagoda", "panda",
+    "pigeon", "pizza", "platypus", "pyramid", "revolver", "rhino", "rooster", "saxophone",
+    "schooner", "scissors", "scorpion", "sea_horse", "snoopy", "soccer_ball", "stapler", "starfish",
+    "stegosaurus", "stop_sign", "strawberry", "sunflower", "tick", "trilobite", "umbrella", "watch",
+    "water_lilly", "wheelchair", "wild_cat", "windsor_chair", "wrench", "yin_yang",
+)  # fmt: skip
+# .bin files of the full set and of BACKGROUND_Google (data.md 1: 8,709, or 8,242 without it)
+N_FILES = 8709
+BACKGROUND_FILES = 467
 TRAIN_FRACTION = 0.9
 EVENT_DIRS = (
     "N-Caltech101",
@@ -123,25 +144,27 @@ def find_layout(root: str | Path | None, include_background: bool = True) -> Lay
     """Resolve the folders under ``root`` and list classes and recordings.
 
     Raises:
-        DataError: missing root, no event or image folder, empty class folder, missing image.
+        DataError: missing root, no event or image folder, missing or empty class folder,
+            missing image.
     """
     base = require_root(root, NAME)
     event_dir = _first_dir(base, EVENT_DIRS, (".bin",), "N-Caltech101 event", "<class>/*.bin")
     image_dir = _first_dir(base, IMAGE_DIRS, IMAGE_SUFFIXES, "Caltech101 image", "<class>/*.jpg")
-    names = sorted(d.name for d in _subdirs(event_dir))
-    if "Faces" in names:
-        log.warning(
-            "%s: skipping 'Faces' (N-Caltech101 has no such class; Faces_easy is kept)", event_dir / "Faces"
-        )
-        names.remove("Faces")
-    if not include_background and BACKGROUND in names:
-        names.remove(BACKGROUND)
-    if not names:
-        raise DataError(f"{event_dir}: no class folders (expected <class>/*.bin)")
+    names = _class_names(event_dir, include_background)
     per_class = tuple(
         _class_recordings(event_dir / name, image_dir / name, label) for label, name in enumerate(names)
     )
-    return Layout(event_dir, image_dir, tuple(names), per_class)
+    n_files = sum(len(recs) for recs in per_class)
+    expected = N_FILES - (0 if include_background else BACKGROUND_FILES)
+    if n_files != expected:
+        log.warning(
+            "%s: %d recordings, but N-Caltech101 has %d%s; results are not comparable with published ones",
+            event_dir,
+            n_files,
+            expected,
+            "" if include_background else f" without {BACKGROUND}",
+        )
+    return Layout(event_dir, image_dir, names, per_class)
 
 
 def split_layout(layout: Layout) -> tuple[list[Recording], list[Recording]]:
@@ -182,6 +205,30 @@ def build_ncaltech101(cfg: DataConfig, image_size: int, layout: Layout | None = 
     return BuiltData(NAME, layout.class_names, splits["train"], splits["test"], info)
 
 
+def _class_names(event_dir: Path, include_background: bool) -> tuple[str, ...]:
+    """The classes in label order, checked against :data:`CLASS_NAMES`.
+
+    A missing class folder is an error: labels would silently differ from the paper's map and
+    from teachers trained elsewhere. Other folders cannot shift labels, so they are only skipped
+    with a warning (a stray ``Faces`` or an unpacked extra should not stop a run).
+    """
+    present = {d.name for d in _subdirs(event_dir)}
+    expected = tuple(n for n in CLASS_NAMES if include_background or n != BACKGROUND)
+    missing = [n for n in expected if n not in present]
+    if missing:
+        shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+        raise DataError(
+            f"{event_dir}: missing class folder(s) {shown} (expected N-Caltech101's "
+            f"{len(expected)} class folders <class>/*.bin)"
+        )
+    extra = sorted(present - set(CLASS_NAMES))
+    if extra:
+        log.warning(
+            "%s: skipping folder(s) that are not N-Caltech101 classes: %s", event_dir, ", ".join(extra)
+        )
+    return expected
+
+
 def _subdirs(path: Path) -> list[Path]:
     return [Path(e.path) for e in os.scandir(path) if e.is_dir() and not e.name.startswith(".")]
 
@@ -212,7 +259,7 @@ def _class_recordings(event_dir: Path, image_dir: Path, label: int) -> tuple[Rec
         raise DataError(f"{event_dir}: class folder has no recordings (expected at least one *.bin)")
     if not image_dir.is_dir():
         raise DataError(f"{image_dir}: missing Caltech101 image folder for class {event_dir.name!r}")
-    images = {p.stem: p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES}
+    images = images_by_stem(image_dir)
     out = []
     for path in bins:
         image = images.get(path.stem)

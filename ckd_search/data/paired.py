@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 
 # Bump when a builder's output changes for the same parameters (part of every cache key).
 # 2: the simulator's shot noise is drawn per sample (it was per chunk of 128 samples).
-DATA_VERSION = 2
+# 3: shot noise draws a Poisson count per pixel and step (it was at most one event per step).
+DATA_VERSION = 3
 SPLITS = ("train", "test")
 
 
@@ -43,7 +44,8 @@ def load_paired(cfg: DataConfig, image_size: int) -> PairedData:
         PairedData whose splits hold frames [N, T, 2, S, S] float16, labels [N] int64, images
         [M, 3, I, I] uint8, image_labels [M], pair_index [N] (CPU tensors mapped copy-on-write
         from the cache files), and ``descriptors`` (classes, sample counts, events per sample,
-        event density, sensor size, ...).
+        event density, sensor size, ..., ``cache_files`` and ``built``: whether this call built
+        the cache rather than loading it).
 
     Raises:
         DataError: a real data set is missing, laid out wrongly or corrupt.
@@ -54,12 +56,14 @@ def load_paired(cfg: DataConfig, image_size: int) -> PairedData:
     plan = _plan(cfg, int(image_size))
     paths = {s: cache.split_path(cfg.cache_dir, plan.params, s) for s in SPLITS}
     loaded = _try_load(paths, plan.params, warn=True)
+    built = False  # whether this call built the files (an invalid cache is rebuilt, too)
     if loaded is None:
         with cache.build_lock(paths["train"]):
             # another process may have finished the build while we waited for the lock
             loaded = _try_load(paths, plan.params, warn=False)
             if loaded is None:
                 _build_and_write(plan, paths)
+                built = True
                 loaded = _try_load(paths, plan.params, warn=True)
     if loaded is None:  # pragma: no cover - a fresh write that does not read back is a bug
         raise RuntimeError(f"cache files {list(paths.values())} unreadable right after writing")
@@ -67,6 +71,7 @@ def load_paired(cfg: DataConfig, image_size: int) -> PairedData:
     class_names = tuple(meta["class_names"])
     descriptors = describe(cfg.dataset, class_names, splits, meta, cfg, int(image_size))
     descriptors["cache_files"] = {s: str(p) for s, p in paths.items()}
+    descriptors["built"] = built
     return PairedData(
         name=cfg.dataset,
         class_names=class_names,
@@ -74,12 +79,6 @@ def load_paired(cfg: DataConfig, image_size: int) -> PairedData:
         test=splits["test"].to_split(),
         descriptors=descriptors,
     )
-
-
-def cache_files(cfg: DataConfig, image_size: int) -> dict[str, Path]:
-    """Cache file of each split for ``cfg`` (they may not exist yet)."""
-    params = _plan(cfg, int(image_size)).params
-    return {s: cache.split_path(cfg.cache_dir, params, s) for s in SPLITS}
 
 
 def describe(

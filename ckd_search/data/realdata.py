@@ -19,6 +19,7 @@ from ckd_search.errors import DataError
 
 log = logging.getLogger(__name__)
 
+# In order of preference when two images share a stem (Caltech101 ships .jpg).
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
 
@@ -51,6 +52,20 @@ def listing_fingerprint(recordings: Sequence[Recording]) -> str:
             st = path.stat()
             digest.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{rec.label}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def images_by_stem(folder: Path) -> dict[str, Path]:
+    """Image file of every stem in ``folder``, the same whatever order the filesystem lists them.
+
+    When stems collide (``a.jpg`` and ``a.png``) the first suffix of :data:`IMAGE_SUFFIXES` wins,
+    then the smaller name (``a.JPG`` before ``a.jpg``).
+    """
+    rank = {suffix: i for i, suffix in enumerate(IMAGE_SUFFIXES)}
+    found = [p for p in folder.iterdir() if p.suffix.lower() in rank]
+    images: dict[str, Path] = {}
+    for path in sorted(found, key=lambda p: (rank[p.suffix.lower()], p.name)):
+        images.setdefault(path.stem, path)
+    return images
 
 
 def load_image(path: Path, size: int) -> np.ndarray:
@@ -88,19 +103,36 @@ def build_split(
     image_size: int,
     what: str,
 ) -> SplitArrays:
-    """Read, bin and resize every recording and its image (one Python loop: file I/O bound)."""
+    """Read, bin and resize every recording and its image (one Python loop: file I/O bound).
+
+    Recordings that bin to all-zero frames (shorter than T us, or timestamps not in us) are kept
+    as He et al. do, but counted in one warning: a student cannot learn from them.
+    """
     n = len(recordings)
     frames = np.zeros((n, n_time_bins, 2, size, size), dtype=np.float16)
     images = np.zeros((n, 3, image_size, image_size), dtype=np.uint8)
     n_events = np.zeros(n, dtype=np.int64)
     sensor_hw = np.zeros((n, 2), dtype=np.int64)
+    empty: list[Path] = []
     for i, rec in enumerate(recordings):
         events = read_events(rec.events)
         frames[i], sensor_hw[i, 0], sensor_hw[i, 1] = recording_frames(events, n_time_bins, size)
+        if not frames[i].any():
+            empty.append(rec.events)
         n_events[i] = len(events)
         images[i] = load_image(rec.image, image_size)
         if (i + 1) % 500 == 0:
             log.info("%s: %d/%d recordings read", what, i + 1, n)
+    if empty:
+        log.warning(
+            "%s: %d of %d recordings give all-zero frames (span under T=%d us, or timestamps "
+            "not in microseconds?), the first: %s",
+            what,
+            len(empty),
+            n,
+            n_time_bins,
+            empty[0],
+        )
     labels = np.array([rec.label for rec in recordings], dtype=np.int64)
     return SplitArrays(
         frames=frames,

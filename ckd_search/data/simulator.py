@@ -15,6 +15,11 @@ One crossing step (:func:`_crossings`, :func:`_expand`) feeds two sinks:
 The motion copies the N-MNIST recordings (Orchard et al. 2015): three straight saccades along a
 triangle, ``duration_us`` in total, the image moving on a canvas with ``margin`` pixels on every
 side (28x28 digits -> a 34x34 sensor).
+
+Shot noise (``shot_noise_hz``, :func:`shot_noise`) is added on top of the crossings: its events
+bypass the refractory filter (they are never dropped by it and do not set a pixel's last-event
+time) and do not move the reference level R. v2e's noise events do reset R; here the noise stays
+independent of the image, so turning it on never changes the image-driven events.
 """
 
 from __future__ import annotations
@@ -268,7 +273,7 @@ def _simulate(
     """Run the crossing step over ``len(times) - 1`` render steps and feed ``sink``."""
     b, h, w = shape
     c_on, c_off = draw_thresholds(cfg, (h, w), seed, sample_ids)
-    if cfg.shot_noise_hz > 0:
+    if cfg.shot_noise_hz > 0:  # independent of R and of the refractory filter (module docstring)
         sink.add_events(*shot_noise(cfg.shot_noise_hz, times, (h, w), seed, sample_ids))
     t_last = np.full(b * h * w, np.iinfo(np.int64).min // 2, dtype=np.int64)
     prev = levels(0)
@@ -299,18 +304,20 @@ def shot_noise(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Shot-noise events (data.md 2.3 step 8) of a batch: (flat pixel index in the batch, t, p).
 
-    In each render step [t_k-1, t_k) a pixel fires with probability rate * dt, with a random
-    polarity at a uniform time in the step. Sample i draws from its own generator
+    In each render step [t_k-1, t_k) a pixel fires a Poisson(rate * dt) number of events, each
+    with a random polarity at a uniform time in the step, so any rate is honoured (one Bernoulli
+    draw per step would cap it at 1 / dt). Sample i draws from its own generator
     ``(seed, sample_ids[i], NOISE_STREAM)``, as its thresholds do, so its noise does not depend on
     the batch or chunk it is simulated in (nor on ``data.limit``).
     """
     h, w = shape
     starts, dt = times[:-1].astype(float), np.diff(times).astype(float)
-    prob = (rate_hz * dt * 1e-6)[:, None]
+    mean = (rate_hz * dt * 1e-6)[:, None]
     flat, t, p = [], [], []
     for i, sid in enumerate(sample_ids):
         rng = np.random.default_rng((int(seed), int(sid), NOISE_STREAM))
-        step, pix = np.nonzero(rng.random((dt.size, h * w)) < prob)
+        counts = rng.poisson(mean, size=(dt.size, h * w))
+        step, pix = np.divmod(np.repeat(np.arange(counts.size), counts.ravel()), h * w)
         t.append(np.floor(starts[step] + rng.random(step.size) * dt[step]).astype(np.int64))
         p.append(rng.integers(0, 2, step.size, dtype=np.int64))
         flat.append(i * h * w + pix)

@@ -52,7 +52,13 @@ def write_image(path: Path, value: int, size: tuple[int, int] = (20, 16)) -> Non
 
 @pytest.fixture
 def ncaltech_root(tmp_path: Path) -> Callable[..., Path]:
-    """``ncaltech_root(counts, events_dir=..., images_dir=...)``: a tiny N-Caltech101 + Caltech101."""
+    """``ncaltech_root(counts, fill=1, ...)``: a tiny N-Caltech101 + Caltech101.
+
+    ``counts`` gives the recordings of some folders (class names or extra folders); every other
+    N-Caltech101 class gets ``fill`` recordings (``fill=0``: no folder), since the loader
+    requires all 101 class folders.
+    """
+    from ckd_search.data.ncaltech101 import CLASS_NAMES
 
     made: list[Path] = []
 
@@ -61,19 +67,20 @@ def ncaltech_root(tmp_path: Path) -> Callable[..., Path]:
         events_dir: str = "N-Caltech101",
         images_dir: str = "Caltech101/101_ObjectCategories",
         seed: int = 0,
+        fill: int = 1,
     ) -> Path:
         root = tmp_path / f"ncal{len(made)}"
         made.append(root)
         rng = np.random.default_rng(seed)
         value = 0
-        for cls, n in counts.items():
-            (root / events_dir / cls).mkdir(parents=True, exist_ok=True)
+        for cls, n in {**counts, **{c: fill for c in CLASS_NAMES if c not in counts}}.items():
             for i in range(1, n + 1):
                 stem = f"image_{i:04d}"
+                (root / events_dir / cls).mkdir(parents=True, exist_ok=True)
                 (root / events_dir / cls / f"{stem}.bin").write_bytes(
                     atis_bytes(random_atis_events(rng, int(rng.integers(50, 300))))
                 )
-                write_image(root / images_dir / cls / f"{stem}.jpg", value)
+                write_image(root / images_dir / cls / f"{stem}.jpg", value % 256)
                 value += 10
         return root
 

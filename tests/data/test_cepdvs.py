@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,9 @@ def test_reader_maps_polarity_and_keeps_coordinates(tmp_path: Path) -> None:
     ev = read_cep_mat(path)
     assert ev["x"].tolist() == [3, 0] and ev["y"].tolist() == [1, 2]
     assert ev["t"].tolist() == [10, 20] and ev["p"].tolist() == [0, 1]
+    # MATLAB stores whole numbers as doubles: those are microseconds too
+    scipy.io.savemat(path, {"x": [[3]], "y": [[1]], "ts": np.array([[10.0]]), "p": [[1]]})
+    assert read_cep_mat(path)["t"].tolist() == [10]
 
 
 def test_layout_labels_and_split(cep_root: Callable[..., Path]) -> None:
@@ -116,6 +120,10 @@ def test_missing_pieces_name_the_path(cep_root: Callable[..., Path]) -> None:
         ),
         ({"x": -np.ones(2), "y": np.zeros(2), "ts": np.zeros(2), "p": np.ones(2)}, "negative x or y"),
         ({"x": "abc", "y": np.zeros(2), "ts": np.zeros(2), "p": np.ones(2)}, "must be numeric"),
+        (
+            {"x": np.zeros(3), "y": np.zeros(3), "ts": np.array([0.0, 0.1, 0.2]), "p": np.ones(3)},
+            "timestamp ts=0.1 is not a whole number; expected integer microseconds",
+        ),
     ],
 )
 def test_bad_mat_files(tmp_path: Path, content: dict[str, np.ndarray] | None, message: str) -> None:
@@ -138,3 +146,18 @@ def test_corrupt_recording_fails_the_build_naming_it(
     bad.write_bytes(b"garbage")
     with pytest.raises(DataError, match=re.escape(str(bad)) + ": cannot read MATLAB"):
         load_paired(data_cfg(dataset="cepdvs", root=str(root)), 16)
+
+
+def test_recordings_with_all_zero_frames_are_counted_in_one_warning(
+    cep_root: Callable[..., Path], data_cfg: Callable[..., DataConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    root = cep_root(LABELS[:4])  # train: index 0 (fish) and 1 (trees)
+    short = root / "data" / "MAT" / "img" / "1.mat"
+    scipy.io.savemat(short, {"x": [[1], [2]], "y": [[1], [2]], "ts": [[7], [9]], "p": [[1], [-1]]})
+    with caplog.at_level(logging.WARNING):
+        data = load_paired(data_cfg(dataset="cepdvs", root=str(root), timesteps=6), 16)
+    assert data.train.frames[1].float().abs().sum() == 0  # a 2 us span has no 6 bins of >= 1 us
+    warnings = [r.getMessage() for r in caplog.records if "all-zero frames" in r.getMessage()]
+    assert len(warnings) == 1
+    assert warnings[0].startswith("cepdvs train: 1 of 2 recordings give all-zero frames")
+    assert warnings[0].endswith(f"the first: {short}")

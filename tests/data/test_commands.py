@@ -42,6 +42,18 @@ def test_build_then_cached(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
     assert str(tmp_path) in report["cache_files"]["train"]
 
 
+def test_a_rebuilt_invalid_cache_reports_built(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert run_data_command(args("build", tmp_path, json_out=True)) == 0
+    train = Path(json.loads(capsys.readouterr().out)["cache_files"]["train"])
+    blob = bytearray(train.read_bytes())
+    blob[len(blob) // 2] ^= 0xFF  # the files still exist, but their hash no longer matches
+    train.write_bytes(bytes(blob))
+    assert run_data_command(args("build", tmp_path, json_out=True)) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "built"
+    assert run_data_command(args("build", tmp_path, json_out=True)) == 0
+    assert json.loads(capsys.readouterr().out)["status"] == "cached"
+
+
 def test_inspect_table_and_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert run_data_command(args("inspect", tmp_path, "teacher.input_size=20")) == 0
     out = capsys.readouterr().out

@@ -200,12 +200,14 @@ def test_refractory_period_spaces_events_of_a_pixel() -> None:
         assert (np.diff(ev["t"][order])[same] >= 3000).all()
 
 
-def test_shot_noise_rate() -> None:
-    cfg = SimulatorConfig(shot_noise_hz=50.0)
+@pytest.mark.parametrize("rate", [50.0, 1000.0])
+def test_shot_noise_rate(rate: float) -> None:
+    """Also above 1 / dt (200 Hz at 60 steps over 300 ms): a pixel may fire several times a step."""
+    cfg = SimulatorConfig(shot_noise_hz=rate)
     still = np.zeros((61, 2))
     events = simulate_saccade_events(np.zeros((4, 10, 10)), cfg, path=still)
     n = sum(len(e) for e in events)
-    expected = 50.0 * 0.3 * 4 * 16 * 16  # rate x duration x pixels
+    expected = rate * 0.3 * 4 * 16 * 16  # rate x duration x pixels
     assert n == pytest.approx(expected, rel=0.15)
     assert {0, 1} <= set(np.concatenate([e["p"] for e in events]).tolist())
 
