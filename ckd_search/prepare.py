@@ -34,11 +34,9 @@ log = logging.getLogger(__name__)
 #: 3: teachers keyed by the RGB side only (teacher_key), logits bound to the images' content hash;
 #: 4: the fine-tune shifts each image by its own offset (was one offset per batch).
 TEACHER_FORMAT = 4
-#: Data settings of the event side only: the teacher never sees them (one teacher for a search over T).
-EVENT_ONLY_FIELDS = ("timesteps", "size")
-#: The one simulator setting the RGB side depends on: Shapes-DVS draws its colours against the
-#: intensity channel. Contrast, noise, refractory, saccade: events only.
-SIMULATOR_RGB_FIELDS = ("intensity",)
+#: Data settings of the event side only: the teacher never sees them (one teacher for a search over
+#: T, or over any simulator setting: the embedded sets' images do not depend on them).
+EVENT_ONLY_FIELDS = ("timesteps", "size", "simulator")
 
 
 @dataclass(frozen=True)
@@ -71,7 +69,6 @@ def teacher_key(cfg: Config) -> str:
     seed. The images' content hash (:func:`images_identity`) is checked as well, so a field wrongly
     left out here costs a rebuild, never stale logits."""
     rgb_side = {k: v for k, v in data_fields(cfg).items() if k not in EVENT_ONLY_FIELDS}
-    rgb_side["simulator"] = {k: rgb_side["simulator"][k] for k in SIMULATOR_RGB_FIELDS}
     return stable_hash(rgb_side, asdict(cfg.teacher), cfg.run.seed, TEACHER_FORMAT)
 
 

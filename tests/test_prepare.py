@@ -131,8 +131,8 @@ def test_one_teacher_serves_every_event_side_setting():
         "data.timesteps": 4,
         "data.size": 48,
         "data.simulator.contrast": 0.3,
-        "data.simulator.refractory_us": 500,
+        "data.simulator.intensity": "value",
     }
     assert teacher_key(base.replace(**same)) == teacher_key(base)
-    for other in ({"data.simulator.intensity": "value"}, {"teacher.input_size": 32}, {"run.seed": 1}):
+    for other in ({"data.split_seed": 1}, {"teacher.input_size": 32}, {"run.seed": 1}):
         assert teacher_key(base.replace(**other)) != teacher_key(base), other

@@ -31,8 +31,10 @@ _SUPERSAMPLE = 4  # sub-pixel samples per side for anti-aliased edges
 _MIN_CONTRAST = 0.2
 
 
-def shapes_images(intensity_mode: str = "luma") -> tuple[np.ndarray, np.ndarray]:
-    """Draw the SYNTHETIC shapes.
+def shapes_images() -> tuple[np.ndarray, np.ndarray]:
+    """Draw the SYNTHETIC shapes: each shape differs from its background in both intensity
+    channels the simulator can read (Y luma, HSV V), so ``simulator.intensity`` changes the events
+    only, never the RGB images the teacher learns from.
 
     Returns:
         (images [1800, 3, 28, 28] uint8, labels [1800] int64).
@@ -45,7 +47,7 @@ def shapes_images(intensity_mode: str = "luma") -> tuple[np.ndarray, np.ndarray]
     fg = np.empty((n, 3))
     bg = np.empty((n, 3))
     todo = np.arange(n)
-    while todo.size:  # redraw colour pairs until shape and background differ in intensity
+    while todo.size:  # redraw colour pairs until shape and background differ in both intensities
         fg_hsv = np.stack(
             [rng.random(todo.size), rng.uniform(0.4, 1, todo.size), rng.uniform(0.3, 1, todo.size)], axis=1
         )
@@ -53,7 +55,7 @@ def shapes_images(intensity_mode: str = "luma") -> tuple[np.ndarray, np.ndarray]
             [rng.random(todo.size), rng.uniform(0, 0.7, todo.size), rng.uniform(0, 1, todo.size)], axis=1
         )
         fg[todo], bg[todo] = hsv_to_rgb(fg_hsv), hsv_to_rgb(bg_hsv)
-        gap = np.abs(_gray(fg[todo], intensity_mode) - _gray(bg[todo], intensity_mode))
+        gap = np.minimum(*(np.abs(_gray(fg[todo], m) - _gray(bg[todo], m)) for m in ("luma", "value")))
         todo = todo[gap < _MIN_CONTRAST]
     radius = rng.uniform(7.0, 11.0, n)
     centre = SIDE / 2 + rng.uniform(-3.0, 3.0, (n, 2))
@@ -75,7 +77,7 @@ def build_params(cfg: DataConfig) -> dict[str, Any]:
 
 def build_shapes_dvs(cfg: DataConfig, image_size: int) -> BuiltData:
     """Draw, simulate and split the SYNTHETIC shapes (same pipeline as Digits-DVS)."""
-    images, labels = shapes_images(cfg.simulator.intensity)
+    images, labels = shapes_images()
     splits = {}
     for name, idx in zip(("train", "test"), digits.split_indices(labels, cfg.split_seed)):
         idx = idx[limit_indices(labels[idx], cfg.limit)]

@@ -115,3 +115,16 @@ def test_shapes_dvs_is_labelled_synthetic_and_coloured(data_cfg: Callable[..., D
     rgb = data.train.images.numpy().astype(int)
     assert np.abs(rgb[:, 0] - rgb[:, 2]).mean() > 10  # not gray
     assert data.train.frames.float().sum(dim=(1, 2, 3, 4)).min() > 100
+
+
+def test_shapes_images_stand_out_in_both_intensity_channels() -> None:
+    # simulator.intensity then changes the events only, never the RGB side the teacher learns from
+    from ckd_search.data import shapes
+    from ckd_search.data.simulator import intensity
+
+    images, _ = shapes.shapes_images()
+    rgb = images[:300].astype(float) / 255
+    for mode in ("luma", "value"):
+        level = intensity(rgb, mode)  # [N, 1, 28, 28]: background and shape pixels at their extremes
+        spread = level.reshape(len(rgb), -1).max(1) - level.reshape(len(rgb), -1).min(1)
+        assert spread.min() > 0.15, mode
