@@ -454,17 +454,9 @@ class MlflowTrackingCallback(Callback):
         """Summary rows of the trials the study's journal holds as ended but Tune's list lacks:
         those that ended after the snapshot a resume restored (a restored experiment asks no trial
         past the budget, so it ends with fewer), or in the first experiment of a restarted search."""
-        journal = self.journal_path
-        if not journal:
-            return []
-        from ckd_search.search.optuna_search import ended_trials
         from ckd_search.search.optuna_search import trial_status
 
-        try:
-            ended = ended_trials(journal, self.study_name)
-        except Exception as err:  # noqa: BLE001 - the summary is best effort, the journal is the record
-            log.warning("MLflow summary: the Optuna journal %s cannot be read (%s)", journal, err)
-            return []
+        ended = self._ended_trials()
         rows = []
         for trial_id, trial in ended.items():
             if trial_id in known:
@@ -484,6 +476,18 @@ class MlflowTrackingCallback(Callback):
             row.update({f"config/{k}": v for k, v in sorted(config.items())})
             rows.append(row)
         return rows
+
+    def _ended_trials(self) -> dict[str, Any]:
+        """Tune trial id -> ended Optuna trial, from the study's journal ({} without one)."""
+        if not self.journal_path:
+            return {}
+        from ckd_search.search.optuna_search import ended_trials
+
+        try:
+            return ended_trials(self.journal_path, self.study_name)
+        except Exception as err:  # noqa: BLE001 - best effort: the journal itself is the record
+            log.warning("MLflow: the Optuna journal %s cannot be read (%s)", self.journal_path, err)
+            return {}
 
     def _summary_op(self, trials: list, journal_rows: Sequence[dict[str, Any]] = ()) -> dict[str, Any]:
         rows = []
@@ -542,40 +546,38 @@ class MlflowTrackingCallback(Callback):
         kind = op["op"]
         client = self._mlflow()
         if kind == "parent_start":
-            if self._parent_run_id is not None:
-                return
-            found = self._find_runs(f"tags.`ckd.study` = '{self.study_name}' and tags.`ckd.role` = 'search'")
-            if found:
-                self._parent_run_id = found[0].info.run_id
-                return
-            run = client.create_run(
-                self._experiment(),
-                run_name=self.study_name,
-                tags={
-                    "ckd.study": self.study_name,
-                    "ckd.role": "search",
-                    "ckd.run_dir": self.run_dir,
-                    "ckd.status": "running",
-                },
-            )
-            self._parent_run_id = run.info.run_id
-            self._log_params(self._parent_run_id, {k: _param_value(v) for k, v in self.search_params.items()})
+            if "created" not in op:  # else a retry after the run was made: log what is still missing
+                if self._parent_run_id is not None:
+                    return
+                found = self._find_runs(
+                    f"tags.`ckd.study` = '{self.study_name}' and tags.`ckd.role` = 'search'"
+                )
+                if found:
+                    self._parent_run_id = found[0].info.run_id
+                    return
+                op["created"] = self._create_parent()
+            self._log_params(op["created"], {k: _param_value(v) for k, v in self.search_params.items()})
             if self.space_file and Path(self.space_file).is_file():
-                client.log_text(self._parent_run_id, Path(self.space_file).read_text(), "space.yaml")
+                client.log_text(op["created"], Path(self.space_file).read_text(), "space.yaml")
         elif kind == "parent_status":
             parent = self._parent()
             for key, value in op.get("tags", {}).items():
                 client.set_tag(parent, key, value)
             _set_status(client, parent, op["status"])
         elif kind == "parent_summary":
+            from mlflow.entities import Metric
+            from mlflow.entities import RunTag
+
             parent = self._parent()
-            client.log_text(parent, op["table_csv"], "results.csv")
+            client.log_text(parent, op["table_csv"], "results.csv")  # artifacts: a retry overwrites
             if op.get("best_yaml"):
                 client.log_text(parent, op["best_yaml"], "best_config.yaml")
-            for key, value in op.get("metrics", {}).items():
-                client.log_metric(parent, key, value)
-            for key, value in op.get("tags", {}).items():
-                client.set_tag(parent, key, value)
+            stamp = int(op.setdefault("time_ms", int(time.time() * 1000)))
+            client.log_batch(  # one call: a retry never logs a best_* point twice
+                parent,
+                metrics=[Metric(k, float(v), stamp, 0) for k, v in op.get("metrics", {}).items()],
+                tags=[RunTag(k, str(v)) for k, v in op.get("tags", {}).items()],
+            )
         elif kind == "run_start":
             self._start_run(op)
         elif kind == "run_status":
@@ -589,6 +591,20 @@ class MlflowTrackingCallback(Callback):
             self._log_epoch(op)
         elif kind == "reconcile":
             self._reconcile(set(op["known"]))
+
+    def _create_parent(self) -> str:
+        run = self._mlflow().create_run(
+            self._experiment(),
+            run_name=self.study_name,
+            tags={
+                "ckd.study": self.study_name,
+                "ckd.role": "search",
+                "ckd.run_dir": self.run_dir,
+                "ckd.status": "running",
+            },
+        )
+        self._parent_run_id = run.info.run_id
+        return run.info.run_id
 
     def _find_runs(self, filter_string: str, max_results: int = 50) -> list:
         return list(
@@ -659,12 +675,22 @@ class MlflowTrackingCallback(Callback):
         self._logged_upto[trial_id] = step
 
     def _reconcile(self, known: set[str]) -> None:
-        """KILL child runs whose trial the restored snapshot does not know (pitfall 5)."""
+        """KILL child runs whose trial the restored snapshot does not know (pitfall 5), unless the
+        study's journal holds that trial as ended (the driver died before MLflow heard): such a run
+        gets the journal's outcome instead."""
         parent = self._parent()
         client = self._mlflow()
+        ended = self._ended_trials()
         for run in self._find_runs(f"tags.`mlflow.parentRunId` = '{parent}'", max_results=10000):
             trial_id = run.data.tags.get("ckd.trial_id")
             if trial_id in known or run.info.status not in ("RUNNING", "SCHEDULED"):
+                continue
+            if trial_id in ended:
+                from ckd_search.search.optuna_search import trial_status
+
+                outcome = trial_status(ended[trial_id])
+                client.set_tag(run.info.run_id, "ckd.status", outcome)
+                _set_status(client, run.info.run_id, "FAILED" if outcome == "failed" else "FINISHED")
                 continue
             client.set_tag(run.info.run_id, "ckd.status", "orphaned")
             _set_status(client, run.info.run_id, "KILLED")

@@ -332,3 +332,59 @@ def test_summary_rows_of_a_multi_objective_journal_count_their_epochs(tmp_path):
     )
     (row,) = cb._journal_rows(set())
     assert row["trial_id"] == "t1" and row["epochs_run"] == 3 and row["sops_per_sample"] == 1e6
+
+
+def test_a_parent_run_cut_off_after_its_creation_gets_its_params_on_the_retry(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tracking_callback
+):
+    from mlflow import MlflowClient
+
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cb = tracking_callback(uri, tmp_path, retry_s=0.0, search_params={"gpus": 16})
+    log_params = cb._log_params
+    calls = []
+
+    def flaky(run_id: str, params: dict) -> None:  # the connection drops right after create_run
+        calls.append(run_id)
+        if len(calls) == 1:
+            raise ConnectionError("reset by peer")
+        log_params(run_id, params)
+
+    monkeypatch.setattr(cb, "_log_params", flaky)
+    cb._queue({"op": "parent_start"})
+    assert not cb._flush(force=True) and cb.pending == 1
+    assert cb._flush(force=True) and cb.pending == 0
+    runs = MlflowClient(uri).search_runs([MlflowClient(uri).get_experiment_by_name("exp").experiment_id])
+    (parent,) = runs  # one parent run, not a second one made by the retry
+    assert parent.data.params == {"gpus": "16"} and calls == [parent.info.run_id] * 2
+
+
+def test_a_restart_closes_runs_of_trials_the_journal_ended_instead_of_orphaning_them(tmp_path: Path):
+    import optuna
+    from mlflow import MlflowClient
+
+    from ckd_search.search.optuna_search import RAY_TRIAL_ATTR
+    from ckd_search.search.optuna_search import journal_storage
+    from ckd_search.search.tracking import MlflowTrackingCallback
+
+    journal = tmp_path / "optuna.journal"
+    study = optuna.create_study(study_name="s", storage=journal_storage(journal), direction="maximize")
+    trial = study.ask()
+    trial.set_user_attr(RAY_TRIAL_ATTR, "ended")
+    study.tell(trial, 0.7)  # the driver died before MLflow heard of this
+    uri = f"sqlite:///{tmp_path}/mlflow.db"
+    cb = MlflowTrackingCallback(
+        uri, "exp", "s", tmp_path, ["best_test_acc"], ["max"], max_t=2, journal_path=str(journal)
+    )
+    cb._queue({"op": "parent_start"})
+    assert cb._flush(force=True)
+    client = MlflowClient(uri)
+    exp = client.get_experiment_by_name("exp").experiment_id
+    runs = {}
+    for trial_id in ("ended", "lost"):
+        tags = {"mlflow.parentRunId": cb.parent_run_id, "ckd.trial_id": trial_id}
+        runs[trial_id] = client.create_run(exp, tags=tags).info.run_id
+    cb._reconcile(set())
+    ended, lost = (client.get_run(runs[t]) for t in ("ended", "lost"))
+    assert (ended.info.status, ended.data.tags["ckd.status"]) == ("FINISHED", "completed")
+    assert (lost.info.status, lost.data.tags["ckd.status"]) == ("KILLED", "orphaned")
