@@ -145,6 +145,9 @@ class StudySearch(OptunaSearch):
         self._max_t = max_t
         self._journal_path = str(journal_path)
         self._orphans: list[int] = []  # journal trial ids (storage ids) waiting to be adopted
+        # Tune trial id -> epochs the adopted orphan reported in its lost attempt; the adopter starts
+        # at epoch 1 again and its own values replace those (ASHA judges the adopter's)
+        self._stale_steps: dict[str, set[int]] = {}
 
     # -- set-up -------------------------------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
@@ -232,6 +235,7 @@ class StudySearch(OptunaSearch):
             if frozen.state != TrialState.RUNNING:
                 continue
             self._ot_trials[trial_id] = optuna.Trial(self.study, orphan)
+            self._stale_steps[trial_id] = set(frozen.intermediate_values)
             log.info(
                 "Optuna trial %d (asked before the driver stopped, never run to the end) is adopted by "
                 "trial %s with the same parameters",
@@ -251,6 +255,11 @@ class StudySearch(OptunaSearch):
         if ot_trial is None or value is None or EPOCH_KEY not in result:
             return
         step = int(result[EPOCH_KEY])
+        stale = getattr(self, "_stale_steps", {}).get(trial_id, set())  # {}: pickled by an older version
+        if step in stale:
+            stale.discard(step)
+            self.study._storage.set_trial_intermediate_value(ot_trial._trial_id, step, value)
+            return
         frozen = self._stored(ot_trial)
         if frozen.state.is_finished() or step in frozen.intermediate_values:
             return  # replayed after a restore: the journal already has it

@@ -120,3 +120,20 @@ def test_a_searcher_pickled_by_an_older_version_still_resumes(tmp_path, write_sp
     old.restore(str(tmp_path / "searcher.pkl"))
     params = old.suggest("b")
     assert isinstance(params, dict) and params != earlier
+
+
+def test_an_adopter_replaces_the_values_its_orphan_reported(tmp_path, write_space):
+    # the adopter trains from epoch 1 again; Optuna must hold its values, the ones ASHA judges
+    space = load_space(write_space(SPACE))
+    journal = tmp_path / "optuna.journal"
+    first = StudySearch(space, "s", journal, max_t=2)
+    first.set_search_properties("train_loss", "min", {})
+    first.suggest("a")
+    first.on_trial_result("a", {"train_loss": 0.3, "epoch": 1})  # then the driver dies
+    searcher = as_restored(StudySearch(space, "s", journal, max_t=2))
+    searcher.suggest("b")
+    searcher.on_trial_result("b", {"train_loss": 0.9, "epoch": 1})
+    searcher.on_trial_complete("b", {"train_loss": 0.9, "epoch": 1})  # stopped by ASHA at epoch 1
+    (trial,) = optuna.load_study(study_name="s", storage=journal_storage(journal)).trials
+    assert trial.state == TrialState.PRUNED and trial.intermediate_values == {1: 0.9}
+    assert trial.value == 0.9
