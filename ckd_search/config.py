@@ -141,6 +141,12 @@ class ModelConfig:
         "the steps; it gave lower test accuracy in the first epochs (bench/cpu-results.md)",
         one_of("per_step", "joint"),
     )
+    cka_tap: str = f(
+        "post_reset",
+        "CKA features [GUESS, ckd-method.md 7.10]: post_reset membrane of the last conv LIF (He et "
+        "al.), or post_pool, that membrane 2x2 average-pooled like the spikes after it",
+        one_of("post_reset", "post_pool"),
+    )
 
 
 @dataclass(frozen=True)

@@ -89,6 +89,7 @@ def test_replace_returns_validated_copy():
         ({"model.v_threshold": 0}, "model.v_threshold", "must be > 0"),
         ({"model.surrogate_alpha": 0}, "model.surrogate_alpha", "must be > 0"),
         ({"model.arch": "resnet"}, "model.arch", "must be one of"),
+        ({"model.cka_tap": "pre_reset"}, "model.cka_tap", "must be one of"),
         ({"teacher.arch": "vit"}, "teacher.arch", "must be one of"),
         ({"teacher.input_size": 2}, "teacher.input_size", "must be in"),
         ({"teacher.epochs": -1}, "teacher.epochs", "must be >= 0"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from spikingjelly.activation_based import functional
 from spikingjelly.activation_based import layer
 from spikingjelly.activation_based import neuron
@@ -79,7 +80,7 @@ class MembraneTap(nn.Module):
 @dataclass
 class StudentOutput:
     logits: Tensor  # [T, B, C]
-    membrane: Tensor  # [T, B, D] post-reset membrane of the last conv LIF
+    membrane: Tensor  # [T, B, D] post-reset membrane of the last conv LIF (pooled: model.cka_tap)
     firing: Tensor | None  # [L] mean firing rate per LIF layer (only when recording)
 
 
@@ -133,6 +134,8 @@ class VGGSNN(nn.Module):
             if self.record_firing:
                 rates.append(x.detach().float().mean())
         assert membrane is not None
+        if self.cfg.cka_tap == "post_pool":  # [T, B, C, H, W]: pooled as the last AvgPool pools spikes
+            membrane = F.avg_pool2d(membrane.flatten(0, 1), 2).unflatten(0, membrane.shape[:2])
         logits = (self.static_head if head == "static" else self.dvs_head)(x.flatten(2))
         firing = torch.stack(rates) if rates else None
         return StudentOutput(logits=logits, membrane=membrane.flatten(2), firing=firing)

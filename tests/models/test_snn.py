@@ -55,6 +55,20 @@ def test_vggsnn_shapes_heads_and_reset():
     assert shared.static_head is shared.dvs_head
 
 
+def test_the_pooled_cka_tap_averages_the_membrane_as_the_last_pooling_does():
+    x = torch.rand(3, 2, 2, 32, 32)
+    torch.manual_seed(0)
+    net = VGGSNN(ModelConfig(width=0.0625), num_classes=7, in_size=32)
+    full = net(x).membrane  # [T, B, C * 4 * 4] at 32 px
+    pooled_net = VGGSNN(ModelConfig(width=0.0625, cka_tap="post_pool"), num_classes=7, in_size=32)
+    pooled_net.load_state_dict(net.state_dict())
+    net.reset_state()
+    pooled = pooled_net(x).membrane
+    assert pooled.shape == (3, 2, net.feature_dim)
+    by_hand = torch.nn.functional.avg_pool2d(full.reshape(6, -1, 4, 4), 2).reshape(3, 2, -1)
+    assert torch.allclose(pooled, by_hand)
+
+
 def test_vggsnn_rejects_tiny_inputs():
     with pytest.raises(ValueError, match="too small"):
         VGGSNN(ModelConfig(width=0.0625), 3, 8)
