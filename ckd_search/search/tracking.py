@@ -6,7 +6,8 @@ one writer, experiment created once on the driver: pitfall 7):
 
 - parent run (``ckd.role=search``): search settings as params, the space file as an artifact; at the
   end the best config (``best_config.yaml``), ``best_*`` metrics and a results table (``results.csv``);
-- child run per trial (tag ``mlflow.parentRunId``, ``ckd.trial_id``, ``ckd.study``, ``ckd.experiment``):
+- child run per trial (tag ``mlflow.parentRunId``, ``ckd.trial_id``, ``ckd.study``, ``ckd.experiment``;
+  ``ckd.optuna_trial``, the trial's number in the Optuna journal, once the search ends):
   params = the trial's resolved flat config, metrics every epoch with ``step = epoch``, the resolved
   config as ``config.yaml``; status FINISHED (tag ``ckd.status=completed`` or ``pruned`` for ASHA
   stops), FAILED (``failed``), KILLED (``interrupted``/``orphaned``).
@@ -230,7 +231,13 @@ class MlflowTrackingCallback(Callback):
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         unfinished = [t for t in trials if t.trial_id not in self._done]
-        journal_rows = self._journal_rows({t.trial_id for t in trials})
+        ended = self._ended_trials()
+        journal_rows = self._journal_rows({t.trial_id for t in trials}, ended)
+        for trial_id, frozen in ended.items():  # MLflow run <-> Optuna trial (optuna-dashboard's number)
+            if trial_id in self._runs:
+                self._queue(
+                    {"op": "run_tags", "trial": trial_id, "tags": {"ckd.optuna_trial": str(frozen.number)}}
+                )
         interrupted = bool(unfinished) or (
             self._total_samples is not None and len(trials) + len(journal_rows) < self._total_samples
         )
@@ -450,13 +457,13 @@ class MlflowTrackingCallback(Callback):
         self._queue({"op": "run_status", "trial": trial.trial_id, "status": status, "tags": all_tags})
         self._flush()
 
-    def _journal_rows(self, known: set[str]) -> list[dict[str, Any]]:
+    def _journal_rows(self, known: set[str], ended: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
         """Summary rows of the trials the study's journal holds as ended but Tune's list lacks:
         those that ended after the snapshot a resume restored (a restored experiment asks no trial
         past the budget, so it ends with fewer), or in the first experiment of a restarted search."""
         from ckd_search.search.optuna_search import trial_status
 
-        ended = self._ended_trials()
+        ended = self._ended_trials() if ended is None else ended
         rows = []
         for trial_id, trial in ended.items():
             if trial_id in known:
@@ -580,13 +587,14 @@ class MlflowTrackingCallback(Callback):
             )
         elif kind == "run_start":
             self._start_run(op)
-        elif kind == "run_status":
+        elif kind in ("run_status", "run_tags"):
             run_id = self._runs.get(op["trial"])
             if run_id is None:
                 return
             for key, value in op.get("tags", {}).items():
                 client.set_tag(run_id, key, value)
-            _set_status(client, run_id, op["status"])
+            if kind == "run_status":
+                _set_status(client, run_id, op["status"])
         elif kind == "metrics":
             self._log_epoch(op)
         elif kind == "reconcile":

@@ -78,6 +78,8 @@ def test_mlflow_child_runs_are_the_trials(gpu_search):
     }
     by_trial = {r.data.tags["ckd.trial_id"]: r for r in children}
     assert sorted(by_trial) == sorted(row["trial_id"] for row in rows)  # one run per trial, no dups
+    numbers = {t.user_attrs["ray_trial_id"]: str(t.number) for t in journal_trials(settings)}
+    assert {tid: r.data.tags["ckd.optuna_trial"] for tid, r in by_trial.items()} == numbers
     for row in rows:
         run = by_trial[row["trial_id"]]
         assert run.data.tags["mlflow.parentRunId"] == parents[0].info.run_id
