@@ -65,6 +65,10 @@ IGNORED = frozenset(
     }
 )
 MIN_COMPLETE = 3
+# Below this many ranked trials a ranking is flagged as weak evidence (noise alone gives one a leader).
+MIN_RANKED = 20
+# Fits with the objective shuffled across trials: the importance each parameter gets from noise alone.
+NOISE_REPEATS = 3
 
 
 @dataclass
@@ -77,14 +81,31 @@ class Importances:
     notes: list[str] = field(default_factory=list)
     # per value of a switching key ("kd.schedule=phased"): the ranking within those trials
     by_group: dict[str, Importances] = field(default_factory=dict)
+    # per method: each parameter's mean importance over fits with the objective shuffled
+    noise: dict[str, dict[str, float]] = field(default_factory=dict)
+    n_all: int = 0  # trials given, whatever their status
+    n_pruned: int = 0
+    used_pruned: bool = False  # too few complete trials: pruned ones counted with their last value
 
-    def table(self) -> pd.DataFrame:
-        """One row per parameter, one column per method, sorted by the first method."""
-        df = pd.DataFrame(self.by_method).reindex(self.params)
+    def table(self, with_noise: bool = False) -> pd.DataFrame:
+        """One row per parameter, one column per method (and its noise floor), sorted by the first."""
+        columns = dict(self.by_method)
+        if with_noise:
+            columns.update({f"{m} noise floor": v for m, v in self.noise.items()})
+        df = pd.DataFrame(columns).reindex(self.params)
         if not df.empty:
             df = df.sort_values(df.columns[0], ascending=False)
         df.index.name = "parameter"
         return df
+
+    def basis(self) -> str:
+        """Which trials the ranking rests on, in words."""
+        if self.used_pruned:
+            return f"{self.n_trials} of {self.n_all} trials, pruned ones with their last (low-budget) value"
+        text = f"{self.n_trials} complete of {self.n_all} trials"
+        if self.n_pruned:
+            text += f" ({self.n_pruned} pruned by ASHA and excluded; ranking conditional on surviving ASHA)"
+        return text
 
 
 def candidate_params(trials: pd.DataFrame, extra: Sequence[str] = ()) -> list[str]:
@@ -227,17 +248,33 @@ def compute_importances(
     seed: int = 0,
     ranking: Ranking = ACCURACY,
     facts: SpaceFacts | None = None,
+    noise_repeats: int = NOISE_REPEATS,
 ) -> Importances:
-    """PED-ANOVA and fANOVA importances of ``params`` (default: :func:`candidate_params`).
+    """PED-ANOVA and fANOVA importances of ``params`` (default: :func:`candidate_params`), each with
+    a noise floor from ``noise_repeats`` fits on a shuffled objective.
 
     Conditional parameters are masked where inactive (``facts.conditions``); those left out of the
-    overall ranking for that reason are ranked within each group of trials where they act.
+    overall ranking for that reason are ranked within each group of trials where they act. Give a
+    switch counted in iterations in epochs first (:func:`~.results.switch_in_epochs`), so that
+    ``kd.k`` and ``kd.e_th`` mean one thing across ``kd.units``.
     """
     facts = facts or SpaceFacts()
     params = list(params) if params is not None else candidate_params(trials)
     trials = mask_inactive(trials, facts.conditions)
-    rank = functools.partial(_rank, epochs=epochs, seed=seed, ranking=ranking, log_params=facts.log_params)
+    rank = functools.partial(
+        _rank, epochs=epochs, seed=seed, ranking=ranking, log_params=facts.log_params, repeats=noise_repeats
+    )
     result = rank(trials, params)
+    kinds = (
+        set(trials.loc[trials["kd.k"].notna(), "kd.schedule"])
+        if {"kd.k", "kd.schedule"} <= set(trials)
+        else set()
+    )
+    if "kd.k" in result.params and {"phased", "adaptive"} <= kinds:
+        result.notes.append(
+            "kd.k here mixes the phased k (per epoch) and the adaptive k (per unit of P_replace - p_th); "
+            "read it within each schedule below"
+        )
     gapped = [p for p in params if p in facts.conditions and trials[p].isna().any()]
     switches = {switch for p in gapped for switch, _ in facts.conditions[p]}
     for switch in sorted(s for s in switches if s in trials):
@@ -259,10 +296,11 @@ def _rank(
     seed: int,
     ranking: Ranking,
     log_params: frozenset[str],
+    repeats: int = NOISE_REPEATS,
 ) -> Importances:
-    """The two evaluators over ``params`` on the trials given."""
+    """The two evaluators over ``params`` on the trials given, and their noise floor."""
     params = list(params)
-    result = Importances(params=params)
+    result = Importances(params=params, n_all=len(trials), n_pruned=int((trials["status"] == "pruned").sum()))
     if not params:
         result.notes.append("no hyperparameter varies across trials: nothing to rank")
         return result
@@ -272,13 +310,21 @@ def _rank(
         params = [p for p in params if p not in gaps]
         result.params = params
     n_complete = int((trials["status"] == "complete").sum())
-    use_pruned = n_complete < MIN_COMPLETE
-    if use_pruned:
+    result.used_pruned = n_complete < MIN_COMPLETE
+    if result.used_pruned:
         result.notes.append(
             f"only {n_complete} complete trial(s): pruned trials counted with their "
             "last value (low-budget; read with care)"
         )
-    study = build_study(trials, params, epochs, ranking, use_pruned_values=use_pruned, log_params=log_params)
+    build = functools.partial(
+        build_study,
+        params=params,
+        epochs=epochs,
+        ranking=ranking,
+        use_pruned_values=result.used_pruned,
+        log_params=log_params,
+    )
+    study = build(trials)
     done = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
     result.n_trials = len(done)
     if len(done) < 2:
@@ -287,24 +333,57 @@ def _rank(
     if len({t.value for t in done}) == 1:
         result.notes.append("every usable trial has the same value: no parameter explains anything")
         return result
+    if len(done) < MIN_RANKED:
+        result.notes.append(
+            f"only {len(done)} trials ranked (fewer than {MIN_RANKED}): noise alone gives such a ranking "
+            "a clear leader; read each share against its noise floor"
+        )
     quantile = max(0.1, min(0.5, 2.0 / len(done)))
+    if quantile != 0.1:
+        result.notes.append(f"PED-ANOVA target quantile {quantile:.2f} (top trials >= 2 of {len(done)})")
+    result.by_method = _evaluate(study, params, quantile, seed, result.notes)
+    if result.by_method and repeats > 0:
+        # the same fits with the objective shuffled across the ranked trials: what noise alone earns
+        rng = np.random.default_rng(seed)
+        counted = (trials["status"] == "complete") | result.used_pruned
+        counted &= trials[ranking.column].notna()
+        sums: dict[str, dict[str, float]] = {m: dict.fromkeys(params, 0.0) for m in result.by_method}
+        for i in range(repeats):
+            shuffled = trials.copy()
+            shuffled.loc[counted, ranking.column] = rng.permutation(
+                trials.loc[counted, ranking.column].to_numpy()
+            )
+            for method, shares in _evaluate(build(shuffled), params, quantile, seed + 1 + i, []).items():
+                for p, v in shares.items():
+                    sums.setdefault(method, dict.fromkeys(params, 0.0))[p] += v / repeats
+        result.noise = {m: v for m, v in sums.items() if m in result.by_method}
+        result.notes.append(
+            f"noise floor: each parameter's mean share over {repeats} fits with the objective shuffled "
+            "across the trials; a share not clearly above it is indistinguishable from noise"
+        )
+    return result
+
+
+def _evaluate(
+    study: optuna.Study, params: Sequence[str], quantile: float, seed: int, notes: list[str]
+) -> dict[str, dict[str, float]]:
+    """Normalised PED-ANOVA and fANOVA importances of ``params`` (a failing method is noted, left out)."""
     evaluators: dict[str, optuna.importance.BaseImportanceEvaluator] = {
         "PED-ANOVA": optuna.importance.PedAnovaImportanceEvaluator(target_quantile=quantile),
         "fANOVA": optuna.importance.FanovaImportanceEvaluator(seed=seed),
     }
-    if quantile != 0.1:
-        result.notes.append(f"PED-ANOVA target quantile {quantile:.2f} (top trials >= 2 of {len(done)})")
+    out: dict[str, dict[str, float]] = {}
     for name, evaluator in evaluators.items():
         try:
             with _quiet_optuna():
                 raw = optuna.importance.get_param_importances(
-                    study, evaluator=evaluator, params=params, normalize=False
+                    study, evaluator=evaluator, params=list(params), normalize=False
                 )
         except (ValueError, RuntimeError) as err:
-            result.notes.append(f"{name} failed: {err}")
+            notes.append(f"{name} failed: {err}")
             continue
-        result.by_method[name] = normalise({p: float(raw.get(p, 0.0)) for p in params})
-    return result
+        out[name] = normalise({p: float(raw.get(p, 0.0)) for p in params})
+    return out
 
 
 def normalise(values: dict[str, float]) -> dict[str, float]:

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 
 from ckd_search.analysis.results import ACCURACY
 from ckd_search.analysis.results import Ranking
+from ckd_search.analysis.results import iters_per_epoch
 from ckd_search.analysis.space_facts import LOG_PARAMS
 from ckd_search.config import Config
 from ckd_search.config import leaf_keys
@@ -191,16 +192,17 @@ def _num(value: Any) -> str:
 def schedule_curves(
     configs: Sequence[tuple[str, Mapping[str, Any]]],
     path: Path,
-    iters_per_epoch: int | None = None,
+    train_samples: int | None = None,
     title: str = "",
 ) -> Path:
-    """gamma(e) (solid) and P_replace (dashed) of several configs on one plot, one colour each."""
+    """gamma(e) (solid) and P_replace (dashed) of several configs on one plot, one colour each; a
+    switch counted in iterations steps ``train_samples`` // each config's own batch size per epoch."""
     fig = _figure(7.0, 4.2)
     ax = fig.add_subplot()
     colors = [f"C{i % 10}" for i in range(len(configs))]
     drawn_p: set[tuple[Any, ...]] = set()
     for (label, flat), color in zip(configs, colors):
-        curves = switch_curves(flat, iters_per_epoch)
+        curves = switch_curves(flat, iters_per_epoch(train_samples, flat.get("optim.batch_size")))
         if curves is None:
             continue
         x, g, p = curves

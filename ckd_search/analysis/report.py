@@ -29,13 +29,16 @@ from ckd_search.analysis import plots
 from ckd_search.analysis.importance import Importances
 from ckd_search.analysis.importance import candidate_params
 from ckd_search.analysis.importance import compute_importances
+from ckd_search.analysis.importance import mask_inactive
 from ckd_search.analysis.pareto import pareto_mask
 from ckd_search.analysis.results import ACCURACY
 from ckd_search.analysis.results import METRIC
 from ckd_search.analysis.results import Ranking
 from ckd_search.analysis.results import SearchRun
+from ckd_search.analysis.results import pruned_flag
 from ckd_search.analysis.results import rank_trials
 from ckd_search.analysis.results import switch_in_epochs
+from ckd_search.analysis.results import switch_kind
 from ckd_search.storage import atomic_write_text
 from ckd_search.storage import output_dir
 
@@ -43,6 +46,7 @@ log = logging.getLogger(__name__)
 
 TOP = 5
 TABLE_ROWS = 10
+SPREAD_TOP = 3  # the data-set table shows the switch's spread over this many best trials
 # Descriptor keys shown in the data-set table, in order (others follow).
 DESCRIPTOR_KEYS = (
     "classes",
@@ -176,7 +180,8 @@ def _run_sections(
     metrics = [*dict.fromkeys([ranking.column, METRIC, "final_test_acc"])]
     cols = ["trial_id", "status", *metrics, "epochs_run"] + params
     pruned = trials.drop(ranked.index).sort_values(ranking.column, ascending=ranking.ascending)
-    ordered = pd.concat([ranked, pruned])
+    # a parameter shows only where it acted (e_th in phased trials, p_th in adaptive ones)
+    ordered = mask_inactive(pd.concat([ranked, pruned]), run.facts.conditions)
     best_tbl = ordered[[c for c in cols if c in ordered]].head(TABLE_ROWS).reset_index(drop=True)
     best_tbl.index = best_tbl.index + 1
     best_tbl.index.name = "rank"
@@ -189,33 +194,36 @@ def _run_sections(
     summary["best"] = [_jsonable(r) for r in best_tbl.to_dict("records")[:top]]
     out.append(head)
 
-    imp = compute_importances(trials, params, run.epochs, ranking=ranking, facts=run.facts)
+    # a switch counted in iterations, in epochs: kd.k and kd.e_th then mean one thing in every trial
+    in_epochs, units_note = switch_in_epochs(trials, run.descriptors.get("train_samples"))
+    imp = compute_importances(in_epochs, params, run.epochs, ranking=ranking, facts=run.facts)
     sec = Section(f"{label}: hyperparameter importance", level=3)
     sec.text.append(
         f"Optuna PED-ANOVA and fANOVA of {ranking.label} on an in-memory study rebuilt from "
-        f"{imp.n_trials} trial(s); distributions inferred from the observed values (kd.k and the "
+        f"{imp.basis()}; distributions inferred from the observed values (kd.k and the "
         "space's log-uniform parameters as log10 of their values); each method normalised to sum to 1."
     )
+    sec.text.extend([units_note] if units_note else [])
     sec.text.extend(imp.notes)
     if imp.by_method:
-        table = imp.table()
-        sec.tables.append(("", table))
+        sec.tables.append(("", imp.table(with_noise=True)))
         sec.figures.append(
             (
                 "Importance per parameter",
-                plots.importance_bars(table, fig_dir / f"{slug}_importance.png", f"{label}: importance"),
+                plots.importance_bars(
+                    imp.table(), fig_dir / f"{slug}_importance.png", f"{label}: importance"
+                ),
             )
         )
     for group, sub in imp.by_group.items():
-        sec.text.append(f"Within the trials with {group} ({sub.n_trials} usable): " + " ".join(sub.notes))
+        sec.text.append(f"Within the trials with {group} ({sub.basis()}): " + " ".join(sub.notes))
         if sub.by_method:
-            sec.tables.append((f"Importance within {group}", sub.table()))
+            sec.tables.append((f"Importance within {group}", sub.table(with_noise=True)))
     summary["importance"] = imp.by_method
     if imp.by_group:
         summary["importance_by_group"] = {g: sub.by_method for g, sub in imp.by_group.items()}
     out.append(sec)
 
-    in_epochs, units_note = switch_in_epochs(trials, _iters_per_epoch(run))
     plane = _plane_section(in_epochs, label, fig_dir / f"{slug}_plane.png", "phased", ranking)
     plane.text.extend([units_note] if units_note else [])
     out.append(plane)
@@ -230,7 +238,7 @@ def _run_sections(
 
     top_rows = ranked.head(top)
     configs = [(f"#{i + 1} {r['trial_id']}", r) for i, r in enumerate(top_rows.to_dict("records"))]
-    ipe = _iters_per_epoch(run)
+    train_samples = run.descriptors.get("train_samples")
     sec = Section(f"{label}: KD switch gamma(e) and P_replace of the top {len(configs)} configs", level=3)
     sec.text.append(
         "Curves from ckd_search.schedules over each config's planned run (run.epochs), "
@@ -239,7 +247,7 @@ def _run_sections(
     sec.figures.append(
         (
             "gamma(e) and P_replace",
-            plots.schedule_curves(configs, fig_dir / f"{slug}_switch.png", ipe, f"{label}: switch"),
+            plots.schedule_curves(configs, fig_dir / f"{slug}_switch.png", train_samples, f"{label}: switch"),
         )
     )
     out.append(sec)
@@ -264,7 +272,7 @@ def _run_sections(
         (
             "Parallel coordinates",
             plots.parallel_coordinates(
-                trials,
+                mask_inactive(in_epochs, run.facts.conditions),
                 params,
                 fig_dir / f"{slug}_parallel.png",
                 f"{label}: parallel coordinates",
@@ -379,35 +387,33 @@ def schedule_table(trials: pd.DataFrame, ranking: Ranking = ACCURACY) -> pd.Data
     return pd.DataFrame(rows).set_index("schedule").sort_values("best", ascending=ranking.ascending)
 
 
-def _iters_per_epoch(run: SearchRun) -> int | None:
-    n = run.descriptors.get("train_samples")
-    if "optim.batch_size" in run.trials and isinstance(n, int | float) and n > 0:
-        return max(1, int(n) // int(run.trials["optim.batch_size"].iloc[0]))
-    return None
-
-
 def _datasets_section(runs: Sequence[SearchRun], labels: Sequence[str]) -> Section:
-    """Descriptors of each data set next to its best switch (e_th, k)."""
+    """Descriptors of each data set next to its best switch (e_th, k) and its spread over the top trials."""
     rows = []
     for run, label in zip(runs, labels):
-        best = run.ranked().iloc[0]
+        ranked = run.ranked()
+        best = ranked.iloc[0]
         row: dict[str, Any] = {"run": label}
         for key in DESCRIPTOR_KEYS:
             if key in run.descriptors:
                 row[key] = run.descriptors[key]
-        adaptive = best.get("kd.schedule") == "adaptive"  # its switch point is p_th, not e_th
-        converted, _ = switch_in_epochs(best.to_frame().T, _iters_per_epoch(run))
-        phased = None if adaptive or converted.empty else converted.iloc[0]
-        e_th = None if phased is None else phased.get("kd.e_th")
+        kind = switch_kind(best)
+        converted, _ = switch_in_epochs(ranked.head(SPREAD_TOP), run.descriptors.get("train_samples"))
+        phased = converted[converted.apply(switch_kind, axis=1) == "phased"] if len(converted) else converted
+        point = phased.iloc[0] if kind == "phased" and len(phased) and phased.index[0] == best.name else None
+        e_th = None if point is None else point.get("kd.e_th")
         row.update(
             {
-                "best schedule": best.get("kd.schedule", "phased"),
+                "best schedule": kind if kind != "off" else "KD disabled",
                 "best e_th (epochs)": e_th,
-                "best p_th": best.get("kd.p_th") if adaptive else None,
                 "e_th / E": _ratio(e_th, best.get("run.epochs")),
-                "best k (per epoch)": best.get("kd.k") if phased is None else phased.get("kd.k"),
+                "best k (per epoch)": None if point is None else point.get("kd.k"),
+                "best p_th": best.get("kd.p_th") if kind == "adaptive" else None,
+                "best adaptive k": best.get("kd.k") if kind == "adaptive" else None,
+                **_top_spread(phased),
                 "best beta": best.get("loss.beta"),
                 **_best_cells(run.ranking, best),
+                "best trial": f"{best['trial_id']}{pruned_flag(best)}",
             }
         )
         rows.append(row)
@@ -417,7 +423,16 @@ def _datasets_section(runs: Sequence[SearchRun], labels: Sequence[str]) -> Secti
         "cka_rgb_dvs is the linear CKA between the static (V channel) and DVS membrane "
         "features of a freshly initialised student, rgb_dvs_gap = 1 - cka_rgb_dvs. "
         "e_th / E places the best switch point relative to the run length; a switch counted in "
-        "iterations is shown in epochs (e_th / n, k x n for n iterations per epoch)."
+        "iterations is shown in epochs (e_th / n, k x n for n iterations per epoch). e_th and k are "
+        "given only where they acted (a phased best); an adaptive best has p_th and its own k."
+    )
+    sec.text.append(
+        "Read the best switch with care: the best test top-1 over epochs picks both the epoch and the "
+        "config on the test set, so the winner's value is optimistic, and every config ran with one "
+        f"seed. The top-{SPREAD_TOP} columns give the min-max of e_th / E and log10 k over the phased "
+        f"trials among the {SPREAD_TOP} best: a wide range means the data set "
+        "does not pin the switch down. Retrain the best configs with new seeds (ckd-search reproduce) "
+        "before comparing data sets."
     )
     computed = [label for run, label in zip(runs, labels) if run.descriptors.get("computed_by")]
     if computed:
@@ -434,10 +449,37 @@ def _datasets_section(runs: Sequence[SearchRun], labels: Sequence[str]) -> Secti
 
 
 def _best_cells(ranking: Ranking, best: pd.Series) -> dict[str, Any]:
-    """The best trial's ranking metric and, when that is another metric, its best test top-1 too."""
+    """The best trial's ranking metric and, when that is another metric, its best test top-1 too;
+    flagged "(pruned, N/E epochs)" when the best trial did not reach its budget."""
+    flag = pruned_flag(best)
+
+    def cell(value: Any) -> Any:
+        return f"{_fmt(value)}{flag}" if flag else value
+
     if ranking.column == METRIC:
-        return {"best test top-1": best[METRIC]}
-    return {f"best {ranking.label}": best[ranking.column], "its best test top-1": best[METRIC]}
+        return {"best test top-1": cell(best[METRIC])}
+    return {f"best {ranking.label}": cell(best[ranking.column]), "its best test top-1": cell(best[METRIC])}
+
+
+def _top_spread(phased: pd.DataFrame) -> dict[str, str | None]:
+    """min-max of e_th / E and log10 k over the phased trials among the best ``SPREAD_TOP``."""
+    if len(phased) == 0 or not {"kd.e_th", "kd.k", "run.epochs"} <= set(phased.columns):
+        return {f"top-{SPREAD_TOP} e_th / E": None, f"top-{SPREAD_TOP} log10 k": None}
+    ratio = phased["kd.e_th"].astype(float) / phased["run.epochs"].astype(float)
+    return {
+        f"top-{SPREAD_TOP} e_th / E": _spread(ratio),
+        f"top-{SPREAD_TOP} log10 k": _spread(phased["kd.k"].astype(float).map(_log10)),
+    }
+
+
+def _spread(values: pd.Series) -> str | None:
+    """'min-max' of the finite values (None without any)."""
+    finite = pd.to_numeric(values, errors="coerce").dropna()
+    return f"{finite.min():.3g}-{finite.max():.3g}" if len(finite) else None
+
+
+def _log10(value: float) -> float:
+    return math.log10(value) if value > 0 else math.nan
 
 
 def _ratio(a: Any, b: Any) -> float | None:
@@ -466,8 +508,10 @@ def _fidelity_section(fid: Mapping[str, Any], path: Path) -> Section:
     if len(seeds) > 1:
         sec.text.append(
             f"Each value is the mean over training seeds {', '.join(map(str, seeds))}. Seed ceiling (the "
-            "mean Spearman rho between the full-budget results of two seeds, i.e. how well the full "
-            f"budget ranks configs against itself): {_fmt_rho(ceiling.get('rho'))}."
+            "mean Spearman rho between the full-budget results of two single seeds): "
+            f"{_fmt_rho(ceiling.get('rho'))}. It is a single-seed-vs-single-seed reference, not a bound: "
+            "the low/full rho compares means over seeds, between runs that share those seeds (in "
+            "truncate, the low-budget run is the start of the same full run), so it can exceed it."
         )
     rows = [
         {

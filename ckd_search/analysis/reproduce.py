@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import statistics
 import time
 from collections.abc import Callable
@@ -68,10 +69,21 @@ def variant_config(base: Config, variant: Variant, seed: int) -> Config:
 
 
 def mean_std(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
+    """Mean and sample standard deviation (NaN for a single value: its spread is unknown, not 0)."""
     if not values:
         return float("nan"), float("nan")
-    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+    return statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else float("nan")
+
+
+def _known(value: float) -> float | None:
+    """None for NaN, so that summaries (JSON, MLflow) store an unknown spread as missing."""
+    return None if math.isnan(value) else value
+
+
+def _pm(mean: float, std: float | None) -> str:
+    """'mean ± std' in percent; 'mean ± n/a' when the spread is unknown (one seed)."""
+    spread = "n/a" if std is None or math.isnan(std) else f"{100 * std:.2f}"
+    return f"{100 * mean:.2f} ± {spread}"
 
 
 def run_ablation(
@@ -175,16 +187,23 @@ def run_ablation(
         files = {"json": str(json_path), "markdown": str(md_path)}
         result_doc["files"] = files
         if tracker is not None:
-            metrics = {f"{name}.{k}": v for name, s in summary.items() for k, v in s.items() if k != "n"}
+            metrics = {  # an unknown spread (one seed) is not logged
+                f"{name}.{k}": v
+                for name, s in summary.items()
+                for k, v in s.items()
+                if k != "n" and v is not None
+            }
             extra = [p for p in (out / "descriptors.json",) if p.is_file()]
             tracker.finish(metrics, [json_path, md_path, *extra], status=status)
             files["mlflow"] = tracker.uri
     return result_doc
 
 
-def summarise(rows: Sequence[Mapping[str, Any]], variants: Sequence[Variant]) -> dict[str, dict[str, float]]:
-    """Per variant: n, mean and std of best and final test top-1 over seeds."""
-    out: dict[str, dict[str, float]] = {}
+def summarise(
+    rows: Sequence[Mapping[str, Any]], variants: Sequence[Variant]
+) -> dict[str, dict[str, float | None]]:
+    """Per variant: n, mean and std of best and final test top-1 over seeds (std None for one seed)."""
+    out: dict[str, dict[str, float | None]] = {}
     for v in variants:
         mine = [r for r in rows if r["variant"] == v.name]
         if not mine:
@@ -194,9 +213,9 @@ def summarise(rows: Sequence[Mapping[str, Any]], variants: Sequence[Variant]) ->
         out[v.name] = {
             "n": len(mine),
             "best_mean": best_m,
-            "best_std": best_s,
+            "best_std": _known(best_s),
             "final_mean": fin_m,
-            "final_std": fin_s,
+            "final_std": _known(fin_s),
         }
     return out
 
@@ -221,8 +240,8 @@ def ablation_markdown(doc: Mapping[str, Any], variants: Sequence[Variant] = VARI
             continue
         per_seed = ", ".join(f"{100 * r['best_test_acc']:.2f}" for r in doc["runs"] if r["variant"] == v.name)
         lines.append(
-            f"| {v.name} | {v.description} | {100 * s['best_mean']:.2f} ± {100 * s['best_std']:.2f} | "
-            f"{100 * s['final_mean']:.2f} ± {100 * s['final_std']:.2f} | {int(s['n'])} | {per_seed} |"
+            f"| {v.name} | {v.description} | {_pm(s['best_mean'], s['best_std'])} | "
+            f"{_pm(s['final_mean'], s['final_std'])} | {int(s['n'])} | {per_seed} |"
         )
     if not doc.get("complete", True):
         lines += ["", "**Incomplete: the study stopped early; the table holds the runs that finished.**"]
@@ -233,7 +252,7 @@ def ablation_markdown(doc: Mapping[str, Any], variants: Sequence[Variant] = VARI
     teacher = list(by_seed.values())
     if teacher:
         m, s = mean_std(teacher)
-        lines += ["", f"Teacher test top-1: {100 * m:.2f} ± {100 * s:.2f} % (one teacher per seed)."]
+        lines += ["", f"Teacher test top-1: {_pm(m, s)} % (one teacher per seed)."]
     return "\n".join(lines) + "\n"
 
 

@@ -29,8 +29,10 @@ from ckd_search.config import Config
 from ckd_search.config import load_yaml_mapping
 from ckd_search.errors import UserError
 from ckd_search.search.outcome import finite
+from ckd_search.search.settings import JOURNAL_FILE
 from ckd_search.search.settings import SETTINGS_FILE
 from ckd_search.search.settings import SPACE_FILE  # its ``fixed`` section is a base config too
+from ckd_search.search.settings import TRIAL_DIR_PREFIX
 from ckd_search.search.settings import SearchSettings
 from ckd_search.storage import read_json_lines
 from ckd_search.storage import read_json_object
@@ -60,10 +62,11 @@ RAY_FIELDS = frozenset(
 )
 # Base-config files a run directory may hold; trial configs are laid over them.
 BASE_CONFIG_FILES = ("base_config.yaml", "config.yaml")
-PARQUET_FILES = (
-    "trials.parquet",
-    "export/trials.parquet",
-)  # ``ckd-search export`` output  # resolved search settings (``storage_path``, ``study_name``)
+PARQUET_FILES = ("trials.parquet", "export/trials.parquet")  # ``ckd-search export`` output
+#: ``ckd-search export`` / journal status -> the status this table uses.
+EXPORT_STATUS = {"completed": "complete", "pruned": "pruned", "failed": "error"}
+#: Files that mark the root of one search (a folder holding several is refused).
+SEARCH_MARKERS = (SETTINGS_FILE, SPACE_FILE)
 
 
 @dataclass
@@ -203,14 +206,17 @@ def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun
     files = sorted(root.rglob("result.json")) or sorted(
         _external_experiment(root, notes).rglob("result.json")
     )
+    _refuse_several_searches(root, files)
     records: dict[str, dict[str, Any]] = {}
     for path in files:
         _read_trial(path, records, notes)
     for trial_id in superseded_trials(root) & set(records):
         del records[trial_id]
         notes.append(f"trial {trial_id} left out: a resume handed its Optuna trial on, or it was orphaned")
+    _merge_ledger(root, records, notes)
     if records:
         trials, epochs = _tables(records, base, notes, metrics, facts.epoch_cap)
+        _journal_status(root, trials)
     elif parquet := next((p for p in PARQUET_FILES if (root / p).is_file()), None):
         trials, epochs = _from_parquet(root / parquet, base, notes, metrics, facts.epoch_cap)
     else:
@@ -226,6 +232,13 @@ def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun
         ranking = ranking_for(objectives)
         descriptors = descriptors_for_run(root, rank_trials(trials, ranking=ranking).iloc[0].to_dict(), notes)
     name = _run_name(root, trials, descriptors)
+    if not (trials["status"] == "complete").any():
+        reached = trials["epochs_run"]
+        notes.append(
+            f"no trial is complete: 'best' is the best of {len(trials)} unfinished trial(s) at mixed "
+            f"budgets ({int(reached.min())}-{int(reached.max())} epochs; longer ones rank higher), "
+            "flagged (pruned, N/E epochs)"
+        )
     max_epoch = int(trials["epochs_run"].max()) if len(trials) else 0
     log.info(
         "%s: %d trials (%d complete), %d epoch rows",
@@ -276,10 +289,67 @@ def _external_experiment(root: Path, notes: list[str]) -> Path:
     return root
 
 
+def _refuse_several_searches(root: Path, files: Sequence[Path]) -> None:
+    """A UserError when the trial folders below ``root`` belong to more than one search (each
+    search's folder holds its search.yaml / space.yaml): ranking them together mixes studies."""
+    below = [f for f in files if f.is_relative_to(root)]  # an experiment stored elsewhere is one search
+    owners = {owner for f in below if (owner := _search_folder(f.parent, root)) is not None}
+    if len(owners) > 1:
+        names = ", ".join(sorted(str(o.relative_to(root)) or "." for o in owners))
+        raise UserError(f"{root}: holds {len(owners)} searches ({names}); analyze each folder on its own")
+
+
+def _search_folder(folder: Path, root: Path) -> Path | None:
+    """The nearest folder from ``folder`` up to ``root`` that holds a search's settings or space."""
+    for candidate in (folder, *folder.parents):
+        if any((candidate / name).is_file() for name in SEARCH_MARKERS):
+            return candidate
+        if candidate == root:
+            return None
+    return None
+
+
+def _merge_ledger(root: Path, records: dict[str, dict[str, Any]], notes: list[str]) -> None:
+    """Lay each trial's ``result.json`` rows over the epoch ledger's, as ``ckd-search export`` does
+    (Ray can lose ``result.json`` rows when a trial is retried; the ledger cannot)."""
+    from ckd_search.search.export import ledger_histories
+    from ckd_search.search.export import merge_histories
+    from ckd_search.search.ledger import LEDGER_FILE
+
+    ledger = ledger_histories(root / LEDGER_FILE)
+    added = 0
+    for trial_id, entry in records.items():
+        logged = ledger.get(trial_id)
+        if not logged:
+            continue
+        stored = {int(r["epoch"]): r for r in _epoch_rows(trial_id, entry["rows"])}
+        merged = merge_histories(stored, logged)
+        added += len(merged) - len(stored)
+        entry["rows"] = [{**row, "epoch": epoch} for epoch, row in merged.items()]
+    if added:
+        notes.append(f"{added} epoch(s) missing from result.json restored from the epoch ledger")
+
+
+def _journal_status(root: Path, trials: pd.DataFrame) -> None:
+    """Set the status of the trials the study's Optuna journal records as ended to what the search
+    told Optuna, as ``ckd-search export`` does for them."""
+    from ckd_search.search.export import journal_outcomes
+
+    journal = root / JOURNAL_FILE
+    try:
+        study_name = SearchSettings.raw(root).get("study_name") if journal.is_file() else None
+        ended = journal_outcomes(journal, study_name) if isinstance(study_name, str) else {}
+    except (UserError, KeyError, ValueError, OSError):
+        return
+    for i, trial_id in trials["trial_id"].items():
+        if str(trial_id) in ended:
+            trials.at[i, "status"] = EXPORT_STATUS[ended[str(trial_id)][0]]
+
+
 def _read_trial(path: Path, records: dict[str, dict[str, Any]], notes: list[str]) -> None:
     """Add the JSON lines of one ``result.json`` to ``records[trial_id]``; bad lines are skipped."""
     folder = path.parent
-    default_id = folder.name
+    default_id = folder.name.removeprefix(TRIAL_DIR_PREFIX)  # an empty result.json names no trial
     params = read_json_object(folder / "params.json") or {}
     try:
         lines, bad = read_json_lines(path)
@@ -304,8 +374,6 @@ def superseded_trials(root: Path) -> set[str]:
     nothing adopts them, marked FAIL as orphaned. Counting those folders too would add trials the
     search never ran to the end.
     """
-    from ckd_search.search.settings import JOURNAL_FILE
-
     journal = root / JOURNAL_FILE
     if not journal.is_file():
         return set()
@@ -448,9 +516,7 @@ def _from_parquet(
         raise UserError(f"{path}: no trials")
     trials = _finish_trials(pd.DataFrame(rows), notes, epoch_cap)
     known = trials["export_status"].isin(["completed", "pruned", "failed"])  # the search's own verdict
-    trials.loc[known, "status"] = trials.loc[known, "export_status"].map(
-        {"completed": "complete", "pruned": "pruned", "failed": "error"}
-    )
+    trials.loc[known, "status"] = trials.loc[known, "export_status"].map(EXPORT_STATUS)
     return trials.drop(columns=["export_status"]), pd.DataFrame(columns=["trial_id", "epoch"])
 
 
@@ -473,11 +539,20 @@ def _finish_trials(trials: pd.DataFrame, notes: list[str], epoch_cap: float | No
     """Infer the status, fill the implicit switch point, order columns."""
     # A trial is complete when it reached its budget, as the search and export count it: the
     # ``budget_epochs`` it reported (the search trainable adds it; run.epochs may be searched),
-    # capped by ASHA's max_t (``epoch_cap``). Without a space file (cap None) the longest trial of
-    # the search stands in for the cap, and for a budget no trial reported.
+    # capped by ASHA's max_t (``epoch_cap``). The longest trial stands in for a budget not reported.
+    # A reported budget is never capped by the longest trial: a search still running (or killed)
+    # has trials short of their budget, and those are not complete.
     longest = float(trials["epochs_run"].max())
     budget = trials["budget_epochs"] if "budget_epochs" in trials else pd.Series(math.nan, index=trials.index)
-    target = budget.astype(float).fillna(longest).clip(upper=longest if epoch_cap is None else epoch_cap)
+    budget = budget.astype(float)
+    if epoch_cap is None and budget.isna().any():
+        notes.append(
+            f"{int(budget.isna().sum())} trial(s) reported no budget and there is no readable space file: "
+            f"they count as complete at the longest trial's {longest:g} epochs (a guess)"
+        )
+    target = budget.fillna(longest)
+    target = target if epoch_cap is None else target.clip(upper=epoch_cap)
+    trials["target_epochs"] = target
     status = [
         "complete" if n >= t else ("error" if err else "pruned")
         for n, t, err in zip(trials["epochs_run"], target, trials["error"])
@@ -494,29 +569,75 @@ def _finish_trials(trials: pd.DataFrame, notes: list[str], epoch_cap: float | No
     return trials[lead + rest].reset_index(drop=True)
 
 
-def switch_in_epochs(trials: pd.DataFrame, iters_per_epoch: int | None) -> tuple[pd.DataFrame, str | None]:
+def iters_per_epoch(train_samples: Any, batch_size: Any) -> int | None:
+    """Optimiser steps per epoch: whole batches only (the training loader drops the last partial
+    one); None when either number is unknown."""
+    if finite(train_samples) is None or finite(batch_size) is None or float(batch_size) < 1:
+        return None
+    return max(1, int(float(train_samples)) // int(float(batch_size)))
+
+
+def switch_in_epochs(trials: pd.DataFrame, train_samples: Any) -> tuple[pd.DataFrame, str | None]:
     """``trials`` with the phased switch of ``kd.units=iteration`` trials expressed in epochs, and a
     note on what was done (None when no trial counts in iterations).
 
     gamma = sigma(-k (i - e_th)) over iterations i = e * n is sigma(-(k n) (e - e_th / n)) over epochs,
-    so e_th becomes e_th / n and k becomes k * n (n iterations per epoch); an unset e_th is half the
-    run. Without n (no ``train_samples`` descriptor) those trials are left out.
+    so e_th becomes e_th / n and k becomes k * n, with n = ``train_samples`` // each trial's own
+    ``optim.batch_size``; an unset e_th is half the run. Without ``train_samples`` (no descriptor)
+    those trials are left out.
     """
     if "kd.units" not in trials or not (trials["kd.units"] == "iteration").any():
         return trials, None
     out = trials.copy()
     rows = out["kd.units"] == "iteration"
     counted = f"{int(rows.sum())} trial(s) counting e_th in iterations"
-    if iters_per_epoch is None:
+    batch = (
+        out["optim.batch_size"]
+        if "optim.batch_size" in out
+        else pd.Series(_DEFAULTS["optim.batch_size"], out.index)
+    )
+    n = pd.Series([iters_per_epoch(train_samples, b) for b in batch], index=out.index, dtype=float)
+    if n[rows].isna().any():
         return out[~rows], f"{counted} left out (iterations per epoch unknown)"
-    n = float(iters_per_epoch)
     e_th = out.loc[rows, "kd.e_th"] if "kd.e_th" in out else pd.Series(math.nan, index=out.index[rows])
     half_run = out.loc[rows, "run.epochs"] / 2.0 if "run.epochs" in out else math.nan
-    out.loc[rows, "kd.e_th"] = (e_th.astype(float) / n).fillna(half_run)
+    out.loc[rows, "kd.e_th"] = (e_th.astype(float) / n[rows]).fillna(half_run)
     if "kd.k" in out:
-        out.loc[rows, "kd.k"] = out.loc[rows, "kd.k"].astype(float) * n
-    n_text = f"{iters_per_epoch} iterations per epoch"
-    return out, f"{counted} shown in epochs ({n_text}: e_th / {iters_per_epoch}, k x {iters_per_epoch})"
+        out.loc[rows, "kd.k"] = out.loc[rows, "kd.k"].astype(float) * n[rows]
+    counts = ", ".join(str(int(v)) for v in sorted(n[rows].unique()))
+    return out, f"{counted} shown in epochs (e_th / n, k x n for n = {counts} iterations per epoch)"
+
+
+def switch_kind(best: Mapping[str, Any]) -> str:
+    """'phased' / 'adaptive' / 'constant' / 'off' (KD disabled): what a trial's switch was."""
+    if not best.get("kd.enabled", True) or best.get("loss.method") == "dvs_only":
+        return "off"
+    return str(best.get("kd.schedule", "phased"))
+
+
+def describe_switch(best: Mapping[str, Any]) -> str:
+    """A trial's switch in words, with only the parameters that acted (adaptive k labelled so)."""
+    kind = switch_kind(best)
+    if kind == "off":
+        return "KD disabled"
+    if kind == "constant":
+        return "constant, gamma = 1"
+    if kind == "adaptive":
+        return f"adaptive, p_th={_short(best.get('kd.p_th'))}, adaptive k={_short(best.get('kd.k'))}"
+    return f"{kind}, e_th={_short(best.get('kd.e_th'))}, k={_short(best.get('kd.k'))}"
+
+
+def pruned_flag(best: Mapping[str, Any]) -> str:
+    """' (pruned, N/E epochs)' for a trial that did not reach its budget ('' for a complete one)."""
+    if best.get("status") == "complete":
+        return ""
+    target = finite(best.get("target_epochs"))
+    of = f"/{target:g}" if target is not None else ""
+    return f" ({best.get('status', 'pruned')}, {int(best.get('epochs_run', 0))}{of} epochs)"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
 def _run_name(root: Path, trials: pd.DataFrame, descriptors: Mapping[str, Any]) -> str:

@@ -1,7 +1,7 @@
 """MLflow for the analysis side: attach a report to a search's parent run; log an ablation study.
 
-Uses ``mlflow.MlflowClient`` against SQLite stores only (``sqlite:///.../mlflow.db``); MLflow is
-imported lazily so the rest of the analysis works without touching it.
+Uses ``mlflow.MlflowClient`` against the search's own store (its ``mlflow_uri``: SQLite or a server)
+or ``RUN_DIR/mlflow.db``; MLflow is imported lazily so the rest of the analysis works without it.
 """
 
 from __future__ import annotations
@@ -56,29 +56,75 @@ def find_parent_run(client: Any) -> str | None:
     return None
 
 
-def log_report(run_dir: str | Path, report_dir: str | Path, artifact_path: str = "analysis") -> str | None:
+def log_report(
+    run_dir: str | Path, report_dir: str | Path, artifact_path: str = "analysis"
+) -> tuple[str | None, str | None]:
     """Log the files of ``report_dir`` as artifacts of the search's parent run.
 
-    Returns the run id, or None (quietly) when ``RUN_DIR/mlflow.db`` is absent, no parent run can
-    be found, or MLflow fails.
+    The store is the search's own (``mlflow_uri`` in ``RUN_DIR/search.yaml``: an ``http://`` server
+    too), else ``RUN_DIR/mlflow.db``; the parent is the run tagged with the study's name
+    (``ckd.study``) and ``ckd.role=search``, else :func:`find_parent_run`.
+
+    Returns (run id, None) when logged; (None, why) when there was a store but the report could not
+    be logged; (None, None) when the directory has no MLflow store.
     """
-    db = Path(run_dir) / DB_NAME
-    if not db.is_file():
-        return None
+    uri, study = _search_store(Path(run_dir))
+    if uri is None:
+        return None, None
     try:
         import mlflow
 
-        client = mlflow.MlflowClient(sqlite_uri(db))
-        run_id = find_parent_run(client)
+        client = mlflow.MlflowClient(uri)
+        run_id = _study_parent(client, study) or find_parent_run(client)
         if run_id is None:
-            log.info("%s: no parent run found; report not logged to MLflow", db)
-            return None
+            return None, f"no parent run found in {uri}"
         client.log_artifacts(run_id, str(report_dir), artifact_path=artifact_path)
     except Exception as err:  # noqa: BLE001 - tracking is optional; the report is on disk
-        log.warning("could not log the report to MLflow (%s): %s", db, err)
+        log.warning("could not log the report to MLflow (%s): %s", uri, err)
+        return None, f"MLflow at {uri} failed: {err}"
+    log.info("report logged to MLflow run %s (%s)", run_id, uri)
+    return run_id, None
+
+
+def _search_store(run_dir: Path) -> tuple[str | None, str | None]:
+    """(tracking URI, study name) of a run directory: its search.yaml's, else ``RUN_DIR/mlflow.db``.
+    A SQLite store that does not exist is none (opening it would create it)."""
+    from ckd_search.errors import UserError
+    from ckd_search.search.settings import SETTINGS_FILE
+    from ckd_search.search.settings import SearchSettings
+
+    uri, study = None, None
+    if (run_dir / SETTINGS_FILE).is_file():
+        try:
+            settings = SearchSettings.load(run_dir)  # paths moved with the directory
+            uri, study = settings.mlflow_uri, settings.study_name
+        except UserError as err:
+            log.info("%s: %s; looking for %s", run_dir, err, DB_NAME)
+    if uri is None and (run_dir / DB_NAME).is_file():
+        uri = sqlite_uri(run_dir / DB_NAME)
+    if (
+        uri is not None
+        and uri.startswith("sqlite:///")
+        and not Path(uri.removeprefix("sqlite:///")).is_file()
+    ):
+        return None, None
+    return uri, study
+
+
+def _study_parent(client: Any, study: str | None) -> str | None:
+    """The newest run tagged ``ckd.study=<study>`` and ``ckd.role=search`` (the search's parent)."""
+    if not study:
         return None
-    log.info("report logged to MLflow run %s (%s)", run_id, db)
-    return run_id
+    ids = [e.experiment_id for e in client.search_experiments()]
+    if not ids:
+        return None
+    found = client.search_runs(
+        ids,
+        filter_string=f"tags.`ckd.study` = '{study}' and tags.`{PARENT_TAG}` = 'search'",
+        order_by=["attributes.start_time DESC"],
+        max_results=1,
+    )
+    return str(found[0].info.run_id) if found else None
 
 
 class AblationTracker:

@@ -55,13 +55,20 @@ def analyze_runs(
 
     runs = load_runs(run_dirs)
     report = build_report(runs, out, fidelity)
-    logged = [rid for rid in (log_report(d, out) for d in run_dirs) if rid]
+    logged = []
+    for run_dir in run_dirs:
+        run_id, skipped = log_report(run_dir, out)
+        if run_id:
+            logged.append(run_id)
+        elif skipped:
+            print(f"{run_dir}: report not logged to MLflow ({skipped})")
     return runs, report, logged
 
 
 def run_analyze(args: argparse.Namespace) -> int:
     """Load the runs, write the report, log it to each run's MLflow parent run when there is one."""
-    from ckd_search.analysis.plots import PLANE_AXES
+    from ckd_search.analysis.results import describe_switch
+    from ckd_search.analysis.results import pruned_flag
 
     run_dirs, fidelity_files = _split_inputs(list(args.run_dirs))
     extra = getattr(args, "fidelity", None)  # optional --fidelity FILE, if the CLI offers it
@@ -75,16 +82,13 @@ def run_analyze(args: argparse.Namespace) -> int:
     runs, report, logged = analyze_runs(run_dirs, out, fidelity)
     for run in runs:
         best = run.ranked().iloc[0]
-        kind = best.get("kd.schedule", "phased")
-        point, _ = PLANE_AXES.get(kind, PLANE_AXES["phased"])  # kd.e_th, or kd.p_th when adaptive
         ranking = run.ranking
         value = f"best test top-1 {best['best_test_acc']:.4f}"
         if ranking.column != "best_test_acc":
             value = f"best {ranking.label} {best[ranking.column]:.4g}, its {value}"
         print(
-            f"{run.name}: {len(run.trials)} trials, {value} "
-            f"(trial {best['trial_id']}, {kind}, "
-            f"{point.removeprefix('kd.')}={_short(best.get(point))}, k={_short(best.get('kd.k'))})"
+            f"{run.name}: {len(run.trials)} trials, {value}{pruned_flag(best)} "
+            f"(trial {best['trial_id']}, {describe_switch(best)})"
         )
     for label, front in report.pareto.items():
         print(f"{label}: Pareto front of {len(front)} trial(s): {', '.join(p['trial_id'] for p in front)}")
@@ -136,7 +140,3 @@ def _file_dataset(path: str | None) -> Any:
     if isinstance(section, dict) and "dataset" in section:
         return section["dataset"]
     return raw.get("data.dataset")
-
-
-def _short(value: Any) -> str:
-    return f"{value:.4g}" if isinstance(value, float) else str(value)

@@ -8,9 +8,13 @@
 study metric as ``best/<metric>``. A trial that the Optuna journal records as ended but Tune's
 restored snapshot lacks (it ran after the snapshot a resume went back to, or before Tune restarted
 its experiment) still gets a row, with ``tune_status`` ``NOT_IN_SNAPSHOT``, its status from the
-journal and its history from its ``result.json`` and the ledger. Ranking uses the study metric of
-the last epoch (what Optuna was told); completed trials rank before pruned ones, failed and
-unfinished never rank.
+journal, its config from its ``params.json`` (else built from the space as Tune built it: fixed
+values, resources and the drawn params) and its history from its ``result.json`` and the ledger.
+Ranking uses the study metric of the last epoch (what Optuna was told); completed trials rank before
+pruned ones, failed and unfinished never rank. A ranked config that does not validate is skipped
+(listed under ``skipped`` in ``export.json``) and the next one takes its number: ``best_1`` ..
+``best_K`` have no gaps; they replace an earlier export's files one by one, and stale ones are
+removed only after the new ones are written.
 
 A multi-objective study ranks its Pareto-optimal trials first, marks them in a ``pareto`` column and
 writes ``OUT/pareto.json``: the completed trials no other completed trial dominates (as Optuna's
@@ -105,14 +109,17 @@ def collect_trials(settings: SearchSettings) -> tuple[list[dict[str, Any]], list
             row["status"] = classify(reached, error=False, max_t=max_t)
         rows.append(row)
     known = {trial.trial_id for trial in analysis.trials}
-    for trial_id, (status, params) in _finished_elsewhere(settings, known).items():
+    for trial_id, (status, params) in journal_outcomes(settings.journal_path, settings.study_name).items():
+        if trial_id in known:
+            continue
         stored = {}
         config: dict[str, Any] = {}
         if not is_uri(settings.experiment_path):  # Tune's files for the trial, where they can be read
             folder = Path(settings.experiment_path) / trial_folder(trial_id)
             stored = result_history(folder / "result.json")
             config = read_json_object(folder / "params.json") or {}
-        config = config or params  # at least what Optuna sampled
+        # else the config Tune built from the space: fixed values, resources and what Optuna drew
+        config = config or space.trial_config(params)
         row, _ = _row(space, trial_id, NOT_IN_SNAPSHOT, config, stored, ledger.get(trial_id, {}), None)
         rows.append({**row, "status": status})
     return rows, list(space.study.metrics), list(space.study.modes)
@@ -129,7 +136,7 @@ def _row(
 ) -> tuple[dict[str, Any], dict[str, Any]]:
     """One trial's row (status ``incomplete`` until the caller knows better) from its config, its
     ``result.json`` history, its ledger rows and Tune's last result; plus the latest epoch reached."""
-    history = _merged(stored, logged)
+    history = merge_histories(stored, logged)
     last = dict(last_result or {})
     reached = latest_epoch(last, history)
     if reached is not last and all(m in history[max(history)] for m in space.study.metrics):
@@ -153,26 +160,24 @@ def _row(
     return row, reached
 
 
-def _merged(stored: History, logged: History) -> History:
-    """``result.json`` rows laid over the ledger's, epoch by epoch."""
+def merge_histories(stored: History, logged: History) -> History:
+    """``result.json`` rows laid over the ledger's, epoch by epoch (``analyze`` merges them alike)."""
     return {e: {**logged.get(e, {}), **stored.get(e, {})} for e in sorted({*stored, *logged})}
 
 
-def _finished_elsewhere(settings: SearchSettings, known: set[str]) -> dict[str, tuple[str, dict[str, Any]]]:
-    """Trial id -> (status, sampled params) of the Optuna trials that ended but whose Tune trial the
-    snapshot lacks.
+def journal_outcomes(journal_path: Path, study_name: str) -> dict[str, tuple[str, dict[str, Any]]]:
+    """Tune trial id -> (status, sampled params) of every trial the Optuna journal records as ended.
 
-    A resume restores Tune's newest whole snapshot, which can predate trials that ran (and ended)
-    after it, and a restarted Tune experiment knows none of the earlier one's trials; the journal
-    records them all.
+    The journal is the search's own record: a resume restores Tune's newest whole snapshot, which can
+    predate trials that ran (and ended) after it, and a restarted Tune experiment knows none of the
+    earlier one's trials. ``analyze`` takes the status of ended trials from here too.
     """
     from ckd_search.search.optuna_search import ended_trials
     from ckd_search.search.optuna_search import trial_status
 
     return {
         trial_id: (trial_status(trial), dict(trial.params))
-        for trial_id, trial in ended_trials(settings.journal_path, settings.study_name).items()
-        if trial_id not in known
+        for trial_id, trial in ended_trials(journal_path, study_name).items()
     }
 
 
@@ -294,15 +299,18 @@ def export_run(run_dir: str | Path, top: int = 3, out: str | Path | None = None)
     output_dir(target)
     write_parquet(rows, target / TRIALS_FILE)
     result = Exported(target, len(rows))
-    for old in target.glob("best_*.yaml"):
-        old.unlink()
     files: dict[str, str] = {}
-    for k, row in enumerate(ranked[:top], start=1):
+    skipped: list[dict[str, Any]] = []
+    for row in ranked:  # the best ``top`` exportable configs, numbered without gaps
+        if len(result.best) == top:
+            break
         try:
             cfg = Config.from_dict(_config(row))
         except UserError as err:
-            log.warning("trial %s: config not exportable (%s)", row["trial_id"], err)
+            log.warning("trial %s: config not exportable, next one taken (%s)", row["trial_id"], err)
+            skipped.append({"trial_id": row["trial_id"], "error": str(err)})
             continue
+        k = len(result.best) + 1
         values = {m: row.get(f"final/{m}") for m in metrics}
         header = (
             f"# ckd-search export: rank {k} of study {settings.study_name}, trial {row['trial_id']} "
@@ -311,11 +319,13 @@ def export_run(run_dir: str | Path, top: int = 3, out: str | Path | None = None)
             + "\n"
             f"# retrain: ckd-search train --config {target / f'best_{k}.yaml'}\n"
         )
-        path = atomic_write_text(target / f"best_{k}.yaml", header + cfg.to_yaml())
+        path = atomic_write_text(target / f"best_{k}.yaml", header + cfg.to_yaml())  # replaces the old one
         files[row["trial_id"]] = path.name
         result.best.append(
             {"rank": k, "trial_id": row["trial_id"], "file": path.name, "status": row["status"], **values}
         )
+    for old in set(target.glob("best_*.yaml")) - {target / name for name in files.values()}:
+        old.unlink()  # stale ranks of an earlier export, removed only once the new ones are written
     (target / PARETO_FILE).unlink(missing_ok=True)  # a stale front from an earlier export
     if multi:
         result.pareto = [
@@ -334,7 +344,10 @@ def export_run(run_dir: str | Path, top: int = 3, out: str | Path | None = None)
         atomic_write_text(target / PARETO_FILE, json.dumps(doc, indent=1, default=str))
     atomic_write_text(
         target / INDEX_FILE,
-        json.dumps({"study": settings.study_name, "trials": len(rows), "best": result.best}, indent=1),
+        json.dumps(
+            {"study": settings.study_name, "trials": len(rows), "best": result.best, "skipped": skipped},
+            indent=1,
+        ),
     )
     return result
 

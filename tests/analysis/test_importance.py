@@ -94,7 +94,7 @@ def test_fanova_weighs_a_log_parameter_over_its_decades():
 
 
 def test_conditions_from_the_space_file_group_the_trials(tmp_path):
-    """cepdvs.yaml: kd.e_th is drawn only in epoch units; the iteration trials leave it unset."""
+    """A space whose kd.e_th is drawn only in epoch units: the iteration trials leave it unset."""
     from ckd_search.analysis.space_facts import ENGINE_CONDITIONS
     from ckd_search.analysis.space_facts import SpaceFacts
 
