@@ -434,9 +434,10 @@ class Trainer:
 
     def load_state(self, state: dict[str, Any]) -> None:
         saved = state.get("config")
-        saved = saved if isinstance(saved, dict) else {}
-        if _what_is_computed(saved) != _what_is_computed(self.cfg.to_dict()):
-            changed = config_differences(_what_is_computed(saved), _what_is_computed(self.cfg.to_dict()))
+        old = _what_is_computed(saved if isinstance(saved, dict) else {})
+        new = _what_is_computed(self.cfg.to_dict())
+        if old != new:
+            changed = config_differences(old, new)
             raise UserError(
                 f"the checkpoint was written by a run with a different config ({changed}); "
                 "resume needs the same config (use a fresh output directory otherwise)"

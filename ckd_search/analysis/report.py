@@ -400,7 +400,8 @@ def _datasets_section(runs: Sequence[SearchRun], labels: Sequence[str]) -> Secti
         kind = switch_kind(best)
         converted, _ = switch_in_epochs(ranked.head(SPREAD_TOP), run.descriptors.get("train_samples"))
         phased = converted[converted.apply(switch_kind, axis=1) == "phased"] if len(converted) else converted
-        point = phased.iloc[0] if kind == "phased" and len(phased) and phased.index[0] == best.name else None
+        # the best trial's switch in epochs (absent when its iterations per epoch are unknown)
+        point = phased.loc[best.name] if best.name in phased.index else None
         e_th = None if point is None else point.get("kd.e_th")
         row.update(
             {

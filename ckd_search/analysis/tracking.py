@@ -27,23 +27,24 @@ def sqlite_uri(db: Path) -> str:
     return f"sqlite:///{db.resolve()}"
 
 
-def find_parent_run(client: Any) -> str | None:
-    """The search's parent run: tagged ``ckd.role=parent`` or ``ckd.role=search`` (the search layer's
-    tag; newest first); else the one top-level run that has children; else the only top-level run.
-    None when there is none or it is ambiguous."""
+def find_parent_run(client: Any, study: str | None = None) -> str | None:
+    """The search's parent run: with ``study``, the run tagged ``ckd.study=<study>`` and
+    ``ckd.role=search``; else one tagged ``ckd.role=parent`` or ``ckd.role=search`` (the search
+    layer's tag; newest first); else the one top-level run that has children; else the only
+    top-level run. None when there is none or it is ambiguous."""
     ids = [e.experiment_id for e in client.search_experiments()]
     if not ids:
         return None
-    for role in PARENT_ROLES:
+    filters = [f"tags.`{PARENT_TAG}` = '{role}'" for role in PARENT_ROLES]
+    if study:
+        filters.insert(0, f"tags.`ckd.study` = '{study}' and tags.`{PARENT_TAG}` = 'search'")
+    for filter_string in filters:
         tagged = client.search_runs(
-            ids,
-            filter_string=f"tags.`{PARENT_TAG}` = '{role}'",
-            order_by=["attributes.start_time DESC"],
-            max_results=10,
+            ids, filter_string=filter_string, order_by=["attributes.start_time DESC"], max_results=10
         )
         if tagged:
             if len(tagged) > 1:
-                log.info("%d runs tagged %s=%s; using the newest", len(tagged), PARENT_TAG, role)
+                log.info("%d runs match %s; using the newest", len(tagged), filter_string)
             return str(tagged[0].info.run_id)
     runs = client.search_runs(ids, max_results=5000)
     parents = {r.data.tags.get(PARENT_ID_TAG) for r in runs} - {None}
@@ -63,7 +64,7 @@ def log_report(
 
     The store is the search's own (``mlflow_uri`` in ``RUN_DIR/search.yaml``: an ``http://`` server
     too), else ``RUN_DIR/mlflow.db``; the parent is the run tagged with the study's name
-    (``ckd.study``) and ``ckd.role=search``, else :func:`find_parent_run`.
+    (``ckd.study``) and ``ckd.role=search``, else as :func:`find_parent_run` finds one.
 
     Returns (run id, None) when logged; (None, why) when there was a store but the report could not
     be logged; (None, None) when the directory has no MLflow store.
@@ -75,7 +76,7 @@ def log_report(
         import mlflow
 
         client = mlflow.MlflowClient(uri)
-        run_id = _study_parent(client, study) or find_parent_run(client)
+        run_id = find_parent_run(client, study)
         if run_id is None:
             return None, f"no parent run found in {uri}"
         client.log_artifacts(run_id, str(report_dir), artifact_path=artifact_path)
@@ -109,22 +110,6 @@ def _search_store(run_dir: Path) -> tuple[str | None, str | None]:
     ):
         return None, None
     return uri, study
-
-
-def _study_parent(client: Any, study: str | None) -> str | None:
-    """The newest run tagged ``ckd.study=<study>`` and ``ckd.role=search`` (the search's parent)."""
-    if not study:
-        return None
-    ids = [e.experiment_id for e in client.search_experiments()]
-    if not ids:
-        return None
-    found = client.search_runs(
-        ids,
-        filter_string=f"tags.`ckd.study` = '{study}' and tags.`{PARENT_TAG}` = 'search'",
-        order_by=["attributes.start_time DESC"],
-        max_results=1,
-    )
-    return str(found[0].info.run_id) if found else None
 
 
 class AblationTracker:

@@ -686,6 +686,8 @@ class MlflowTrackingCallback(Callback):
         """KILL child runs whose trial the restored snapshot does not know (pitfall 5), unless the
         study's journal holds that trial as ended (the driver died before MLflow heard): such a run
         gets the journal's outcome instead."""
+        from ckd_search.search.optuna_search import trial_status
+
         parent = self._parent()
         client = self._mlflow()
         ended = self._ended_trials()
@@ -694,8 +696,6 @@ class MlflowTrackingCallback(Callback):
             if trial_id in known or run.info.status not in ("RUNNING", "SCHEDULED"):
                 continue
             if trial_id in ended:
-                from ckd_search.search.optuna_search import trial_status
-
                 outcome = trial_status(ended[trial_id])
                 client.set_tag(run.info.run_id, "ckd.status", outcome)
                 _set_status(client, run.info.run_id, "FAILED" if outcome == "failed" else "FINISHED")
