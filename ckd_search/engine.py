@@ -257,10 +257,7 @@ class Trainer:
         self.history: list[dict[str, float]] = []
         self.loss_fn: Callable[[CKDModel, StepInputs, Config], dict[str, Tensor]] = ckd_losses
         if cfg.run.compile:
-            self._prime_for_compile(dtype)
-            # reset_net fills its module cache on first use; doing that inside the compiled
-            # function breaks a guard and recompiles on the second call.
-            self.model.student.reset_state()
+            self._prime_for_compile(dtype)  # leaves the neurons in their reset state
             self.loss_fn = compile_fresh(ckd_losses, cfg.run.compile_mode)
         # CUDA graph replays reuse output memory: each step must say a new iteration began.
         self.cudagraphs = cfg.run.compile and cfg.run.compile_mode == "reduce-overhead"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
-from spikingjelly.activation_based import functional
+from spikingjelly.activation_based import base
 from spikingjelly.activation_based import layer
 from spikingjelly.activation_based import neuron
 from spikingjelly.activation_based import surrogate
@@ -149,8 +149,24 @@ class VGGSNN(nn.Module):
         return spikes.to(dtype), v_seq
 
     def reset_state(self) -> None:
-        """Reset every neuron's state (named so spikingjelly's reset_net does not recurse into it)."""
-        functional.reset_net(self)
+        """Set every neuron's state back to its reset value (v = 0) before the next sequence.
+
+        spikingjelly's ``functional.reset_net`` does the same, but passes a Python-number reset
+        value through ``copy.deepcopy``, which Dynamo in torch 2.11 cannot trace: inside the
+        compiled step that was a graph break, and the neuron reset's frames ran eagerly (H100,
+        2026-11-28; torch 2.14 traces it). A number needs no copy, so it is assigned; a tensor
+        reset value goes through spikingjelly's own ``reset``. (The name is not ``reset``, so
+        ``reset_net`` on a model holding this one does not call it.)
+        """
+        for module in self.modules():
+            if not isinstance(module, base.MemoryModule):
+                continue
+            values = module._memories_rv
+            if all(isinstance(value, int | float) for value in values.values()):
+                for key, value in values.items():
+                    module._memories[key] = value
+            else:
+                module.reset()
 
     def macs_per_step(self) -> list[float]:
         """Multiply-accumulates per sample and timestep of each conv, then the FC layer."""

@@ -55,6 +55,27 @@ def test_vggsnn_shapes_heads_and_reset():
     assert shared.static_head is shared.dvs_head
 
 
+def test_reset_state_assigns_number_reset_values_without_deepcopy(monkeypatch):
+    """Dynamo in torch 2.11 cannot trace copy.deepcopy: spikingjelly's reset_net deep-copies the
+    float reset value when the state is already a number (every reset after the first), which
+    broke the compiled step on an H100. reset_state assigns the number instead."""
+    from spikingjelly.activation_based import base
+
+    def no_deepcopy(value, memo=None):
+        raise AssertionError(f"copy.deepcopy({value!r}) in a neuron reset")
+
+    net = VGGSNN(ModelConfig(width=0.0625), num_classes=3, in_size=16)
+    monkeypatch.setattr(base.copy, "deepcopy", no_deepcopy)  # registering a memory copies too
+    x = torch.rand(2, 2, 2, 16, 16)
+    first = net(x).logits
+    lifs = [m for m in net.modules() if isinstance(m, neuron.LIFNode)]
+    assert all(isinstance(lif.v, torch.Tensor) for lif in lifs)  # the forward left a state
+    net.reset_state()
+    net.reset_state()  # the state is a number now: reset_net's deepcopy branch
+    assert all(lif.v == 0.0 and not isinstance(lif.v, torch.Tensor) for lif in lifs)
+    assert torch.equal(net(x).logits, first)
+
+
 def test_the_pooled_cka_tap_averages_the_membrane_as_the_last_pooling_does():
     x = torch.rand(3, 2, 2, 32, 32)
     torch.manual_seed(0)
