@@ -7,7 +7,7 @@ STAMP  := $(VENV)/.installed
 CLI    := $(VENV)/bin/ckd-search
 DEMO_DIR ?= runs/demo
 
-.PHONY: install demo test test-fast lint format soak bench gpu-wheels clean
+.PHONY: install demo test test-fast lint format soak bench gpu-wheels device-torch-check clean
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
@@ -47,6 +47,10 @@ gpu-wheels: $(STAMP)  # afresh each time: two versions of one wheel stop the dev
 	rm -rf .whl
 	$(PY) -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 	  -d .whl spikingjelly==2.0.0 loguru==0.7.3
+
+# The compile tests under the GPU machines' torch (2.11.0), on this CPU: run before a device session.
+device-torch-check: $(STAMP)
+	bash bench/device_torch_check.sh
 
 clean:
 	rm -rf runs .pytest_cache .mypy_cache .ruff_cache

@@ -246,6 +246,17 @@ def test_packing_smoke_subprocess(mode):
         assert per_trial == pytest.approx(8e3 / ms_step, rel=0.02)
 
 
+def test_device_torch_check_script_parses_and_refuses_a_missing_venv(tmp_path):
+    script = REPO / "bench" / "device_torch_check.sh"
+    assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
+    copy = tmp_path / "bench" / "device_torch_check.sh"  # a checkout without .venv
+    copy.parent.mkdir()
+    copy.write_text(script.read_text())
+    done = subprocess.run(["bash", str(copy)], capture_output=True, text=True)
+    assert done.returncode == 2
+    assert "run make install first" in done.stderr and str(tmp_path / ".venv") in done.stderr
+
+
 def test_gpu_session_script_parses_and_knows_every_default_part():
     script = REPO / "bench" / "gpu_session.sh"
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
