@@ -19,7 +19,8 @@
 #              plans), then base-bf16-compile, fresh process: graph breaks and recompiles (cold: the
 #              CKD variant alone warmed up for 148 s on an H100, graph breaks included)
 #   bn         ckd-bf16 (per-step BatchNorm, the default since He et al. do it) vs ckd-bf16-jointbn
-#              (spikingjelly's T*B statistics, what the H200 figures of session 3 were measured with)
+#              (spikingjelly's T*B statistics, what the H200 figures of session 3 were measured with),
+#              eager (per-step cost 14 % of the step on an H100) and compiled
 #   precision  bf16 vs fp32 loss/accuracy curves on Digits-DVS, 6 epochs each (~150 s; the seed noise
 #              floor is measured on a CPU, bench/cpu-results.md)
 #   small      ckd-bf16 vs ckd-bf16-compile vs ckd-bf16-graphs at B=32 (launch-bound: where CUDA
@@ -91,7 +92,7 @@ for name in $PARTS; do
   case $name in
     step) part step 320 $STEP ;;
     compiled) part compiled 240 env TORCH_LOGS=graph_breaks,recompiles $STEP --variants ckd-bf16-compile,base-bf16-compile ;;
-    bn) part bn 90 $STEP --variants ckd-bf16,ckd-bf16-jointbn ;;
+    bn) part bn 200 $STEP --variants ckd-bf16,ckd-bf16-jointbn,ckd-bf16-compile,ckd-bf16-compile-jointbn ;;
     precision) part precision 170 python3 bench/precision.py --device cuda --epochs 6 --no-noise-floor ;;
     small) part small 220 $STEP --variants ckd-bf16,ckd-bf16-compile,ckd-bf16-graphs --batch 32 ;;
     packing) part packing 120 $PACK --batch 32 ;;

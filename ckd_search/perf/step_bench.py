@@ -146,6 +146,18 @@ EXTRA_VARIANTS: tuple[Variant, ...] = (
         {"run.precision": "bf16", "run.channels_last": True, "model.bn_statistics": "joint"},
         gpu_only=True,
     ),
+    Variant(
+        "ckd-bf16-compile-jointbn",
+        "ckd",
+        "as ckd-bf16-compile with model.bn_statistics=joint (what per-step BatchNorm costs compiled)",
+        {
+            "run.precision": "bf16",
+            "run.channels_last": True,
+            "run.compile": True,
+            "model.bn_statistics": "joint",
+        },
+        gpu_only=True,
+    ),
 )
 
 
