@@ -43,7 +43,7 @@ BUDGET=${BUDGET:-520}  # seconds for all parts together
 # come last (an MPS daemon may not start inside the device's sandbox).
 PARTS=${PARTS:-compiled small}
 SECOND="scaling"                                     # the second call's part (250 s)
-THIRD="packing-digits-trials bn profile packing-digits-mps"  # a later session's first call
+THIRD="packing-digits-trials bn profile packing-digits-mps"  # a later session's first call (BUDGET=520)
 mkdir -p "$OUT"
 LOG=$OUT/parts.txt
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -97,7 +97,7 @@ for name in $PARTS; do
     small) part small 220 $STEP --variants ckd-bf16,ckd-bf16-compile,ckd-bf16-graphs --batch 32 ;;
     packing) part packing 120 $PACK --batch 32 ;;
     packing-digits) part packing-digits 100 $PACK $DIGITS ;;
-    packing-digits-trials) part packing-digits-trials 90 $PACK $DIGITS --epochs 5 ;;
+    packing-digits-trials) part packing-digits-trials 150 $PACK $DIGITS --epochs 5 ;;
     packing-digits-mps) part packing-digits-mps 80 $PACK $DIGITS --mps; stop_mps ;;
     packing-mps) part packing-mps 100 $PACK --batch 32 --mps; stop_mps ;;
     scaling) part scaling 250 $STEP --variants ckd-bf16 --scaling --batch 32 --steps 5 --warmup 2 ;;
