@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from spikingjelly.activation_based import base
 from spikingjelly.activation_based import functional
 from spikingjelly.activation_based import neuron
 from spikingjelly.activation_based import surrogate
@@ -59,7 +60,6 @@ def test_reset_state_assigns_number_reset_values_without_deepcopy(monkeypatch):
     """Dynamo in torch 2.11 cannot trace copy.deepcopy: spikingjelly's reset_net deep-copies the
     float reset value when the state is already a number (every reset after the first), which
     broke the compiled step on an H100. reset_state assigns the number instead."""
-    from spikingjelly.activation_based import base
 
     def no_deepcopy(value, memo=None):
         raise AssertionError(f"copy.deepcopy({value!r}) in a neuron reset")
