@@ -33,6 +33,7 @@ from ckd_search.data.batches import BatchSource
 from ckd_search.devices import resolve_device
 from ckd_search.errors import TrialFailure
 from ckd_search.errors import UserError
+from ckd_search.models.cpu_lif import use_fused_cpu_lif
 from ckd_search.models.snn import VGGSNN
 from ckd_search.models.snn import synaptic_ops
 from ckd_search.prepare import Prepared
@@ -207,6 +208,8 @@ class Trainer:
         self.autocast: Callable[[], contextlib.AbstractContextManager[Any]] = contextlib.nullcontext
         if cfg.run.channels_last:  # exact, and 1.2-1.4x on CPU too (bench/step_throughput.py)
             self.model = self.model.to(memory_format=torch.channels_last)
+        if device.type == "cpu" and cfg.run.cpu_lif == "fused":
+            use_fused_cpu_lif(self.model.student)
         if device.type == "cuda":
             self._setup_cuda()
         if cfg.run.precision == "bf16":

@@ -32,6 +32,7 @@ from ckd_search.engine import Trainer
 from ckd_search.engine import compile_fresh
 from ckd_search.engine import frame_dtype
 from ckd_search.engine import resolve_device
+from ckd_search.models.cpu_lif import use_fused_cpu_lif
 from ckd_search.perf import variants
 from ckd_search.perf.synthetic import StepBatch
 from ckd_search.perf.synthetic import device_batches
@@ -68,8 +69,8 @@ def _joint(trainer: Trainer) -> None:
     trainer.loss_fn = variants.joint_bn_losses
 
 
-def _fast_lif(trainer: Trainer) -> None:
-    variants.use_fast_cpu_lif(trainer.model.student)
+def _spikingjelly_lif(trainer: Trainer) -> None:
+    use_fused_cpu_lif(trainer.model.student, fused=False)
 
 
 def _compile(trainer: Trainer) -> None:
@@ -81,7 +82,10 @@ EXPERIMENTS: tuple[Experiment, ...] = (
     Experiment("streams-fused", "both streams as one 2B batch, BatchNorm per stream", _fused),
     Experiment("streams-jointBN", "as streams-fused with one BN over both streams (NOT exact)", _joint),
     Experiment(
-        "fast-lif", "every LIF as one autograd function (perf.variants.FastCpuLIF)", _fast_lif, cpu_only=True
+        "sj-lif",
+        "spikingjelly's own CPU LIF loop instead of the engine's fused one (run.cpu_lif=spikingjelly)",
+        _spikingjelly_lif,
+        cpu_only=True,
     ),
 )
 COMPILE = Experiment(

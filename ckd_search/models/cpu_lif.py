@@ -1,0 +1,145 @@
+"""The student's LIF layer as one autograd function, for CPU runs (``run.cpu_lif="fused"``).
+
+spikingjelly 2.0's CPU path for a multi-step LIF is a Python loop of about 10 tensor ops per time
+step forward and 15 backward, each its own autograd node, plus a ``torch.stack`` of the outputs.
+:class:`FusedCpuLIF` computes the same neuron (hard reset to 0, decayed input, detached reset,
+PiecewiseQuadratic surrogate; ckd-method.md 2.1) with 3 ops per step forward and 2-3 backward,
+writing straight into preallocated [T, ...] outputs. Exact: same spikes, membranes and gradients
+up to float rounding (tests/models/test_cpu_lif.py). On CUDA, spikingjelly's Triton kernel already
+fuses the loop, so the engine swaps the layers in only on a CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from spikingjelly.activation_based import neuron
+from spikingjelly.activation_based import surrogate
+from torch import Tensor
+
+from ckd_search.models.snn import VGGSNN
+from ckd_search.models.snn import MembraneTap
+
+
+class _LIFSequence(torch.autograd.Function):
+    """LIF over [T, ...] from v = 0: H = V (1 - 1/tau) + X / tau, S = H >= theta, V = H (1 - S).
+
+    Returns (spikes in the input dtype, post-reset membrane sequence or None). Backward with the
+    reset detached (He et al.) and the PiecewiseQuadratic surrogate
+    g'(u) = max(0, alpha - alpha^2 |u|), u = H - theta; the membrane sequence is differentiable.
+    Every op writes floats: on a CPU a comparison into a bool tensor, ``torch.where`` and the bool
+    to float cast each cost 3-20x a float op of the same size (channels_last, torch 2.14).
+    """
+
+    @staticmethod
+    def forward(  # type: ignore[override]
+        ctx: Any,
+        x: Tensor,
+        tau: float,
+        threshold: float,
+        alpha: float,
+        need_v_seq: bool,
+    ) -> tuple[Tensor, Tensor | None]:
+        decay = 1.0 - 1.0 / tau
+        h_seq = x.to(torch.promote_types(x.dtype, torch.float32)) / tau  # X/tau, then H in place
+        spikes = torch.empty_like(h_seq)
+        v_seq = torch.empty_like(h_seq) if need_v_seq else None
+        state = None if v_seq is not None else torch.empty_like(h_seq[0])  # V[t-1]
+        for t in range(h_seq.shape[0]):
+            h = h_seq[t]
+            if t:
+                h.add_(v_seq[t - 1] if v_seq is not None else state, alpha=decay)
+            torch.ge(h, threshold, out=spikes[t])
+            # V = H - H S: exactly H where silent and +0 where fired
+            torch.addcmul(h, h, spikes[t], value=-1.0, out=v_seq[t] if v_seq is not None else state)
+        ctx.save_for_backward(h_seq, spikes)
+        ctx.tau, ctx.threshold, ctx.alpha, ctx.in_dtype = tau, threshold, alpha, x.dtype
+        return spikes.to(x.dtype), v_seq
+
+    @staticmethod
+    def backward(  # type: ignore[override]
+        ctx: Any, g_spikes: Tensor | None, g_v: Tensor | None
+    ) -> tuple[Tensor | None, None, None, None, None]:
+        h_seq, spikes = ctx.saved_tensors
+        tau, threshold, alpha = ctx.tau, ctx.threshold, ctx.alpha
+        decay = 1.0 - 1.0 / tau
+        keep = torch.rsub(spikes, 1.0)  # dV/dH with the reset detached
+        if g_spikes is not None:
+            # every step's surrogate term at once: only the reset path is sequential
+            sg = (h_seq - threshold).abs_().mul_(-alpha * alpha).add_(alpha).clamp_min_(0.0)
+            direct = sg.mul_(g_spikes.to(h_seq.dtype))
+        else:
+            direct = torch.zeros_like(h_seq)
+        gh = torch.empty_like(h_seq)
+        carry: Tensor | None = None
+        for t in range(h_seq.shape[0] - 1, -1, -1):
+            back = g_v[t] if g_v is not None else None
+            if carry is not None:
+                back = carry if back is None else back + carry
+            if back is None:
+                gh[t].copy_(direct[t])
+            else:
+                torch.addcmul(direct[t], back, keep[t], out=gh[t])
+            carry = gh[t] * decay
+        return gh.div_(tau).to(ctx.in_dtype), None, None, None, None
+
+
+def _lif_kwargs(lif: neuron.LIFNode) -> dict[str, Any]:
+    """The constructor arguments of the engine's LIF (``models.snn.make_lif``), read off ``lif``."""
+    sg = lif.surrogate_function
+    if not (
+        isinstance(sg, surrogate.PiecewiseQuadratic)
+        and lif.v_reset == 0.0
+        and lif.decay_input
+        and lif.detach_reset
+    ):
+        raise ValueError("FusedCpuLIF covers hard reset to 0, decay_input, detach_reset, PiecewiseQuadratic")
+    return dict(
+        tau=lif.tau,
+        decay_input=True,
+        v_threshold=lif.v_threshold,
+        v_reset=0.0,
+        detach_reset=True,
+        surrogate_function=surrogate.PiecewiseQuadratic(alpha=sg.alpha),
+        step_mode="m",
+        store_v_seq=lif.store_v_seq,
+    )
+
+
+class FusedCpuLIF(neuron.LIFNode):
+    """``LIFNode`` whose multi-step forward is :class:`_LIFSequence` (the engine's LIF only).
+
+    Runs from the reset state (v = 0), as every engine forward does; the final membrane is not
+    kept as state. ``store_v_seq=True`` fills ``v_seq`` (differentiable), as spikingjelly does.
+    A layer with state left over from an earlier call takes spikingjelly's own path.
+    """
+
+    @classmethod
+    def like(cls, lif: neuron.LIFNode) -> FusedCpuLIF:
+        return cls(**_lif_kwargs(lif))
+
+    def multi_step_forward(self, x_seq: Tensor, *args: Tensor, **kwargs: object) -> Tensor:
+        if not (isinstance(self.v, float) and self.v == 0.0):
+            return super().multi_step_forward(x_seq, *args, **kwargs)  # mid-sequence state: the slow path
+        spikes, v_seq = _LIFSequence.apply(
+            x_seq,
+            float(self.tau),
+            float(self.v_threshold),
+            float(self.surrogate_function.alpha),
+            self.store_v_seq,
+        )
+        self.v_seq = v_seq
+        return spikes
+
+
+def use_fused_cpu_lif(student: VGGSNN, fused: bool = True) -> None:
+    """Make every LIF of the student (the membrane tap's too) a :class:`FusedCpuLIF` in place, or
+    with ``fused=False`` spikingjelly's own ``LIFNode`` again. LIF layers hold no parameters, so the
+    student's ``state_dict`` is the same either way."""
+    kind = FusedCpuLIF if fused else neuron.LIFNode
+    for i, block in enumerate(student.features):
+        if isinstance(block, MembraneTap):
+            block.lif = kind(**_lif_kwargs(block.lif))
+        elif isinstance(block, neuron.LIFNode):
+            student.features[i] = kind(**_lif_kwargs(block))
