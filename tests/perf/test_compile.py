@@ -1,7 +1,8 @@
 """run.compile: the whole CKD step is one graph with no breaks and no recompiles (CPU Inductor).
 
-The GPU path adds spikingjelly's Triton neuron ops; on a CPU the LIF is traced as Torch code, so
-this checks everything of ours around it (streams, replacement, CKA, KD, TET, heads).
+The GPU path adds spikingjelly's Triton neuron ops; on a CPU the LIF is the engine's fused autograd
+function (``run.cpu_lif``), traced as Torch code, so this checks everything of ours around the
+neuron kernel (streams, replacement, CKA, KD, TET, heads).
 """
 
 from __future__ import annotations
