@@ -285,9 +285,9 @@ class RunConfig:
     channels_last: bool = f(True, "channels_last memory format (exact; faster on CUDA and CPU)")
     cpu_lif: str = f(
         "fused",
-        "LIF kernel on a CPU: fused (models.cpu_lif, one autograd function per layer; exact, "
-        "1.1-1.2x per step at the demo shape) or spikingjelly (its own per-step loop). CUDA always "
-        "uses spikingjelly's fused kernel",
+        "LIF kernel on a CPU: fused (models.cpu_lif: one autograd function per layer, the same "
+        "neuron within float rounding, 1.16-1.24x per step at the demo shape) or spikingjelly (its "
+        "own per-step loop). CUDA always uses spikingjelly's fused kernel",
         one_of("fused", "spikingjelly"),
     )
     threads: int | None = f(None, "torch CPU threads (None = leave as is)", opt(ge(1)))
