@@ -120,6 +120,7 @@ def test_replace_returns_validated_copy():
         ({"run.device": "tpu"}, "run.device", "must be auto"),
         ({"run.precision": "fp8"}, "run.precision", "must be one of"),
         ({"run.compile_mode": "fast"}, "run.compile_mode", "must be one of"),
+        ({"run.cpu_lif": "triton"}, "run.cpu_lif", "must be one of"),
         ({"run.threads": 0}, "run.threads", "must be >= 1"),
         ({"run.checkpoint_every": -1}, "run.checkpoint_every", "must be >= 0"),
         ({"run.eval_every": 0}, "run.eval_every", "must be >= 1"),
