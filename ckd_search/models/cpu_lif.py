@@ -44,18 +44,17 @@ class _LIFSequence(torch.autograd.Function):
         decay = 1.0 - 1.0 / tau
         h_seq = x.to(torch.promote_types(x.dtype, torch.float32)) / tau  # X/tau, then H in place
         spikes = torch.empty_like(h_seq)
-        v_seq = torch.empty_like(h_seq) if need_v_seq else None
-        state = None if v_seq is not None else torch.empty_like(h_seq[0])  # V[t-1]
+        v_out = torch.empty_like(h_seq if need_v_seq else h_seq[:1])  # V: every step, or the last one
         for t in range(h_seq.shape[0]):
             h = h_seq[t]
             if t:
-                h.add_(v_seq[t - 1] if v_seq is not None else state, alpha=decay)
+                h.add_(v_out[t - 1 if need_v_seq else 0], alpha=decay)
             torch.ge(h, threshold, out=spikes[t])
             # V = H - H S: exactly H where silent and +0 where fired
-            torch.addcmul(h, h, spikes[t], value=-1.0, out=v_seq[t] if v_seq is not None else state)
+            torch.addcmul(h, h, spikes[t], value=-1.0, out=v_out[t if need_v_seq else 0])
         ctx.save_for_backward(h_seq, spikes)
         ctx.tau, ctx.threshold, ctx.alpha, ctx.in_dtype = tau, threshold, alpha, x.dtype
-        return spikes.to(x.dtype), v_seq
+        return spikes.to(x.dtype), (v_out if need_v_seq else None)
 
     @staticmethod
     def backward(  # type: ignore[override]
