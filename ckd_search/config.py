@@ -286,7 +286,7 @@ class RunConfig:
     cpu_lif: str = f(
         "fused",
         "LIF kernel on a CPU: fused (models.cpu_lif: one autograd function per layer, the same "
-        "neuron within float rounding, 1.16-1.24x per step at the demo shape) or spikingjelly (its "
+        "neuron within float rounding, 1.16-1.25x per step at the demo shape) or spikingjelly (its "
         "own per-step loop). CUDA always uses spikingjelly's fused kernel",
         one_of("fused", "spikingjelly"),
     )
