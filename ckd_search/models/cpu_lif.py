@@ -29,7 +29,7 @@ class _LIFSequence(torch.autograd.Function):
     reset detached (He et al.) and the PiecewiseQuadratic surrogate
     g'(u) = max(0, alpha - alpha^2 |u|), u = H - theta; the membrane sequence is differentiable.
     Every op writes floats: on a CPU a comparison into a bool tensor, ``torch.where`` and the bool
-    to float cast each cost 3-20x a float op of the same size (channels_last, torch 2.14).
+    to float cast each cost 5-15x a float op of the same size (channels_last, torch 2.14).
     """
 
     @staticmethod
