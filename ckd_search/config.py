@@ -287,7 +287,8 @@ class RunConfig:
         "fused",
         "LIF kernel on a CPU: fused (models.cpu_lif: one autograd function per layer, the same "
         "neuron within float rounding, 1.16-1.25x per step at the demo shape) or spikingjelly (its "
-        "own per-step loop). CUDA always uses spikingjelly's fused kernel",
+        "own per-step loop). CUDA always uses spikingjelly's fused kernel, and so does a CPU with "
+        "model.detach_reset=false (the fused LIF computes the detached reset only)",
         one_of("fused", "spikingjelly"),
     )
     threads: int | None = f(None, "torch CPU threads (None = leave as is)", opt(ge(1)))

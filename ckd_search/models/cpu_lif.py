@@ -6,7 +6,8 @@ step forward and 15 backward, each its own autograd node, plus a ``torch.stack``
 PiecewiseQuadratic surrogate; ckd-method.md 2.1) with 3 ops per step forward and 2-3 backward,
 writing straight into preallocated [T, ...] outputs. Exact: same spikes, membranes and gradients
 up to float rounding (tests/models/test_cpu_lif.py). On CUDA, spikingjelly's Triton kernel already
-fuses the loop, so the engine swaps the layers in only on a CPU.
+fuses the loop, so the engine swaps the layers in only on a CPU, and only where the reset is
+detached (``model.detach_reset``, He et al.'s choice and the default).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from torch import Tensor
 
 from ckd_search.models.snn import VGGSNN
 from ckd_search.models.snn import MembraneTap
+from ckd_search.models.snn import make_lif
 
 
 class _LIFSequence(torch.autograd.Function):
@@ -84,28 +86,6 @@ class _LIFSequence(torch.autograd.Function):
         return gh.div_(tau).to(ctx.in_dtype), None, None, None, None
 
 
-def _lif_kwargs(lif: neuron.LIFNode) -> dict[str, Any]:
-    """The constructor arguments of the engine's LIF (``models.snn.make_lif``), read off ``lif``."""
-    sg = lif.surrogate_function
-    if not (
-        isinstance(sg, surrogate.PiecewiseQuadratic)
-        and lif.v_reset == 0.0
-        and lif.decay_input
-        and lif.detach_reset
-    ):
-        raise ValueError("FusedCpuLIF covers hard reset to 0, decay_input, detach_reset, PiecewiseQuadratic")
-    return dict(
-        tau=lif.tau,
-        decay_input=True,
-        v_threshold=lif.v_threshold,
-        v_reset=0.0,
-        detach_reset=True,
-        surrogate_function=surrogate.PiecewiseQuadratic(alpha=sg.alpha),
-        step_mode="m",
-        store_v_seq=lif.store_v_seq,
-    )
-
-
 class FusedCpuLIF(neuron.LIFNode):
     """``LIFNode`` whose multi-step forward is :class:`_LIFSequence` (the engine's LIF only).
 
@@ -114,9 +94,19 @@ class FusedCpuLIF(neuron.LIFNode):
     A layer with state left over from an earlier call takes spikingjelly's own path.
     """
 
-    @classmethod
-    def like(cls, lif: neuron.LIFNode) -> FusedCpuLIF:
-        return cls(**_lif_kwargs(lif))
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not (
+            isinstance(self.surrogate_function, surrogate.PiecewiseQuadratic)
+            and self.v_reset == 0.0
+            and self.decay_input
+            and self.detach_reset
+            and self.step_mode == "m"
+        ):
+            raise ValueError(
+                "FusedCpuLIF covers multi-step, hard reset to 0, decay_input, detach_reset, "
+                "PiecewiseQuadratic"
+            )
 
     def multi_step_forward(self, x_seq: Tensor, *args: Tensor, **kwargs: object) -> Tensor:
         if not (isinstance(self.v, float) and self.v == 0.0):
@@ -134,11 +124,15 @@ class FusedCpuLIF(neuron.LIFNode):
 
 def use_fused_cpu_lif(student: VGGSNN, fused: bool = True) -> None:
     """Make every LIF of the student (the membrane tap's too) a :class:`FusedCpuLIF` in place, or
-    with ``fused=False`` spikingjelly's own ``LIFNode`` again. LIF layers hold no parameters, so the
-    student's ``state_dict`` is the same either way."""
-    kind = FusedCpuLIF if fused else neuron.LIFNode
+    with ``fused=False`` spikingjelly's own ``LIFNode`` again.
+
+    The fused kernel computes the detached reset only: with ``model.detach_reset=false`` (an
+    ablation) the student keeps spikingjelly's LIF. LIF layers and the tap hold no parameters, so
+    the student's ``state_dict`` is the same either way.
+    """
+    kind = FusedCpuLIF if fused and student.cfg.detach_reset else neuron.LIFNode
     for i, block in enumerate(student.features):
         if isinstance(block, MembraneTap):
-            block.lif = kind(**_lif_kwargs(block.lif))
+            student.features[i] = MembraneTap(make_lif(student.cfg, kind))
         elif isinstance(block, neuron.LIFNode):
-            student.features[i] = kind(**_lif_kwargs(block))
+            student.features[i] = make_lif(student.cfg, kind)

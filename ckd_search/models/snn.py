@@ -23,12 +23,13 @@ from ckd_search.config import ModelConfig
 PLAN: tuple[int | str, ...] = (64, 128, "P", 256, 256, "P", 512, 512, "P", 512, 512, "P")
 
 
-def make_lif(cfg: ModelConfig) -> neuron.LIFNode:
+def make_lif(cfg: ModelConfig, kind: type[neuron.LIFNode] = neuron.LIFNode) -> neuron.LIFNode:
     """BrainCog/He et al. LIF: H = U + (X - U)/tau, spike at H >= V_th, hard reset to 0.
 
     PiecewiseQuadratic(alpha) is the QGateGrad triangle and one of spikingjelly's fused surrogates.
+    ``kind``: spikingjelly's ``LIFNode`` or a subclass with the same constructor (``models.cpu_lif``).
     """
-    return neuron.LIFNode(
+    return kind(
         tau=float(cfg.tau),
         decay_input=True,
         v_threshold=float(cfg.v_threshold),

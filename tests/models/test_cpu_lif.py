@@ -14,10 +14,10 @@ from ckd_search.models.snn import MembraneTap
 from ckd_search.models.snn import make_lif
 
 
-def _pair(store_v_seq: bool, **cfg: float) -> tuple[neuron.LIFNode, FusedCpuLIF]:
-    ref = make_lif(ModelConfig(**cfg))
-    ref.store_v_seq = store_v_seq
-    return ref, FusedCpuLIF.like(ref)
+def _pair(store_v_seq: bool, **cfg: float) -> tuple[neuron.LIFNode, neuron.LIFNode]:
+    ref, fused = make_lif(ModelConfig(**cfg)), make_lif(ModelConfig(**cfg), FusedCpuLIF)
+    ref.store_v_seq = fused.store_v_seq = store_v_seq
+    return ref, fused
 
 
 def _inputs(shape: tuple[int, ...], seed: int, memory_format: torch.memory_format = torch.contiguous_format):
@@ -69,9 +69,8 @@ def test_fused_lif_with_state_left_over_takes_spikingjelly_path():
 
 
 def test_fused_lif_refuses_a_neuron_it_does_not_compute():
-    other = neuron.LIFNode(tau=2.0, surrogate_function=surrogate.ATan(), step_mode="m")
     with pytest.raises(ValueError, match="PiecewiseQuadratic"):
-        FusedCpuLIF.like(other)
+        FusedCpuLIF(tau=2.0, surrogate_function=surrogate.ATan(), step_mode="m")
 
 
 def test_swap_keeps_the_student_output_and_state_dict():
@@ -92,6 +91,14 @@ def test_swap_keeps_the_student_output_and_state_dict():
     assert list(net.state_dict()) == keys
     use_fused_cpu_lif(net, fused=False)
     assert not any(isinstance(m, FusedCpuLIF) for m in net.modules())
+
+
+def test_a_student_without_the_detached_reset_keeps_spikingjelly_lif():
+    net = VGGSNN(ModelConfig(width=0.0625, detach_reset=False), num_classes=5, in_size=16)
+    use_fused_cpu_lif(net)  # the fused kernel has no gradient through the reset
+    lifs = [m for m in net.modules() if isinstance(m, neuron.LIFNode)]
+    assert len(lifs) == 8 and not any(isinstance(m, FusedCpuLIF) for m in lifs)
+    assert not any(m.detach_reset for m in lifs)
 
 
 def _trainer(kernel: str):

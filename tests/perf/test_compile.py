@@ -1,8 +1,9 @@
 """run.compile: the whole CKD step is one graph with no breaks and no recompiles (CPU Inductor).
 
-The GPU path adds spikingjelly's Triton neuron ops; on a CPU the LIF is the engine's fused autograd
-function (``run.cpu_lif``), traced as Torch code, so this checks everything of ours around the
-neuron kernel (streams, replacement, CKA, KD, TET, heads).
+The GPU path adds spikingjelly's Triton neuron ops; on a CPU spikingjelly's LIF module runs its
+Torch loop instead (``run.cpu_lif=spikingjelly``), so this checks everything of ours around the
+neuron kernel (streams, replacement, CKA, KD, TET, heads) and spikingjelly's module code the GPU
+step traces too (its state and reset). The engine's fused CPU LIF is checked as well.
 """
 
 from __future__ import annotations
@@ -39,11 +40,18 @@ def test_prime_for_compile_leaves_weights_statistics_and_mode_alone():
     assert all(torch.equal(before[k], after[k]) for k in before)  # BN running stats untouched
 
 
-@pytest.mark.parametrize("precision", ["fp32", pytest.param("bf16", marks=pytest.mark.slow)])  # bf16: 75 s
-def test_compiled_step_is_one_graph_across_epochs_and_evaluations(precision):
+@pytest.mark.parametrize(
+    "precision,cpu_lif",
+    [
+        ("fp32", "spikingjelly"),
+        ("fp32", "fused"),
+        pytest.param("bf16", "spikingjelly", marks=pytest.mark.slow),  # bf16: 75 s
+    ],
+)
+def test_compiled_step_is_one_graph_across_epochs_and_evaluations(precision, cpu_lif):
     args = step_bench.parse_args(["--smoke"])
     device = torch.device("cpu")
-    overrides = {"run.compile": True, "run.epochs": 2, "run.precision": precision}
+    overrides = {"run.compile": True, "run.epochs": 2, "run.precision": precision, "run.cpu_lif": cpu_lif}
     cfg = step_bench.ckd_config(args, overrides, 2, 16, device)
     prepared = synthetic_prepared(cfg, 10, n_train=16, n_test=8, seed=0)
     torch._dynamo.reset()
@@ -75,7 +83,8 @@ def test_a_new_trainer_compiles_afresh_with_static_shapes(monkeypatch):
     args = step_bench.parse_args(["--smoke"])
     device = torch.device("cpu")
     for batch in (4, 6):
-        cfg = step_bench.ckd_config(args, {"run.compile": True, "optim.batch_size": batch}, 2, 16, device)
+        overrides = {"run.compile": True, "optim.batch_size": batch, "run.cpu_lif": "spikingjelly"}
+        cfg = step_bench.ckd_config(args, overrides, 2, 16, device)
         trainer = Trainer(cfg, synthetic_prepared(cfg, 10, n_train=2 * batch, n_test=4, seed=0), device)
         trainer.train_epoch()
         assert len(_debug_get_cache_entry_list(ckd_losses)) == 1
