@@ -5,15 +5,17 @@
 # left (a part cut short loses its compile time and tells nothing). Every part's output is appended,
 # as produced, to $OUT/parts.txt: the device tool returns at most 8 files, so all parts share one.
 # Cold-cache warm-ups measured on an H200 (bench/gpu-results.md): about 60 s per compiled variant,
-# 10-50 s per eager one (Triton compiles each new T and layer shape once), so size PARTS to fit.
+# 10-50 s per eager one (Triton compiles each new T and layer shape once), so size PARTS to fit, or
+# name prewarm first: it pays those compiles for every later part at once, in parallel.
 #
 #   here:  make gpu-wheels              (spikingjelly + loguru wheels into .whl/, the machine lacks them)
-#   there: BUDGET=480 bash bench/gpu_session.sh   with .whl carried (the default PARTS: 460 s of limits);
-#          then at once, on the still warm machine: BUDGET=250 PARTS="$SECOND" (below, 250 s)
+#   there: BUDGET=560 bash bench/gpu_session.sh   with .whl carried (the default PARTS)
+#          then at once, on the still warm machine: BUDGET=<what is left> PARTS="$SECOND" (below)
 #   A session's 900 s of device time hold one start (90-120 s), these two calls and their
-#   transfers. THIRD (below) is for the session after, as its first call.
+#   transfers.
 #
 # Parts:
+#   prewarm    one untimed step of every shape the parts after it time, in parallel (below), <= 240 s
 #   step       every default variant of bench/step_throughput.py at B=120, T=10, 48x48 (~300 s cold)
 #   compiled   ckd-bf16-compile first (so its own priming, not the baseline's, builds the bf16 neuron
 #              plans), then base-bf16-compile, fresh process: graph breaks and recompiles (cold: the
@@ -35,15 +37,15 @@
 #   profile    phase split of the engine step at B=120, T=10, 48x48, bf16
 set -u
 OUT=${OUT:-runs/gpu}
-BUDGET=${BUDGET:-520}  # seconds for all parts together
+BUDGET=${BUDGET:-560}  # seconds for all parts together
 # The compiled step first: the H100 run of 2026-11-28 found its graph breaks (spikingjelly's reset
-# deep-copies v = 0.0), fixed since and to be confirmed; packing's 1.3x goal was met there (2.97x
-# at the demo shape). The default parts' limits add up to 460 s (the install's seconds count too:
-# the last part may get a shorter limit); what the budget cuts off is named "skipped". MPS parts
-# come last (an MPS daemon may not start inside the device's sandbox).
-PARTS=${PARTS:-compiled small}
-SECOND="scaling"                                     # the second call's part (250 s)
-THIRD="packing-digits-trials bn profile packing-digits-mps"  # a later session's first call (BUDGET=520)
+# deep-copies v = 0.0), fixed since and to be confirmed; then the T x size grid, which cold
+# compiles had cut to 2 of 8 cells; then CUDA graphs at a small batch. Packing's 1.3x goal was met
+# on the H100 (2.97x at the demo shape). The limits below assume prewarm ran (warm caches); what
+# the budget cuts off is named "skipped". MPS parts come last (an MPS daemon may not start inside
+# the device's sandbox).
+PARTS=${PARTS:-prewarm compiled scaling small}
+SECOND="bn profile"  # the second call (limits 150 + 90 s), warmed by the first call's prewarm too
 mkdir -p "$OUT"
 LOG=$OUT/parts.txt
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -64,6 +66,53 @@ stop_mps() {  # the bench quits its MPS daemon itself; this also covers a run ki
     echo quit | CUDA_MPS_PIPE_DIRECTORY=$CACHE/mps-pipe timeout 20 nvidia-cuda-mps-control >/dev/null 2>&1
   fi
   return 0
+}
+
+# prewarm: one untimed step of every shape the later parts time, in parallel processes, so that
+# their cold compiles (Inductor graphs; spikingjelly's autotuned Triton LIF, one per layer shape,
+# B included, since its SIZES/STRIDES are constexpr) share the 16 host cores instead of queueing in
+# the timed parts. Jobs start in waves that fit the card's memory, the slow Inductor compiles in
+# the first (estimates from the measured peaks: 18.1 GiB at B=120, T=10, 48x48, full width, linear
+# in B*T*S^2, plus 1.5 GiB a process); each Inductor gets 4 compile workers, not one per core.
+# The timed parts (the second call's too, on the still warm machine) then report warm-cache
+# warm-ups, as a search's later trials see them.
+prewarm_jobs() {  # lines "GiB name step_throughput-args" for this call's PARTS and the SECOND call's
+  local one="--steps 1 --warmup 1" t s
+  est() { awk -v b="$1" -v t="$2" -v s="$3" 'BEGIN { printf "%.0f", 18.1*b/120*t/10*(s/48)^2 + 1.5 }'; }
+  for name in $PARTS $SECOND; do
+    case $name in
+      compiled) echo "$(est 120 10 48) ckd-compile-120 --variants ckd-bf16-compile $one"
+                echo "$(est 120 10 48) base-compile-120 --variants base-bf16-compile $one" ;;
+      small) echo "$(est 32 10 48) ckd-compile-32 --variants ckd-bf16-compile --batch 32 $one"
+             echo "$(est 32 10 48) ckd-graphs-32 --variants ckd-bf16-graphs --batch 32 $one" ;;
+      bn) echo "$(est 120 10 48) ckd-compile-jointbn-120 --variants ckd-bf16-compile-jointbn $one" ;;
+      packing-digits*) echo "2 digits --variants ckd-bf16 $DIGITS $one" ;;  # width 1/8: 0.4 GiB
+      scaling) for s in 48 128; do for t in 4 6 8 10; do
+                 echo "$(est 32 "$t" "$s") scaling-$t-$s --variants ckd-bf16 --batch 32 --timesteps $t --size $s $one"
+               done; done ;;
+    esac
+  done | awk '!seen[$2]++'  # packing-digits parts share one job
+}
+
+prewarm() {  # prewarm SECONDS: the jobs in memory-sized waves, all under SECONDS
+  local limit=$1 start=$SECONDS gib name args total used=0 pids=()
+  total=$(nvidia-smi --query-gpu=memory.total --format=csv,noheader,nounits -i 0 | awk '{printf "%d", $1/1024*0.85}')
+  flush() {
+    local left=$((limit - (SECONDS - start)))
+    ((${#pids[@]})) && echo "wave of ${#pids[@]} job(s), ${used} GiB estimated, $left s left"
+    for pid in "${pids[@]}"; do wait "$pid"; done
+    pids=() used=0
+  }
+  while read -r gib name args; do
+    ((used > 0 && used + gib > total)) && flush
+    local left=$((limit - (SECONDS - start)))
+    ((left < 20)) && { echo "$name: not started, $left s left"; continue; }
+    # shellcheck disable=SC2086
+    (TORCHINDUCTOR_COMPILE_THREADS=4 timeout -k 10 "$left" $STEP $args </dev/null >"/tmp/prewarm-$name.txt" 2>&1
+     echo "$name: exit $? after $((SECONDS - start)) s: $(grep '^|' "/tmp/prewarm-$name.txt" | tail -1)") &
+    pids+=($!) used=$((used + gib))
+  done < <(jobs=$(prewarm_jobs); grep -E 'compile|graphs' <<<"$jobs"; grep -vE 'compile|graphs' <<<"$jobs")
+  flush
 }
 
 part() {  # part NAME SECONDS COMMAND...: run if 3/4 of its limit is left; the limit shrinks to fit
@@ -91,16 +140,20 @@ part() {  # part NAME SECONDS COMMAND...: run if 3/4 of its limit is left; the l
 for name in $PARTS; do
   case $name in
     step) part step 320 $STEP ;;
-    compiled) part compiled 240 env TORCH_LOGS=graph_breaks,recompiles $STEP --variants ckd-bf16-compile,base-bf16-compile ;;
-    bn) part bn 200 $STEP --variants ckd-bf16,ckd-bf16-jointbn,ckd-bf16-compile,ckd-bf16-compile-jointbn ;;
+    prewarm)  # a shell function, so not through part's timeout: it limits its own jobs
+      limit=$((BUDGET - SECONDS < 240 ? BUDGET - SECONDS : 240))
+      echo "=== prewarm (limit ${limit} s)" | tee -a "$LOG"
+      prewarm "$limit" 2>&1 | tee /tmp/part-prewarm.txt >>"$LOG" ;;
+    compiled) part compiled 200 env TORCH_LOGS=graph_breaks,recompiles $STEP --variants ckd-bf16-compile,base-bf16-compile ;;
+    bn) part bn 150 $STEP --variants ckd-bf16,ckd-bf16-jointbn,ckd-bf16-compile,ckd-bf16-compile-jointbn ;;
     precision) part precision 170 python3 bench/precision.py --device cuda --epochs 6 --no-noise-floor ;;
-    small) part small 220 $STEP --variants ckd-bf16,ckd-bf16-compile,ckd-bf16-graphs --batch 32 ;;
+    small) part small 150 $STEP --variants ckd-bf16,ckd-bf16-compile,ckd-bf16-graphs --batch 32 ;;
     packing) part packing 120 $PACK --batch 32 ;;
     packing-digits) part packing-digits 100 $PACK $DIGITS ;;
     packing-digits-trials) part packing-digits-trials 150 $PACK $DIGITS --epochs 5 ;;
     packing-digits-mps) part packing-digits-mps 80 $PACK $DIGITS --mps; stop_mps ;;
     packing-mps) part packing-mps 100 $PACK --batch 32 --mps; stop_mps ;;
-    scaling) part scaling 250 $STEP --variants ckd-bf16 --scaling --batch 32 --steps 5 --warmup 2 ;;
+    scaling) part scaling 160 $STEP --variants ckd-bf16 --scaling --batch 32 --steps 5 --warmup 2 ;;
     profile) part profile 90 python3 -m ckd_search.perf.profile_step --device cuda --rounds 2 \
       --set data.size=48 data.timesteps=10 model.width=1.0 optim.batch_size=120 run.precision=bf16 ;;
     *) echo "unknown part $name" | tee -a "$LOG" ;;
@@ -110,6 +163,6 @@ done
 # The tables (and any traceback's last lines) at the end of the output, where the reply shows them.
 for name in $PARTS; do
   echo "##### $name"
-  [ -f "/tmp/part-$name.txt" ] && grep -E '^(\||#|device|ratio|best|note|bf16|fp32|row)|Error' \
+  [ -f "/tmp/part-$name.txt" ] && grep -E '^(\||#|device|ratio|best|note|bf16|fp32|row|wave)|: exit|Error' \
     "/tmp/part-$name.txt" | tail -25
 done

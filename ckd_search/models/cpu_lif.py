@@ -91,7 +91,8 @@ class FusedCpuLIF(neuron.LIFNode):
 
     Runs from the reset state (v = 0), as every engine forward does; the final membrane is not
     kept as state. ``store_v_seq=True`` fills ``v_seq`` (differentiable), as spikingjelly does.
-    A layer with state left over from an earlier call takes spikingjelly's own path.
+    A layer with state left over from an earlier call, or traced by ``torch.compile``, takes
+    spikingjelly's own path.
     """
 
     def __init__(self, **kwargs: Any) -> None:
@@ -109,8 +110,11 @@ class FusedCpuLIF(neuron.LIFNode):
             )
 
     def multi_step_forward(self, x_seq: Tensor, *args: Tensor, **kwargs: object) -> Tensor:
-        if not (isinstance(self.v, float) and self.v == 0.0):
-            return super().multi_step_forward(x_seq, *args, **kwargs)  # mid-sequence state: the slow path
+        # Mid-sequence state takes spikingjelly's loop, and so does a compiled step: Inductor fuses
+        # that loop itself, while Dynamo in torch 2.11 cannot trace the ``out=`` writes into
+        # channels_last slices below (20 graph breaks a step; torch 2.14 traces them).
+        if torch.compiler.is_compiling() or not (isinstance(self.v, float) and self.v == 0.0):
+            return super().multi_step_forward(x_seq, *args, **kwargs)
         spikes, v_seq = _LIFSequence.apply(
             x_seq,
             float(self.tau),

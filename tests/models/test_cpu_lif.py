@@ -68,6 +68,21 @@ def test_fused_lif_with_state_left_over_takes_spikingjelly_path():
     assert torch.equal(fused(second), ref(second))  # continued from the same state
 
 
+def test_fused_lif_under_compile_takes_spikingjelly_path(monkeypatch):
+    """Dynamo in torch 2.11 (the GPU machines') breaks the graph at the fused path's out= writes."""
+    from ckd_search.models import cpu_lif
+
+    def refuse(*args: object) -> None:
+        raise AssertionError("the fused autograd function ran under torch.compile")
+
+    ref, fused = _pair(True)
+    x = _inputs((3, 2, 4), seed=4)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    monkeypatch.setattr(cpu_lif._LIFSequence, "apply", refuse)
+    assert torch.equal(fused(x), ref(x))
+    assert torch.equal(fused.v_seq, ref.v_seq)
+
+
 def test_fused_lif_refuses_a_neuron_it_does_not_compute():
     with pytest.raises(ValueError, match="PiecewiseQuadratic"):
         FusedCpuLIF(tau=2.0, surrogate_function=surrogate.ATan(), step_mode="m")
