@@ -25,6 +25,9 @@
 #              eager (per-step cost 14 % of the step on an H100) and compiled
 #   precision  bf16 vs fp32 loss/accuracy curves on Digits-DVS, 6 epochs each (~150 s; the seed noise
 #              floor is measured on a CPU, bench/cpu-results.md)
+#   graphs120  ckd-bf16-compile vs ckd-bf16-graphs at B=120, T=10, 48x48 (per-step BatchNorm)
+#   graphs-trial  one whole 4-epoch trial (engine.fit: eval, checkpoints) at B=32, T=10, 48x48,
+#              full width, under CUDA graphs, then compiled without (bench/packing.py --trials 1)
 #   small      ckd-bf16 vs ckd-bf16-compile vs ckd-bf16-graphs at B=32 (launch-bound: where CUDA
 #              graphs should pay; the compile row separates their gain from the compiler's)
 #   packing    1, 2, 3 packed trials at B=32, full width (one trial already fills the GPU)
@@ -38,14 +41,14 @@
 set -u
 OUT=${OUT:-runs/gpu}
 BUDGET=${BUDGET:-560}  # seconds for all parts together
-# The compiled step first: the H100 run of 2026-11-28 found its graph breaks (spikingjelly's reset
-# deep-copies v = 0.0), fixed since and to be confirmed; then the T x size grid, which cold
-# compiles had cut to 2 of 8 cells; then CUDA graphs at a small batch. Packing's 1.3x goal was met
-# on the H100 (2.97x at the demo shape). The limits below assume prewarm ran (warm caches); what
-# the budget cuts off is named "skipped". MPS parts come last (an MPS daemon may not start inside
-# the device's sandbox).
-PARTS=${PARTS:-prewarm compiled scaling small}
-SECOND="bn profile"  # the second call (limits 150 + 90 s), warmed by the first call's prewarm too
+# After the H200 run of 2026-11-28 (bench/gpu-results.md: one graph, no breaks; 1,979 pairs/s with
+# per-step BatchNorm, 2,170 with joint; CUDA graphs 2.29x the compiled step at B=32): whether CUDA
+# graphs close the last 1 % to 2,000 pairs/s at B=120, whole trials under CUDA graphs (engine.fit
+# with evaluation and checkpoints), and packing on an H200 (2.97x on an H100). The limits assume
+# prewarm ran (warm caches); what the budget cuts off is named "skipped". MPS parts come last (an
+# MPS daemon may not start inside the device's sandbox).
+PARTS=${PARTS:-prewarm graphs120 graphs-trial packing-digits}
+SECOND="packing-digits-trials"  # the second call (limit 150 s), warmed by the first call's prewarm
 mkdir -p "$OUT"
 LOG=$OUT/parts.txt
 if ls .whl/*.whl >/dev/null 2>&1; then
@@ -60,6 +63,7 @@ export PYTHONUNBUFFERED=1 TORCHINDUCTOR_CACHE_DIR=$CACHE/inductor TRITON_CACHE_D
 STEP="python3 bench/step_throughput.py"
 PACK="python3 bench/packing.py --device cuda:0 --cache-dir $CACHE"
 DIGITS="--batch 64 --timesteps 6 --size 32 --width 0.125 --classes 10"
+TRIAL="--batch 32 --timesteps 10 --size 48 --width 1 --classes 101 --trials 1 --epochs 4"  # graphs-trial
 
 stop_mps() {  # the bench quits its MPS daemon itself; this also covers a run killed with SIGKILL
   if command -v nvidia-cuda-mps-control >/dev/null; then
@@ -85,13 +89,19 @@ prewarm_jobs() {  # lines "GiB name step_throughput-args" for this call's PARTS 
                 echo "$(est 120 10 48) base-compile-120 --variants base-bf16-compile $one" ;;
       small) echo "$(est 32 10 48) ckd-compile-32 --variants ckd-bf16-compile --batch 32 $one"
              echo "$(est 32 10 48) ckd-graphs-32 --variants ckd-bf16-graphs --batch 32 $one" ;;
-      bn) echo "$(est 120 10 48) ckd-compile-jointbn-120 --variants ckd-bf16-compile-jointbn $one" ;;
+      bn) echo "$(est 120 10 48) ckd-compile-jointbn-120 --variants ckd-bf16-compile-jointbn $one"
+          echo "$(est 120 10 48) eager-120 --variants ckd-bf16 $one" ;;
+      profile) echo "$(est 120 10 48) eager-120 --variants ckd-bf16 $one" ;;
+      graphs120) echo "$(est 120 10 48) ckd-compile-120 --variants ckd-bf16-compile $one"
+                 echo "$(est 120 10 48) ckd-graphs-120 --variants ckd-bf16-graphs $one" ;;
+      graphs-trial) echo "$(est 32 10 48) ckd-compile-32 --variants ckd-bf16-compile --batch 32 $one"
+                    echo "$(est 32 10 48) ckd-graphs-32 --variants ckd-bf16-graphs --batch 32 $one" ;;
       packing-digits*) echo "2 digits --variants ckd-bf16 $DIGITS $one" ;;  # width 1/8: 0.4 GiB
       scaling) for s in 48 128; do for t in 4 6 8 10; do
                  echo "$(est 32 "$t" "$s") scaling-$t-$s --variants ckd-bf16 --batch 32 --timesteps $t --size $s $one"
                done; done ;;
     esac
-  done | awk '!seen[$2]++'  # packing-digits parts share one job
+  done | awk '!seen[$2]++'  # parts that share a shape share its job
 }
 
 prewarm() {  # prewarm SECONDS: the jobs in memory-sized waves, all under SECONDS
@@ -147,6 +157,8 @@ for name in $PARTS; do
     compiled) part compiled 200 env TORCH_LOGS=graph_breaks,recompiles $STEP --variants ckd-bf16-compile,base-bf16-compile ;;
     bn) part bn 150 $STEP --variants ckd-bf16,ckd-bf16-jointbn,ckd-bf16-compile,ckd-bf16-compile-jointbn ;;
     precision) part precision 170 python3 bench/precision.py --device cuda --epochs 6 --no-noise-floor ;;
+    graphs120) part graphs120 120 $STEP --variants ckd-bf16-compile,ckd-bf16-graphs ;;
+    graphs-trial) part graphs-trial 150 bash -c "$PACK $TRIAL --compile-mode reduce-overhead; $PACK $TRIAL --compile" ;;
     small) part small 150 $STEP --variants ckd-bf16,ckd-bf16-compile,ckd-bf16-graphs --batch 32 ;;
     packing) part packing 120 $PACK --batch 32 ;;
     packing-digits) part packing-digits 100 $PACK $DIGITS ;;

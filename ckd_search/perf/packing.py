@@ -43,6 +43,7 @@ import torch
 from ckd_search.argtypes import OneLineParser
 from ckd_search.argtypes import non_negative_int
 from ckd_search.argtypes import positive_int
+from ckd_search.config import COMPILE_MODES
 from ckd_search.errors import UserError
 from ckd_search.perf.timing import SMOKE_SHAPE
 from ckd_search.perf.timing import add_shape_args
@@ -77,6 +78,7 @@ class TrialSpec:
     epochs: int = 0  # > 0: time whole trials (engine.fit, eval and checkpoint every epoch)
     train_samples: int = 0
     test_samples: int = 0
+    compile_mode: str = "default"  # run.compile_mode, with compile
 
 
 def _worker(rank: int, n: int, spec: TrialSpec, barrier: Any, results: Any) -> None:
@@ -117,6 +119,7 @@ def _trial(rank: int, n: int, spec: TrialSpec, barrier: Any) -> dict[str, Any]:
         "run.seed": spec.seed + rank,
         "run.precision": spec.precision,
         "run.compile": spec.compile,
+        "run.compile_mode": spec.compile_mode,
         "run.channels_last": spec.channels_last,
     }
     if spec.epochs:
@@ -214,6 +217,12 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--test-samples", type=positive_int, default=None, help="with --epochs (default 360; smoke 16)"
     )
     p.add_argument("--compile", action="store_true", help="run.compile=true (compiles in every trial)")
+    p.add_argument(
+        "--compile-mode",
+        choices=COMPILE_MODES,
+        default=None,
+        help="run.compile_mode, implies --compile (reduce-overhead: CUDA graphs)",
+    )
     p.add_argument("--no-channels-last", action="store_true", help="run.channels_last=false")
     p.add_argument(
         "--threads-per-trial",
@@ -252,6 +261,10 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
             setattr(args, key, value)
     if args.precision is None:
         args.precision = "bf16" if args.device.startswith("cuda") else "fp32"
+    if args.compile_mode is None:
+        args.compile_mode = "default"
+    else:
+        args.compile = True
     try:
         args.levels = [int(x) for x in args.trials.split(",") if x.strip()]
     except ValueError:
@@ -337,11 +350,11 @@ def _run(args: argparse.Namespace, cache_root: str) -> int:
         lines.append(f"sharing: {gpu_sharing()}")
     else:
         lines.append(f"device: CPU, {cores} cores, load average {os.getloadavg()[0]:.2f}")
+    compiled = f"true ({args.compile_mode})" if args.compile else "false"
     lines.append(
         f"per trial: B={args.batch} pairs, T={args.timesteps}, {args.size}x{args.size}, width "
-        f"{args.width:g}, C={args.classes}, run.precision={args.precision}, run.compile="
-        f"{str(args.compile).lower()}, channels_last={str(not args.no_channels_last).lower()}; "
-        f"RANDOM inputs (throughput only)"
+        f"{args.width:g}, C={args.classes}, run.precision={args.precision}, run.compile={compiled}, "
+        f"channels_last={str(not args.no_channels_last).lower()}; RANDOM inputs (throughput only)"
     )
     timed = (
         f"whole trials of {args.epochs} epochs (engine.fit on {args.train_samples} / {args.test_samples} "
@@ -371,6 +384,7 @@ def _run(args: argparse.Namespace, cache_root: str) -> int:
             device=args.device,
             precision=args.precision,
             compile=args.compile,
+            compile_mode=args.compile_mode,
             channels_last=not args.no_channels_last,
             threads=threads,
             seed=args.seed,

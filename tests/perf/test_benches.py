@@ -109,6 +109,15 @@ def test_packing_names_how_the_gpu_is_shared(tmp_path, monkeypatch):
     assert gpu_sharing().startswith(f"MPS daemon found ({tmp_path})")
 
 
+def test_packing_compile_mode_implies_compile():
+    from ckd_search.perf import packing
+
+    args = packing.parse_args(["--smoke", "--compile-mode", "reduce-overhead"])
+    assert args.compile and args.compile_mode == "reduce-overhead"
+    args = packing.parse_args(["--smoke"])
+    assert not args.compile and args.compile_mode == "default"
+
+
 def _dies_or_waits(rank, n, spec, barrier, results):
     """Rank 0 dies without a report (as under the OOM killer); the others wait at the barrier."""
     import threading
@@ -199,6 +208,7 @@ def test_private_mps_without_the_control_binary_is_a_user_error(tmp_path, monkey
     [
         (["--mps", "--device", "cpu"], "--mps needs a CUDA device"),
         (["--trials", "0,x"], "--trials must list"),
+        (["--compile-mode", "fast"], "--compile-mode: invalid choice: 'fast'"),
     ],
 )
 def test_packing_bad_flags_exit_2_naming_the_flag(args, message):
