@@ -9,8 +9,8 @@
 # name prewarm first: it pays those compiles for every later part at once, in parallel.
 #
 #   here:  make gpu-wheels              (spikingjelly + loguru wheels into .whl/, the machine lacks them)
-#   there: BUDGET=560 bash bench/gpu_session.sh   with .whl carried (the default PARTS)
-#          then at once, on the still warm machine: BUDGET=<what is left> PARTS="$SECOND" (below)
+#   there: bash bench/gpu_session.sh   with .whl carried, timeout 600 (the default PARTS and BUDGET)
+#          then at once, on the still warm machine: BUDGET=170 PARTS="$SECOND" (below), timeout 190
 #   A session's 900 s of device time hold one start (90-120 s), these two calls and their
 #   transfers.
 #
@@ -40,7 +40,7 @@
 #   profile    phase split of the engine step at B=120, T=10, 48x48, bf16
 set -u
 OUT=${OUT:-runs/gpu}
-BUDGET=${BUDGET:-560}  # seconds for all parts together
+BUDGET=${BUDGET:-575}  # seconds for all parts together
 # After the H200 run of 2026-11-28 (bench/gpu-results.md: one graph, no breaks; 1,979 pairs/s with
 # per-step BatchNorm, 2,170 with joint; CUDA graphs 2.29x the compiled step at B=32): whether CUDA
 # graphs close the last 1 % to 2,000 pairs/s at B=120, whole trials under CUDA graphs (engine.fit
@@ -159,8 +159,8 @@ for name in $PARTS; do
     compiled) part compiled 200 env TORCH_LOGS=graph_breaks,recompiles $STEP --variants ckd-bf16-compile,base-bf16-compile ;;
     bn) part bn 150 $STEP --variants ckd-bf16,ckd-bf16-jointbn,ckd-bf16-compile,ckd-bf16-compile-jointbn ;;
     precision) part precision 170 python3 bench/precision.py --device cuda --epochs 6 --no-noise-floor ;;
-    graphs120) part graphs120 120 $STEP --variants ckd-bf16-compile,ckd-bf16-graphs ;;
-    graphs-trial) part graphs-trial 150 bash -c "$PACK $TRIAL --compile-mode reduce-overhead; $PACK $TRIAL --compile" ;;
+    graphs120) part graphs120 90 $STEP --variants ckd-bf16-compile,ckd-bf16-graphs ;;
+    graphs-trial) part graphs-trial 145 bash -c "$PACK $TRIAL --compile-mode reduce-overhead; $PACK $TRIAL --compile" ;;
     small) part small 150 $STEP --variants ckd-bf16,ckd-bf16-compile,ckd-bf16-graphs --batch 32 ;;
     packing) part packing 120 $PACK --batch 32 ;;
     packing-digits) part packing-digits 100 $PACK $DIGITS ;;

@@ -272,15 +272,16 @@ def test_gpu_session_script_parses_and_knows_every_default_part():
     assert subprocess.run(["bash", "-n", str(script)], capture_output=True).returncode == 0
     text = script.read_text()
     (default,) = re.findall(r"^PARTS=\$\{PARTS:-(.+)\}$", text, flags=re.M)
-    cases = set(re.findall(r"^    ([a-z-]+)\) part \1 ", text, flags=re.M))
-    assert default.split() and set(default.split()) <= cases
+    (budget,) = re.findall(r"^BUDGET=\$\{BUDGET:-(\d+)\}", text, flags=re.M)
     (second,) = re.findall(r'^SECOND="(.+)"', text, flags=re.M)  # the second call's parts
-    assert set(second.split()) <= cases and not set(second.split()) & set(default.split())
-    (third,) = re.findall(r'^THIRD="(.+)"', text, flags=re.M)  # the next GPU session's first call
-    assert set(third.split()) <= cases and not set(third.split()) & set(default.split() + second.split())
-    described = set(re.findall(r"^#   ([a-z-]+) ", text, flags=re.M))
-    assert cases == described  # every part is in the header's list
-    # each call's parts fit the budget the header gives it (a part without 3/4 of its limit is skipped)
-    limits = {name: int(s) for name, s in re.findall(r"^    ([a-z-]+)\) part \1 (\d+) ", text, flags=re.M)}
-    for parts, budget in ((default, 480), (second, 250), (third, 520)):
-        assert sum(limits[p] for p in parts.split()) <= budget, (parts, budget)
+    (second_budget,) = re.findall(r"then at once.*BUDGET=(\d+) PARTS=", text)
+    # each part's time limit: "NAME) part NAME SECONDS ...", and prewarm's own
+    limits = {name: int(s) for name, s in re.findall(r"^    ([a-z0-9-]+)\) part \1 (\d+) ", text, flags=re.M)}
+    (limits["prewarm"],) = (int(s) for s in re.findall(r"limit=\$\(\(BUDGET - SECONDS < (\d+) \?", text))
+    assert default.split() and set(default.split()) <= set(limits)
+    assert set(second.split()) <= set(limits) and not set(second.split()) & set(default.split())
+    described = set(re.findall(r"^#   ([a-z0-9-]+) ", text, flags=re.M))
+    assert set(limits) == described  # every part is in the header's list
+    # each call's parts fit its budget (a part without 3/4 of its limit left is skipped)
+    for parts, seconds in ((default, int(budget)), (second, int(second_budget))):
+        assert sum(limits[p] for p in parts.split()) <= seconds, (parts, seconds)
