@@ -52,7 +52,40 @@ class StepwiseBatchNorm2d(layer.BatchNorm2d):
             return self.super_forward(x)
         if not self.training:  # running statistics: per step and joint agree, joint is one kernel
             return super().forward(x)
+        if torch.compiler.is_compiling() and self.momentum is not None:
+            return self._all_steps_at_once(x)
         return torch.stack([self.super_forward(x_t) for x_t in x.unbind(0)])
+
+    def _all_steps_at_once(self, x: Tensor) -> Tensor:
+        """The step loop's result from one reduction over [T, B, C, H, W] (compiled steps only).
+
+        Inductor turns the loop into T reductions and T normalisations per layer, forward and
+        backward (36 kernels for T = 6 against 10 here, CPU Inductor), which left a compiled
+        per-step BatchNorm 9 % slower than the joint one on an H200. Eagerly this composite is
+        slower than T cuDNN calls, so it runs under ``torch.compile`` only. Same statistics,
+        output and running statistics as the loop up to float rounding; computed in fp32 and
+        returned in the input's dtype, as ``F.batch_norm`` does under autocast.
+        """
+        steps, channels = x.shape[0], x.shape[2]
+        xf = x.float()
+        var, mean = torch.var_mean(xf, dim=(1, 3, 4), correction=0, keepdim=True)  # [T, 1, C, 1, 1]
+        scale = torch.rsqrt(var + self.eps)
+        if self.affine:
+            scale = scale * self.weight.view(1, 1, -1, 1, 1)
+        y = (xf - mean) * scale
+        if self.affine:
+            y = y + self.bias.view(1, 1, -1, 1, 1)
+        if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
+            n = x.numel() // (steps * channels)  # samples behind each statistic: B * H * W
+            with torch.no_grad():
+                step_means = mean.detach().view(steps, channels)
+                step_vars = var.detach().view(steps, channels) * (n / max(n - 1, 1))  # unbiased
+                for t in range(steps):  # r <- (1 - m) r + m s_t, in the loop's order
+                    self.running_mean.lerp_(step_means[t], self.momentum)
+                    self.running_var.lerp_(step_vars[t], self.momentum)
+                if self.num_batches_tracked is not None:
+                    self.num_batches_tracked.add_(steps)
+        return y.to(x.dtype)
 
 
 def make_bn(cfg: ModelConfig, channels: int) -> layer.BatchNorm2d:

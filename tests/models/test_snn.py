@@ -136,6 +136,67 @@ def test_neuron_dtype_keeps_the_membrane_state_fp32_under_bf16_autocast():
     assert torch.equal(net(x.float()).logits, y32)
 
 
+def _stepwise_bn_pair(channels: int) -> tuple[torch.nn.Module, torch.nn.Module]:
+    from ckd_search.models.snn import StepwiseBatchNorm2d
+
+    loop, fast = StepwiseBatchNorm2d(channels, step_mode="m"), StepwiseBatchNorm2d(channels, step_mode="m")
+    with torch.no_grad():
+        for bn in (loop, fast):  # affine parameters and running statistics away from 1 and 0
+            bn.weight.copy_(torch.rand(channels, generator=torch.Generator().manual_seed(2)) + 0.5)
+            bn.bias.copy_(torch.linspace(-1, 1, channels))
+            bn.running_mean.fill_(0.3)
+            bn.running_var.fill_(2.0)
+    return loop, fast
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_per_step_batchnorm_compiled_form_matches_the_step_loop(monkeypatch, dtype):
+    loop, fast = _stepwise_bn_pair(6)
+    gen = torch.Generator().manual_seed(0)
+    scales = torch.tensor([1.0, 4.0, 0.5, 9.0]).view(4, 1, 1, 1, 1)
+    x = torch.randn(4 * 5, 6, 7, 7, generator=gen).to(memory_format=torch.channels_last).unflatten(0, (4, 5))
+    x = (x * scales + 2.0).to(dtype).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    weights = torch.randn(x.shape, generator=gen)
+    y_loop = loop(x)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)  # as inside torch.compile
+    monkeypatch.setattr(fast, "super_forward", None)  # the step loop must not run
+    y_fast = fast(x2)
+    assert y_fast.dtype == dtype and y_fast.flatten(0, 1).is_contiguous(memory_format=torch.channels_last)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 0.05, "rtol": 0.02}
+    assert torch.allclose(y_fast.float(), y_loop.float(), **tol)
+    (y_loop.float() * weights).sum().backward()
+    (y_fast.float() * weights).sum().backward()
+    assert torch.allclose(x2.grad.float(), x.grad.float(), **tol)
+    for name in ("weight", "bias"):
+        a, b = getattr(fast, name).grad, getattr(loop, name).grad
+        assert torch.allclose(a, b, atol=1e-3 if dtype == torch.float32 else 0.5, rtol=1e-4), name
+    # running statistics moved once per step, in the loop's order, from the same statistics
+    assert torch.allclose(fast.running_mean, loop.running_mean, atol=1e-5)
+    assert torch.allclose(fast.running_var, loop.running_var, rtol=1e-4)
+    assert int(fast.num_batches_tracked) == int(loop.num_batches_tracked) == 4
+
+
+def test_per_step_batchnorm_under_torch_compile_matches_eager(monkeypatch):
+    from ckd_search.models.snn import StepwiseBatchNorm2d
+
+    calls = []
+    one_pass = StepwiseBatchNorm2d._all_steps_at_once
+
+    def spy(self, x):
+        calls.append(x.shape[0])
+        return one_pass(self, x)
+
+    monkeypatch.setattr(StepwiseBatchNorm2d, "_all_steps_at_once", spy)
+    loop, fast = _stepwise_bn_pair(3)
+    x = torch.randn(3, 4, 3, 5, 5, generator=torch.Generator().manual_seed(3)) * 3 - 1
+    torch._dynamo.reset()
+    y = torch.compile(fast)(x)
+    assert calls == [3]  # traced through the one-pass form
+    assert torch.allclose(y, loop(x), atol=1e-5)
+    assert torch.allclose(fast.running_var, loop.running_var, rtol=1e-5)
+
+
 def test_per_step_batchnorm_normalises_each_step_with_its_own_samples():
     from spikingjelly.activation_based import layer
 
