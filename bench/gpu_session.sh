@@ -25,7 +25,7 @@
 #              eager (per-step cost 14 % of the step on an H100) and compiled
 #   precision  bf16 vs fp32 loss/accuracy curves on Digits-DVS, 6 epochs each (~150 s; the seed noise
 #              floor is measured on a CPU, bench/cpu-results.md)
-#   graphs120  ckd-bf16-compile vs ckd-bf16-graphs at B=120, T=10, 48x48 (per-step BatchNorm)
+#   graphs120  ckd-bf16-compile (per-step BatchNorm), -compile-jointbn and -graphs at B=120, T=10, 48x48
 #   graphs-trial  one whole 3-epoch trial (engine.fit: eval, checkpoints) at B=32, T=10, 48x48,
 #              full width, under CUDA graphs, then compiled without (bench/packing.py --trials 1)
 #   small      ckd-bf16 vs ckd-bf16-compile vs ckd-bf16-graphs at B=32 (launch-bound: where CUDA
@@ -40,13 +40,14 @@
 #   profile    phase split of the engine step at B=120, T=10, 48x48, bf16
 set -u
 OUT=${OUT:-runs/gpu}
-BUDGET=${BUDGET:-575}  # seconds for all parts together
+BUDGET=${BUDGET:-585}  # seconds for all parts together
 # After the H200 run of 2026-11-28 (bench/gpu-results.md: one graph, no breaks; 1,979 pairs/s with
-# per-step BatchNorm, 2,170 with joint; CUDA graphs 2.29x the compiled step at B=32): whether CUDA
-# graphs close the last 1 % to 2,000 pairs/s at B=120, whole trials under CUDA graphs (engine.fit
-# with evaluation and checkpoints), and packing on an H200 (2.97x on an H100). The limits assume
-# prewarm ran (warm caches); what the budget cuts off is named "skipped". MPS parts come last (an
-# MPS daemon may not start inside the device's sandbox).
+# per-step BatchNorm, 2,170 with joint; CUDA graphs 2.29x the compiled step at B=32): whether the
+# one-reduction per-step BatchNorm (compiled steps, since 14a2b92) or CUDA graphs close the last
+# 1 % to 2,000 pairs/s at B=120, whole trials under CUDA graphs (engine.fit with evaluation and
+# checkpoints), and packing on an H200 (2.97x on an H100). The limits assume prewarm ran (warm
+# caches); what the budget cuts off is named "skipped". MPS parts come last (an MPS daemon may
+# not start inside the device's sandbox).
 PARTS=${PARTS:-prewarm graphs120 graphs-trial packing-digits}
 SECOND="packing-digits-trials"  # the second call (limit 150 s), warmed by the first call's prewarm
 mkdir -p "$OUT"
@@ -95,6 +96,7 @@ prewarm_jobs() {  # lines "GiB name step_throughput-args" for this call's PARTS 
           echo "$(est 120 10 48) eager-120 --variants ckd-bf16 $one" ;;
       profile) echo "$(est 120 10 48) eager-120 --variants ckd-bf16 $one" ;;
       graphs120) echo "$(est 120 10 48) ckd-compile-120 --variants ckd-bf16-compile $one"
+                 echo "$(est 120 10 48) ckd-compile-jointbn-120 --variants ckd-bf16-compile-jointbn $one"
                  echo "$(est 120 10 48) ckd-graphs-120 --variants ckd-bf16-graphs $one" ;;
       graphs-trial) echo "$(est 32 10 48) ckd-compile-32 --variants ckd-bf16-compile --batch 32 $one"
                     echo "$(est 32 10 48) ckd-graphs-32 --variants ckd-bf16-graphs --batch 32 $one" ;;
@@ -159,7 +161,7 @@ for name in $PARTS; do
     compiled) part compiled 200 env TORCH_LOGS=graph_breaks,recompiles $STEP --variants ckd-bf16-compile,base-bf16-compile ;;
     bn) part bn 150 $STEP --variants ckd-bf16,ckd-bf16-jointbn,ckd-bf16-compile,ckd-bf16-compile-jointbn ;;
     precision) part precision 170 python3 bench/precision.py --device cuda --epochs 6 --no-noise-floor ;;
-    graphs120) part graphs120 90 $STEP --variants ckd-bf16-compile,ckd-bf16-graphs ;;
+    graphs120) part graphs120 100 $STEP --variants ckd-bf16-compile,ckd-bf16-compile-jointbn,ckd-bf16-graphs ;;
     graphs-trial) part graphs-trial 145 bash -c "$PACK $TRIAL --compile-mode reduce-overhead; $PACK $TRIAL --compile" ;;
     small) part small 150 $STEP --variants ckd-bf16,ckd-bf16-compile,ckd-bf16-graphs --batch 32 ;;
     packing) part packing 120 $PACK --batch 32 ;;
