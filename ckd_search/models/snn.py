@@ -62,9 +62,10 @@ class StepwiseBatchNorm2d(layer.BatchNorm2d):
         Inductor turns the loop into T reductions and T normalisations per layer, forward and
         backward (36 kernels for T = 6 against 10 here, CPU Inductor), which left a compiled
         per-step BatchNorm 9 % slower than the joint one on an H200. Eagerly this composite is
-        slower than T cuDNN calls, so it runs under ``torch.compile`` only. Same statistics,
-        output and running statistics as the loop up to float rounding; computed in fp32 and
-        returned in the input's dtype, as ``F.batch_norm`` does under autocast.
+        slower than the T ``F.batch_norm`` calls (3-4x on a CPU), so it runs under
+        ``torch.compile`` only. Same statistics, output and running statistics as the loop up to
+        float rounding (1.10x on the compiled CPU step, bench/cpu-results.md); computed in fp32
+        and returned in the input's dtype, as ``F.batch_norm`` does under autocast.
         """
         steps, channels = x.shape[0], x.shape[2]
         xf = x.float()
