@@ -90,16 +90,14 @@ prewarm_jobs() {  # lines "GiB name step_throughput-args" for this call's PARTS 
     case $name in
       compiled) echo "$(est 120 10 48) ckd-compile-120 --variants ckd-bf16-compile $one"
                 echo "$(est 120 10 48) base-compile-120 --variants base-bf16-compile $one" ;;
-      small) echo "$(est 32 10 48) ckd-compile-32 --variants ckd-bf16-compile --batch 32 $one"
-             echo "$(est 32 10 48) ckd-graphs-32 --variants ckd-bf16-graphs --batch 32 $one" ;;
+      small|graphs-trial) echo "$(est 32 10 48) ckd-compile-32 --variants ckd-bf16-compile --batch 32 $one"
+                          echo "$(est 32 10 48) ckd-graphs-32 --variants ckd-bf16-graphs --batch 32 $one" ;;
       bn) echo "$(est 120 10 48) ckd-compile-jointbn-120 --variants ckd-bf16-compile-jointbn $one"
           echo "$(est 120 10 48) eager-120 --variants ckd-bf16 $one" ;;
       profile) echo "$(est 120 10 48) eager-120 --variants ckd-bf16 $one" ;;
       graphs120) echo "$(est 120 10 48) ckd-compile-120 --variants ckd-bf16-compile $one"
                  echo "$(est 120 10 48) ckd-compile-jointbn-120 --variants ckd-bf16-compile-jointbn $one"
                  echo "$(est 120 10 48) ckd-graphs-120 --variants ckd-bf16-graphs $one" ;;
-      graphs-trial) echo "$(est 32 10 48) ckd-compile-32 --variants ckd-bf16-compile --batch 32 $one"
-                    echo "$(est 32 10 48) ckd-graphs-32 --variants ckd-bf16-graphs --batch 32 $one" ;;
       packing-digits*) echo "2 digits --variants ckd-bf16 $DIGITS $one" ;;  # width 1/8: 0.4 GiB
       scaling) for s in 48 128; do for t in 4 6 8 10; do
                  echo "$(est 32 "$t" "$s") scaling-$t-$s --variants ckd-bf16 --batch 32 --timesteps $t --size $s $one"

@@ -79,8 +79,8 @@ class StepwiseBatchNorm2d(layer.BatchNorm2d):
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
             n = x.numel() // (steps * channels)  # samples behind each statistic: B * H * W
             with torch.no_grad():
-                step_means = mean.detach().view(steps, channels)
-                step_vars = var.detach().view(steps, channels) * (n / max(n - 1, 1))  # unbiased
+                step_means = mean.view(steps, channels)
+                step_vars = var.view(steps, channels) * (n / max(n - 1, 1))  # unbiased
                 for t in range(steps):  # r <- (1 - m) r + m s_t, in the loop's order
                     self.running_mean.lerp_(step_means[t], self.momentum)
                     self.running_var.lerp_(step_vars[t], self.momentum)
