@@ -27,11 +27,12 @@ from ckd_search.models.snn import make_lif
 class _LIFSequence(torch.autograd.Function):
     """LIF over [T, ...] from v = 0: H = V (1 - 1/tau) + X / tau, S = H >= theta, V = H (1 - S).
 
-    Returns (spikes in the input dtype, post-reset membrane sequence or None). Backward with the
-    reset detached (He et al.) and the PiecewiseQuadratic surrogate
-    g'(u) = max(0, alpha - alpha^2 |u|), u = H - theta; the membrane sequence is differentiable.
-    Every op writes floats: on a CPU a comparison into a bool tensor, ``torch.where`` and the bool
-    to float cast each cost 5-15x a float op of the same size (channels_last, torch 2.14).
+    Returns (spikes in the input dtype, post-reset membrane sequence or None, last membrane V_T-1
+    for the layer's state). Backward with the reset detached (He et al.) and the PiecewiseQuadratic
+    surrogate g'(u) = max(0, alpha - alpha^2 |u|), u = H - theta; both membrane outputs are
+    differentiable. Every op writes floats: on a CPU a comparison into a bool tensor,
+    ``torch.where`` and the bool to float cast each cost 5-15x a float op of the same size
+    (channels_last, torch 2.14).
     """
 
     @staticmethod
@@ -42,7 +43,7 @@ class _LIFSequence(torch.autograd.Function):
         threshold: float,
         alpha: float,
         need_v_seq: bool,
-    ) -> tuple[Tensor, Tensor | None]:
+    ) -> tuple[Tensor, Tensor | None, Tensor]:
         decay = 1.0 - 1.0 / tau
         h_seq = x.to(torch.promote_types(x.dtype, torch.float32)) / tau  # X/tau, then H in place
         spikes = torch.empty_like(h_seq)
@@ -56,11 +57,13 @@ class _LIFSequence(torch.autograd.Function):
             torch.addcmul(h, h, spikes[t], value=-1.0, out=v_out[t if need_v_seq else 0])
         ctx.save_for_backward(h_seq, spikes)
         ctx.tau, ctx.threshold, ctx.alpha, ctx.in_dtype = tau, threshold, alpha, x.dtype
-        return spikes.to(x.dtype), (v_out if need_v_seq else None)
+        ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zeros to add
+        v_last = v_out[-1].clone() if need_v_seq else v_out[0]  # an output may not view another
+        return spikes.to(x.dtype), (v_out if need_v_seq else None), v_last
 
     @staticmethod
     def backward(  # type: ignore[override]
-        ctx: Any, g_spikes: Tensor | None, g_v: Tensor | None
+        ctx: Any, g_spikes: Tensor | None, g_v: Tensor | None, g_last: Tensor | None
     ) -> tuple[Tensor | None, None, None, None, None]:
         h_seq, spikes = ctx.saved_tensors
         tau, threshold, alpha = ctx.tau, ctx.threshold, ctx.alpha
@@ -73,7 +76,7 @@ class _LIFSequence(torch.autograd.Function):
         else:
             direct = torch.zeros_like(h_seq)
         gh = torch.empty_like(h_seq)
-        carry: Tensor | None = None
+        carry = g_last  # dL/dV of the last step through the state, then of each earlier one
         for t in range(h_seq.shape[0] - 1, -1, -1):
             back = g_v[t] if g_v is not None else None
             if carry is not None:
@@ -89,11 +92,14 @@ class _LIFSequence(torch.autograd.Function):
 class FusedCpuLIF(neuron.LIFNode):
     """``LIFNode`` whose multi-step forward is :class:`_LIFSequence` (the engine's LIF only).
 
-    Runs from the reset state (v = 0), as every engine forward does; the final membrane is not
-    kept as state. ``store_v_seq=True`` fills ``v_seq`` (differentiable), as spikingjelly does.
-    A layer with state left over from an earlier call, or traced by ``torch.compile``, takes
-    spikingjelly's own path.
+    Runs from the reset state (v = 0), as every engine forward does, on fp32 or fp64 input, and
+    leaves the last membrane as the state ``v``, as spikingjelly does. ``store_v_seq=True`` fills
+    ``v_seq`` (differentiable), as spikingjelly does. A layer with state left over from an earlier
+    call, bf16 input (spikingjelly computes it in bf16), or a step traced by ``torch.compile``
+    takes spikingjelly's own path.
     """
+
+    v: Tensor | float  # the membrane state, a spikingjelly memory (0.0 after a reset)
 
     def __init__(self, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -113,16 +119,20 @@ class FusedCpuLIF(neuron.LIFNode):
         # Mid-sequence state takes spikingjelly's loop, and so does a compiled step: Inductor fuses
         # that loop itself, while Dynamo in torch 2.11 cannot trace the ``out=`` writes into
         # channels_last slices below (20 graph breaks a step; torch 2.14 traces them).
-        if torch.compiler.is_compiling() or not (isinstance(self.v, float) and self.v == 0.0):
+        if (
+            torch.compiler.is_compiling()
+            or x_seq.dtype not in (torch.float32, torch.float64)
+            or not (isinstance(self.v, float) and self.v == 0.0)
+        ):
             return super().multi_step_forward(x_seq, *args, **kwargs)
-        spikes, v_seq = _LIFSequence.apply(
+        spikes, v_seq, v_last = _LIFSequence.apply(
             x_seq,
             float(self.tau),
             float(self.v_threshold),
             float(self.surrogate_function.alpha),
             self.store_v_seq,
         )
-        self.v_seq = v_seq
+        self.v, self.v_seq = v_last, v_seq
         return spikes
 
 

@@ -64,11 +64,18 @@ class StepwiseBatchNorm2d(layer.BatchNorm2d):
         per-step BatchNorm 9 % slower than the joint one on an H200. Eagerly this composite is
         slower than the T ``F.batch_norm`` calls (3-4x on a CPU), so it runs under
         ``torch.compile`` only. Same statistics, output and running statistics as the loop up to
-        float rounding (1.10x on the compiled CPU step, bench/cpu-results.md); computed in fp32
-        and returned in the input's dtype, as ``F.batch_norm`` does under autocast.
+        float rounding (1.10x on the compiled CPU step, bench/cpu-results.md); computed in at
+        least fp32 and returned in the input's dtype, as ``F.batch_norm`` does under autocast.
+        (With ``momentum=None``, a cumulative average, the loop runs compiled too: its step count
+        is read on the host.)
         """
         steps, channels = x.shape[0], x.shape[2]
-        xf = x.float()
+        n = x.numel() // (steps * channels)  # samples behind each statistic: B * H * W
+        if n == 1:  # F.batch_norm's own check, which the loop would hit
+            raise ValueError(
+                f"Expected more than 1 value per channel when training, got input size {list(x.shape)}"
+            )
+        xf = x.to(torch.promote_types(x.dtype, torch.float32))
         var, mean = torch.var_mean(xf, dim=(1, 3, 4), correction=0, keepdim=True)  # [T, 1, C, 1, 1]
         scale = torch.rsqrt(var + self.eps)
         if self.affine:
@@ -77,10 +84,10 @@ class StepwiseBatchNorm2d(layer.BatchNorm2d):
         if self.affine:
             y = y + self.bias.view(1, 1, -1, 1, 1)
         if self.track_running_stats and self.running_mean is not None and self.running_var is not None:
-            n = x.numel() // (steps * channels)  # samples behind each statistic: B * H * W
             with torch.no_grad():
-                step_means = mean.view(steps, channels)
-                step_vars = var.view(steps, channels) * (n / max(n - 1, 1))  # unbiased
+                stats = self.running_mean.dtype
+                step_means = mean.view(steps, channels).to(stats)
+                step_vars = (var.view(steps, channels) * (n / (n - 1))).to(stats)  # unbiased
                 for t in range(steps):  # r <- (1 - m) r + m s_t, in the loop's order
                     self.running_mean.lerp_(step_means[t], self.momentum)
                     self.running_var.lerp_(step_vars[t], self.momentum)
@@ -186,8 +193,9 @@ class VGGSNN(nn.Module):
     def reset_state(self) -> None:
         """Set every neuron's state back to its reset value (v = 0) before the next sequence.
 
-        spikingjelly's ``functional.reset_net`` does the same, but passes a Python-number reset
-        value through ``copy.deepcopy``, which Dynamo in torch 2.11 cannot trace: inside the
+        For the student's neurons (LIF layers: their ``reset`` sets the memories and drops
+        ``v_seq``) spikingjelly's ``functional.reset_net`` does the same, but passes a Python-number
+        reset value through ``copy.deepcopy``, which Dynamo in torch 2.11 cannot trace: inside the
         compiled step that was a graph break, and the neuron reset's frames ran eagerly (H100,
         2026-11-28; torch 2.14 traces it). A number needs no copy, so it is assigned; a tensor
         reset value goes through spikingjelly's own ``reset``. (The name is not ``reset``, so
@@ -200,6 +208,8 @@ class VGGSNN(nn.Module):
             if all(isinstance(value, int | float) for value in values.values()):
                 for key, value in values.items():
                     module._memories[key] = value
+                if isinstance(module, neuron.BaseNode):
+                    module.v_seq = None  # as BaseNode.reset: no trace kept alive between steps
             else:
                 module.reset()
 

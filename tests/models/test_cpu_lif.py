@@ -60,12 +60,27 @@ def test_fused_lif_follows_the_config_and_keeps_channels_last():
     assert torch.allclose(x.grad, x2.grad, atol=1e-5, rtol=1e-5)
 
 
-def test_fused_lif_with_state_left_over_takes_spikingjelly_path():
-    ref, fused = _pair(False)
+@pytest.mark.parametrize("store_v_seq", [False, True])
+def test_fused_lif_keeps_its_last_membrane_as_state_as_spikingjelly_does(store_v_seq):
+    """A second call without a reset continues from the first's membrane, gradients included."""
+    ref, fused = _pair(store_v_seq)
     first, second = _inputs((2, 3, 4), seed=2), _inputs((2, 3, 4), seed=3)
-    ref(first), fused(first)  # the fused path keeps no final state; ref now holds its membrane
-    fused.v = ref.v.clone()
+    x, x2 = first.clone().requires_grad_(), first.clone().requires_grad_()
+    spikes, ref_spikes = fused(x), ref(x2)
+    assert torch.allclose(fused.v, ref.v, atol=1e-6)
     assert torch.equal(fused(second), ref(second))  # continued from the same state
+    # the loss reaches the first call's input only through the state carried into the second
+    (spikes.sum() + fused(second).sum() + fused.v.square().sum()).backward()
+    (ref_spikes.sum() + ref(second).sum() + ref.v.square().sum()).backward()
+    assert torch.allclose(x.grad, x2.grad, atol=1e-5, rtol=1e-5)
+
+
+def test_fused_lif_leaves_bf16_input_to_spikingjelly():
+    """spikingjelly computes a bf16 input in bf16; the fused kernel would compute it in fp32."""
+    ref, fused = _pair(True)
+    x = _inputs((3, 2, 8), seed=5).bfloat16()
+    assert torch.equal(fused(x), ref(x))
+    assert fused.v_seq.dtype == torch.bfloat16
 
 
 def test_fused_lif_under_compile_takes_spikingjelly_path(monkeypatch):

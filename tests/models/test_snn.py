@@ -73,6 +73,7 @@ def test_reset_state_assigns_number_reset_values_without_deepcopy(monkeypatch):
     net.reset_state()
     net.reset_state()  # the state is a number now: reset_net's deepcopy branch
     assert all(lif.v == 0.0 and not isinstance(lif.v, torch.Tensor) for lif in lifs)
+    assert all(lif.v_seq is None for lif in lifs)  # the tapped trace is dropped, as reset_net does
     assert torch.equal(net(x).logits, first)
 
 
@@ -175,6 +176,23 @@ def test_per_step_batchnorm_compiled_form_matches_the_step_loop(monkeypatch, dty
     assert torch.allclose(fast.running_mean, loop.running_mean, atol=1e-5)
     assert torch.allclose(fast.running_var, loop.running_var, rtol=1e-4)
     assert int(fast.num_batches_tracked) == int(loop.num_batches_tracked) == 4
+
+
+def test_per_step_batchnorm_compiled_form_keeps_a_float64_module_and_refuses_one_value(monkeypatch):
+    """Where the step loop works, or raises, the compiled form does the same."""
+    loop, fast = (bn.double() for bn in _stepwise_bn_pair(2))
+    x = torch.randn(3, 4, 2, 3, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(5))
+    one_value = torch.randn(3, 1, 2, 1, 1, dtype=torch.float64)  # B * H * W = 1: no variance
+    y_loop = loop(x)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        loop(one_value)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    y_fast = fast(x)
+    assert y_fast.dtype == torch.float64 and fast.running_var.dtype == torch.float64
+    assert torch.allclose(y_fast, y_loop, atol=1e-12)
+    assert torch.allclose(fast.running_var, loop.running_var, atol=1e-12)
+    with pytest.raises(ValueError, match="more than 1 value per channel"):
+        fast(one_value)
 
 
 def test_per_step_batchnorm_under_torch_compile_matches_eager(monkeypatch):
