@@ -98,9 +98,35 @@ def test_fused_lif_under_compile_takes_spikingjelly_path(monkeypatch):
     assert torch.equal(fused.v_seq, ref.v_seq)
 
 
-def test_fused_lif_refuses_a_neuron_it_does_not_compute():
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"surrogate_function": surrogate.ATan()},
+        {"detach_reset": False},
+        {"v_reset": None},  # soft reset
+        {"decay_input": False},
+        {"step_mode": "s"},
+    ],
+)
+def test_fused_lif_refuses_a_neuron_it_does_not_compute(change):
+    kwargs = {
+        "tau": 2.0,
+        "decay_input": True,
+        "v_reset": 0.0,
+        "detach_reset": True,
+        "surrogate_function": surrogate.PiecewiseQuadratic(alpha=2.0),
+        "step_mode": "m",
+    }
+    FusedCpuLIF(**kwargs)  # the neuron it does compute
     with pytest.raises(ValueError, match="PiecewiseQuadratic"):
-        FusedCpuLIF(tau=2.0, surrogate_function=surrogate.ATan(), step_mode="m")
+        FusedCpuLIF(**(kwargs | change))
+
+
+def test_fused_lif_fires_at_exactly_the_threshold():
+    ref, fused = _pair(False, tau=2.0, v_threshold=0.5)
+    x = torch.tensor([[1.0, 0.96, 1.04]])  # T = 1: H = X / 2, exactly 0.5 for the first neuron
+    spikes = fused(x)
+    assert spikes.tolist() == [[1.0, 0.0, 1.0]] and torch.equal(spikes, ref(x))
 
 
 def test_swap_keeps_the_student_output_and_state_dict():

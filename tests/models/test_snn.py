@@ -10,6 +10,7 @@ from spikingjelly.activation_based import surrogate
 from ckd_search.config import ModelConfig
 from ckd_search.models.snn import VGGSNN
 from ckd_search.models.snn import MembraneTap
+from ckd_search.models.snn import StepwiseBatchNorm2d
 from ckd_search.models.snn import make_lif
 from ckd_search.models.snn import synaptic_ops
 
@@ -138,8 +139,6 @@ def test_neuron_dtype_keeps_the_membrane_state_fp32_under_bf16_autocast():
 
 
 def _stepwise_bn_pair(channels: int) -> tuple[torch.nn.Module, torch.nn.Module]:
-    from ckd_search.models.snn import StepwiseBatchNorm2d
-
     loop, fast = StepwiseBatchNorm2d(channels, step_mode="m"), StepwiseBatchNorm2d(channels, step_mode="m")
     with torch.no_grad():
         for bn in (loop, fast):  # affine parameters and running statistics away from 1 and 0
@@ -195,9 +194,36 @@ def test_per_step_batchnorm_compiled_form_keeps_a_float64_module_and_refuses_one
         fast(one_value)
 
 
-def test_per_step_batchnorm_under_torch_compile_matches_eager(monkeypatch):
-    from ckd_search.models.snn import StepwiseBatchNorm2d
+def test_per_step_batchnorm_eager_keeps_the_step_loop(monkeypatch):
+    """The one-reduction form is 3-4x slower eagerly on a CPU: only compiled steps take it."""
 
+    def refuse(self, x):
+        raise AssertionError("the one-reduction form ran in an eager step")
+
+    monkeypatch.setattr(StepwiseBatchNorm2d, "_all_steps_at_once", refuse)
+    StepwiseBatchNorm2d(3, step_mode="m")(torch.randn(2, 4, 3, 5, 5))
+
+
+def test_per_step_batchnorm_compiled_form_keeps_running_statistics_out_of_autograd(monkeypatch):
+    bn = StepwiseBatchNorm2d(3, step_mode="m")
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    bn(torch.randn(2, 4, 3, 5, 5, requires_grad=True))
+    for buffer in (bn.running_mean, bn.running_var):
+        assert not buffer.requires_grad and buffer.grad_fn is None
+
+
+def test_per_step_batchnorm_cumulative_average_takes_the_loop_under_compile(monkeypatch):
+    loop, fast = _stepwise_bn_pair(3)
+    loop.momentum = fast.momentum = None
+    x = torch.randn(3, 4, 3, 5, 5, generator=torch.Generator().manual_seed(1)) * 2 + 1
+    y_loop = loop(x)
+    monkeypatch.setattr(torch.compiler, "is_compiling", lambda: True)
+    assert torch.allclose(fast(x), y_loop, atol=1e-5)
+    assert torch.allclose(fast.running_var, loop.running_var, rtol=1e-5)
+    assert int(fast.num_batches_tracked) == 3
+
+
+def test_per_step_batchnorm_under_torch_compile_matches_eager(monkeypatch):
     calls = []
     one_pass = StepwiseBatchNorm2d._all_steps_at_once
 
@@ -218,7 +244,6 @@ def test_per_step_batchnorm_under_torch_compile_matches_eager(monkeypatch):
 def test_per_step_batchnorm_normalises_each_step_with_its_own_samples():
     from spikingjelly.activation_based import layer
 
-    from ckd_search.models.snn import StepwiseBatchNorm2d
     from ckd_search.models.snn import make_bn
 
     gen = torch.Generator().manual_seed(0)

@@ -3,6 +3,7 @@
 import math
 import os
 import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -274,14 +275,60 @@ def test_gpu_session_script_parses_and_knows_every_default_part():
     (default,) = re.findall(r"^PARTS=\$\{PARTS:-(.+)\}$", text, flags=re.M)
     (budget,) = re.findall(r"^BUDGET=\$\{BUDGET:-(\d+)\}", text, flags=re.M)
     (second,) = re.findall(r'^SECOND="(.+)"', text, flags=re.M)  # the second call's parts
-    (second_budget,) = re.findall(r"then at once.*BUDGET=(\d+) PARTS=", text)
+    (timeout,) = re.findall(r"^#\s+timeout (\d+) \(the default PARTS and BUDGET\)", text, flags=re.M)
+    (second_budget, second_timeout) = re.findall(r"then at once.*BUDGET=(\d+) PARTS=.*timeout (\d+)", text)[0]
     # each part's time limit: "NAME) part NAME SECONDS ...", and prewarm's own
     limits = {name: int(s) for name, s in re.findall(r"^    ([a-z0-9-]+)\) part \1 (\d+) ", text, flags=re.M)}
     (limits["prewarm"],) = (int(s) for s in re.findall(r"limit=\$\(\(BUDGET - SECONDS < (\d+) \?", text))
     assert default.split() and set(default.split()) <= set(limits)
     assert set(second.split()) <= set(limits) and not set(second.split()) & set(default.split())
-    described = set(re.findall(r"^#   ([a-z0-9-]+) ", text, flags=re.M))
+    listed = text.split("# Parts:\n", 1)[1].split("\n\n", 1)[0].split("\nset ", 1)[0]
+    described = set(re.findall(r"^#   ([a-z0-9-]+) ", listed, flags=re.M))
     assert set(limits) == described  # every part is in the header's list
     # each call's parts fit its budget (a part without 3/4 of its limit left is skipped)
-    for parts, seconds in ((default, int(budget)), (second, int(second_budget))):
-        assert sum(limits[p] for p in parts.split()) <= seconds, (parts, seconds)
+    # each call's parts fit its budget with 10 s for the wheel install and the header, and the
+    # call's timeout leaves the last part its 15 s kill grace
+    calls = ((default, int(budget), int(timeout)), (second, int(second_budget), int(second_timeout)))
+    for parts, seconds, call_timeout in calls:
+        assert sum(limits[p] for p in parts.split()) <= seconds - 10, (parts, seconds)
+        assert call_timeout >= seconds + 25, (seconds, call_timeout)
+
+
+def test_gpu_session_builds_only_commands_the_benches_accept(tmp_path):
+    """A dry run of every part with a fake nvidia-smi and a python3 that records its arguments:
+    each command the script builds, prewarm's included, must pass its bench's parser and name known
+    variants, since a typo found on the GPU machine costs the session."""
+    from ckd_search.perf import packing
+    from ckd_search.perf import precision
+    from ckd_search.perf import profile_step
+    from ckd_search.perf import step_bench
+
+    fake, argv_log = tmp_path / "bin", tmp_path / "argv.txt"
+    fake.mkdir()
+    (fake / "nvidia-smi").write_text("#!/bin/sh\necho 143771\n")
+    (fake / "python3").write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" >> {argv_log}\n')
+    for tool in fake.iterdir():
+        tool.chmod(0o755)
+    text = (REPO / "bench" / "gpu_session.sh").read_text()
+    parts = [name for name in re.findall(r"^    ([a-z0-9-]+)\)", text, flags=re.M) if "mps" not in name]
+    env = {**os.environ, "PATH": f"{fake}:{os.environ['PATH']}", "OUT": str(tmp_path / "out")}
+    env.update(BUDGET="100000", PARTS=" ".join(parts))
+    script = ["bash", "bench/gpu_session.sh"]
+    done = subprocess.run(script, cwd=REPO, env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and "unknown part" not in done.stdout, done.stdout[-2000:]
+    parsers = {
+        "bench/step_throughput.py": step_bench.parse_args,
+        "bench/packing.py": packing.parse_args,
+        "bench/precision.py": precision.parse_args,
+        "-m ckd_search.perf.profile_step": profile_step.parse_args,
+    }
+    seen = set()
+    for line in argv_log.read_text().splitlines():
+        if line.startswith(("-c ", "-m pip ")):  # the header's import check, the wheel install
+            continue
+        (entry,) = (key for key in parsers if line.startswith(key))
+        args = parsers[entry](shlex.split(line[len(entry) :]))  # exits 2 on an unknown flag
+        if entry == "bench/step_throughput.py":
+            step_bench.select_variants(args.variants)  # UserError on an unknown variant
+        seen.add(entry)
+    assert seen == set(parsers)
