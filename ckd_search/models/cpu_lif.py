@@ -55,7 +55,7 @@ class _LIFSequence(torch.autograd.Function):
             torch.ge(h, threshold, out=spikes[t])
             # V = H - H S: exactly H where silent and +0 where fired
             torch.addcmul(h, h, spikes[t], value=-1.0, out=v_out[t if need_v_seq else 0])
-        ctx.save_for_backward(h_seq, spikes)
+        ctx.save_for_backward(h_seq)  # not the spikes: the caller may change its output in place
         ctx.tau, ctx.threshold, ctx.alpha, ctx.in_dtype = tau, threshold, alpha, x.dtype
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zeros to add
         v_last = v_out[-1].clone() if need_v_seq else v_out[0]  # an output may not view another
@@ -65,10 +65,10 @@ class _LIFSequence(torch.autograd.Function):
     def backward(  # type: ignore[override]
         ctx: Any, g_spikes: Tensor | None, g_v: Tensor | None, g_last: Tensor | None
     ) -> tuple[Tensor | None, None, None, None, None]:
-        h_seq, spikes = ctx.saved_tensors
+        (h_seq,) = ctx.saved_tensors
         tau, threshold, alpha = ctx.tau, ctx.threshold, ctx.alpha
         decay = 1.0 - 1.0 / tau
-        keep = torch.rsub(spikes, 1.0)  # dV/dH with the reset detached
+        keep = torch.lt(h_seq, threshold, out=torch.empty_like(h_seq))  # 1 - S: dV/dH, reset detached
         if g_spikes is not None:
             # every step's surrogate term at once: only the reset path is sequential
             sg = (h_seq - threshold).abs_().mul_(-alpha * alpha).add_(alpha).clamp_min_(0.0)

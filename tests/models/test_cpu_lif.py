@@ -98,6 +98,19 @@ def test_fused_lif_under_compile_takes_spikingjelly_path(monkeypatch):
     assert torch.equal(fused.v_seq, ref.v_seq)
 
 
+def test_fused_lif_output_may_be_changed_in_place_before_backward():
+    """As with spikingjelly's LIF: the fused function keeps no reference to the spikes it returns."""
+    ref, fused = _pair(True)
+    x = _inputs((3, 2, 6), seed=6).requires_grad_()
+    x2 = x.detach().clone().requires_grad_()
+    spikes, ref_spikes = fused(x), ref(x2)
+    spikes.mul_(0.5)
+    ref_spikes.mul_(0.5)
+    (spikes.sum() + fused.v_seq.sum()).backward()
+    (ref_spikes.sum() + ref.v_seq.sum()).backward()
+    assert torch.allclose(x.grad, x2.grad, atol=1e-5, rtol=1e-5)
+
+
 @pytest.mark.parametrize(
     "change",
     [
