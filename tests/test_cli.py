@@ -88,6 +88,24 @@ def test_config_lists_keys_with_defaults_and_meaning(capsys):
     assert cli.main(["config", "nope"]) == 2
 
 
+def test_too_many_gpus_for_a_new_search_are_refused_before_its_run_folder(
+    tmp_path, capsys, monkeypatch, tiny_search_config
+):
+    import sys
+
+    from ckd_search.search import resources
+    from tests.helpers import two_key_space
+
+    monkeypatch.setattr(resources, "local_gpus", lambda: 0)
+    if "ray" in sys.modules:  # a Ray another test left running would take the --gpus as logical ones
+        monkeypatch.setattr(sys.modules["ray"], "is_initialized", lambda: False)
+    space, out = two_key_space(tmp_path, tiny_search_config), tmp_path / "run"
+    assert cli.main(["search", "--space", str(space), "--gpus", "2", "--out", str(out)]) == 2
+    captured = capsys.readouterr()
+    assert "--gpus 2: this machine has 0 GPU(s)" in captured.err
+    assert "run directory" not in captured.out and not out.exists()
+
+
 def test_a_resume_flag_that_is_refused_is_not_kept(tmp_path, capsys, monkeypatch, tiny_search_config):
     from ckd_search.search import resources
     from ckd_search.search.tuner import create_search

@@ -127,7 +127,7 @@ def test_replace_returns_validated_copy():
         ({"resources.cpus": 0}, "resources.cpus", "must be > 0"),
         ({"resources.gpu_fraction": 1.5}, "resources.gpu_fraction", "must be in"),
         ({"kd.temperatur": 4}, "kd.temperatur", "not a known key"),
-        ({"nosuch.key": 1}, "nosuch", "not a known key"),
+        ({"nosuch.key": 1}, "nosuch.key=1", "not a known key"),  # the dotted key, not nosuch={...}
         ({"kd": 3}, "kd", "must be a mapping"),
         ({"kd.k": None}, "kd.k", "must not be empty"),
         ({"kd.k": float("nan")}, "kd.k", "finite"),
@@ -181,6 +181,18 @@ def test_yaml_loading_errors_name_the_path(tmp_path):
     listy.write_text("- 1\n- 2\n")
     with pytest.raises(UserError, match="mapping"):
         Config.from_yaml(listy)
+
+
+def test_a_wrong_key_in_a_file_names_the_file_and_in_an_override_not(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump({"kd": {"temprature": 2.0}}))
+    with pytest.raises(UserError) as info:
+        Config.from_yaml(path)
+    assert str(info.value).startswith(f"{path}: kd.temprature=2.0 is not a known key")
+    path.write_text(yaml.safe_dump({"kd": {"k": 3.0}}))
+    with pytest.raises(ConfigError) as info:
+        Config.from_yaml(path, {"kd.kk": 7})
+    assert str(info.value).startswith("kd.kk=7 is not a known key")
 
 
 def test_yaml_overrides_win(tmp_path):

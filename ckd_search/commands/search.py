@@ -79,6 +79,7 @@ def _prepare_variants(space: Any) -> dict[str, Any]:
 def run_search_command(args: argparse.Namespace) -> int:
     """Start a search from ``--space`` or continue one with ``--resume RUN_DIR``."""
     from ckd_search.cli import parse_overrides
+    from ckd_search.search.resources import check_local_gpus
     from ckd_search.search.settings import SearchSettings
     from ckd_search.search.space import load_space
     from ckd_search.search.tuner import create_search
@@ -103,6 +104,9 @@ def run_search_command(args: argparse.Namespace) -> int:
     else:
         if not args.space:
             raise UserError("give --space FILE (a search-space YAML) or --resume RUN_DIR")
+        ray_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
+        if args.address is None and not ray_running:  # a new local Ray: refused before the run folder
+            check_local_gpus(args.gpus)
         settings = create_search(
             args.space,
             out=args.out,
@@ -208,6 +212,8 @@ def run_ui(args: argparse.Namespace) -> int:
 
     run_dir = Path(args.run_dir).expanduser().resolve()
     db = run_dir / MLFLOW_DB
+    if not run_dir.is_dir():
+        raise UserError(f"{args.run_dir}: no such run directory")
     if not db.is_file():
         raise UserError(f"{run_dir}: no {MLFLOW_DB} here (was the search tracked on an MLflow server?)")
     _check_port_free(args.host, args.port)  # mlflow itself exits 0 when the port is taken

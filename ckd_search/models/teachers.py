@@ -19,7 +19,8 @@ log = logging.getLogger(__name__)
 
 
 def small_cnn(num_classes: int) -> nn.Module:
-    """Three conv blocks and a linear head; about 90% on Digits in a few epochs on a CPU."""
+    """Three conv blocks and a linear head, trained in seconds on a CPU (Digits, one run on the
+    project's 2-core VM: 0.72 test accuracy after 3 epochs, 0.98 after 8)."""
 
     def block(cin: int, cout: int) -> nn.Sequential:
         return nn.Sequential(

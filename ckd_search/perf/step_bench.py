@@ -383,6 +383,8 @@ def header(args: argparse.Namespace, device: torch.device) -> list[str]:
             f"{torch.get_num_threads()} torch threads"
         )
     impl = functional.neuron_implementation("lif", device).get("implementation")
+    if device.type == "cpu":  # the engine swaps in its own (run.cpu_lif); the plain baselines do not
+        impl = f"{impl} (plain baselines), engine rows per run.cpu_lif (default: fused, models/cpu_lif.py)"
     lines.append(f"torch {torch.__version__}, spikingjelly {version('spikingjelly')}, LIF kernel: {impl}")
     lines.append(
         f"inputs: RANDOM frames, labels, images and teacher logits (throughput only, not accuracy); "

@@ -69,6 +69,21 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise UserError(f"--address {address}: nothing answers there ({err.strerror or err})") from None
 
 
+def check_local_gpus(gpus: float | None) -> int | None:
+    """The GPU count a new local Ray gets for ``--gpus``; a UserError where this machine has fewer.
+
+    Run before anything is written as well as in :func:`start_or_join` (which has the last word).
+    """
+    num_gpus = None if gpus is None else int(math.ceil(gpus))
+    if num_gpus and num_gpus > (physical := local_gpus()):
+        raise UserError(
+            f"--gpus {gpus:g}: this machine has {physical} GPU(s), and trials Ray placed on the others "
+            "would find none; for logical GPUs start Ray yourself (ray start --head --num-gpus N) "
+            "and pass --address"
+        )
+    return num_gpus
+
+
 def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -> Cluster:
     """Join ``address``, reuse an initialised Ray, or start a local one on 127.0.0.1.
 
@@ -106,13 +121,7 @@ def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -
             )
             raise UserError(f"--address {address}: cannot join the Ray cluster ({err}){hint}") from None
     else:
-        num_gpus = None if gpus is None else int(math.ceil(gpus))
-        if num_gpus and num_gpus > (physical := local_gpus()):  # refused before Ray starts
-            raise UserError(
-                f"--gpus {gpus:g}: this machine has {physical} GPU(s), and trials Ray placed on the others "
-                "would find none; for logical GPUs start Ray yourself (ray start --head --num-gpus N) "
-                "and pass --address"
-            )
+        num_gpus = check_local_gpus(gpus)
         ray.init(
             address="local",  # a new Ray even where RAY_ADDRESS or a `ray start` on this machine exists
             num_cpus=int(cpus) if cpus else None,

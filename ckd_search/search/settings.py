@@ -124,6 +124,8 @@ class SearchSettings:
         """Read ``RUN_DIR/search.yaml``; a moved directory is fine except for ``--resume``."""
         root = Path(run_dir).expanduser().resolve()
         path = root / SETTINGS_FILE
+        if not root.is_dir():
+            raise UserError(f"{run_dir}: no such run directory")
         if not path.is_file():
             raise UserError(f"{root}: not a search run directory (no {SETTINGS_FILE})")
         data = load_yaml_mapping(path)

@@ -43,6 +43,10 @@ def space(tmp_path) -> Path:
         (["train", "--set", "run.device=cuda"], "no CUDA device"),  # refused in fit: the folder goes
         (["reproduce", "--set", "run.device=cuda"], "no CUDA device"),
         (["ui", "{out}", "--port", "99999"], "--port: '99999' is not a TCP port"),
+        (["ui", "{out}"], "out: no such run directory"),
+        (["export", "{out}"], "out: no such run directory"),
+        (["train", "--set", "kd.temprature=2"], "kd.temprature=2 is not a known key"),
+        (["train", "--set", "foo.bar=1"], "foo.bar=1 is not a known key"),
         (["bench", "profile", "--smoke", "--steps", "-1"], "--steps: -1 must be >= 1"),
         (["bench", "step", "--smoke", "--device", "gpu"], "--device='gpu' is not a device"),
     ],

@@ -222,6 +222,8 @@ def test_a_second_driver_is_refused(stopped_search, capsys):
 
 def test_resume_of_a_missing_or_foreign_directory(tmp_path, capsys):
     assert main(["search", "--resume", str(tmp_path / "nope")]) == 2
+    assert "nope: no such run directory" in one_error_line(capsys)
+    assert main(["search", "--resume", str(tmp_path)]) == 2  # a folder, but not a search's
     assert "not a search run directory" in one_error_line(capsys)
     (tmp_path / "other").mkdir()
     (tmp_path / "other" / "search.yaml").write_text(json.dumps({"run_dir": "/elsewhere"}))
