@@ -104,9 +104,7 @@ def run_search_command(args: argparse.Namespace) -> int:
     else:
         if not args.space:
             raise UserError("give --space FILE (a search-space YAML) or --resume RUN_DIR")
-        ray_running = "ray" in sys.modules and sys.modules["ray"].is_initialized()
-        if args.address is None and not ray_running:  # a new local Ray: refused before the run folder
-            check_local_gpus(args.gpus)
+        check_local_gpus(args.address, args.gpus)  # refused before the run folder is made
         settings = create_search(
             args.space,
             out=args.out,

@@ -27,7 +27,7 @@ from ckd_search.models.snn import make_lif
 class _LIFSequence(torch.autograd.Function):
     """LIF over [T, ...] from v = 0: H = V (1 - 1/tau) + X / tau, S = H >= theta, V = H (1 - S).
 
-    Returns (spikes in the input dtype, post-reset membrane sequence or None, last membrane V_T-1
+    Returns (spikes, post-reset membrane sequence or None, last membrane V_T-1
     for the layer's state). Backward with the reset detached (He et al.) and the PiecewiseQuadratic
     surrogate g'(u) = max(0, alpha - alpha^2 |u|), u = H - theta; both membrane outputs are
     differentiable. Every op writes floats: on a CPU a comparison into a bool tensor,
@@ -45,7 +45,7 @@ class _LIFSequence(torch.autograd.Function):
         need_v_seq: bool,
     ) -> tuple[Tensor, Tensor | None, Tensor]:
         decay = 1.0 - 1.0 / tau
-        h_seq = x.to(torch.promote_types(x.dtype, torch.float32)) / tau  # X/tau, then H in place
+        h_seq = x / tau  # X/tau, then H in place (x is fp32 or fp64: FusedCpuLIF's gate)
         spikes = torch.empty_like(h_seq)
         v_out = torch.empty_like(h_seq if need_v_seq else h_seq[:1])  # V: every step, or the last one
         for t in range(h_seq.shape[0]):
@@ -56,10 +56,10 @@ class _LIFSequence(torch.autograd.Function):
             # V = H - H S: exactly H where silent and +0 where fired
             torch.addcmul(h, h, spikes[t], value=-1.0, out=v_out[t if need_v_seq else 0])
         ctx.save_for_backward(h_seq)  # not the spikes: the caller may change its output in place
-        ctx.tau, ctx.threshold, ctx.alpha, ctx.in_dtype = tau, threshold, alpha, x.dtype
+        ctx.tau, ctx.threshold, ctx.alpha = tau, threshold, alpha
         ctx.set_materialize_grads(False)  # an unused output's gradient stays None: no zeros to add
         v_last = v_out[-1].clone() if need_v_seq else v_out[0]  # an output may not view another
-        return spikes.to(x.dtype), (v_out if need_v_seq else None), v_last
+        return spikes, (v_out if need_v_seq else None), v_last
 
     @staticmethod
     def backward(  # type: ignore[override]
@@ -72,7 +72,7 @@ class _LIFSequence(torch.autograd.Function):
         if g_spikes is not None:
             # every step's surrogate term at once: only the reset path is sequential
             sg = (h_seq - threshold).abs_().mul_(-alpha * alpha).add_(alpha).clamp_min_(0.0)
-            direct = sg.mul_(g_spikes.to(h_seq.dtype))
+            direct = sg.mul_(g_spikes)
         else:
             direct = torch.zeros_like(h_seq)
         gh = torch.empty_like(h_seq)
@@ -86,7 +86,7 @@ class _LIFSequence(torch.autograd.Function):
             else:
                 torch.addcmul(direct[t], back, keep[t], out=gh[t])
             carry = gh[t] * decay
-        return gh.div_(tau).to(ctx.in_dtype), None, None, None, None
+        return gh.div_(tau), None, None, None, None
 
 
 class FusedCpuLIF(neuron.LIFNode):

@@ -69,11 +69,15 @@ def check_reachable(address: str, timeout_s: float = 5.0) -> None:
         raise UserError(f"--address {address}: nothing answers there ({err.strerror or err})") from None
 
 
-def check_local_gpus(gpus: float | None) -> int | None:
+def check_local_gpus(address: str | None, gpus: float | None) -> int | None:
     """The GPU count a new local Ray gets for ``--gpus``; a UserError where this machine has fewer.
 
-    Run before anything is written as well as in :func:`start_or_join` (which has the last word).
+    Only where :func:`start_or_join` would start that Ray (no ``address``, none initialised here);
+    the search command calls it before writing anything, ``start_or_join`` before ``ray.init``.
     """
+    ray = sys.modules.get("ray")
+    if address is not None or (ray is not None and ray.is_initialized()):
+        return None
     num_gpus = None if gpus is None else int(math.ceil(gpus))
     if num_gpus and num_gpus > (physical := local_gpus()):
         raise UserError(
@@ -121,7 +125,7 @@ def start_or_join(address: str | None, cpus: float | None, gpus: float | None) -
             )
             raise UserError(f"--address {address}: cannot join the Ray cluster ({err}){hint}") from None
     else:
-        num_gpus = check_local_gpus(gpus)
+        num_gpus = check_local_gpus(address, gpus)
         ray.init(
             address="local",  # a new Ray even where RAY_ADDRESS or a `ray start` on this machine exists
             num_cpus=int(cpus) if cpus else None,
