@@ -206,7 +206,7 @@ def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun
     files = sorted(root.rglob("result.json")) or sorted(
         _external_experiment(root, notes).rglob("result.json")
     )
-    _refuse_several_searches(root, files)
+    files = _one_search(root, files, notes)
     records: dict[str, dict[str, Any]] = {}
     for path in files:
         _read_trial(path, records, notes)
@@ -289,20 +289,35 @@ def _external_experiment(root: Path, notes: list[str]) -> Path:
     return root
 
 
-def _refuse_several_searches(root: Path, files: Sequence[Path]) -> None:
-    """A UserError when the trial folders below ``root`` belong to more than one search (each
-    search's folder holds its search.yaml / space.yaml): ranking them together mixes studies."""
-    below = [f for f in files if f.is_relative_to(root)]  # an experiment stored elsewhere is one search
-    owners = {owner for f in below if (owner := _search_folder(f.parent, root)) is not None}
+def _one_search(root: Path, files: Sequence[Path], notes: list[str]) -> list[Path]:
+    """The trial files of the one search ``root`` stands for (each search's folder holds its
+    search.yaml / space.yaml; ranking several together mixes studies).
+
+    A folder that is a search itself keeps its own trials and leaves out those of searches in its
+    subfolders (a run folder reused as a parent, say), with a note; any other folder whose trials
+    belong to more than one search is a UserError.
+    """
+    below = {f: _search_folder(f.parent, root) for f in files if f.is_relative_to(root)}
+    owners = {owner for owner in below.values() if owner is not None}  # stored elsewhere: one search
+    if _is_search_folder(root):
+        nested = sorted(str(o.relative_to(root)) for o in owners - {root})
+        if nested:
+            notes.append(f"left out the trials of {len(nested)} other search(es) below: {', '.join(nested)}")
+        return [f for f in files if below.get(f, root) == root]
     if len(owners) > 1:
         names = ", ".join(sorted(str(o.relative_to(root)) or "." for o in owners))
         raise UserError(f"{root}: holds {len(owners)} searches ({names}); analyze each folder on its own")
+    return list(files)
+
+
+def _is_search_folder(folder: Path) -> bool:
+    return any((folder / name).is_file() for name in SEARCH_MARKERS)
 
 
 def _search_folder(folder: Path, root: Path) -> Path | None:
     """The nearest folder from ``folder`` up to ``root`` that holds a search's settings or space."""
     for candidate in (folder, *folder.parents):
-        if any((candidate / name).is_file() for name in SEARCH_MARKERS):
+        if _is_search_folder(candidate):
             return candidate
         if candidate == root:
             return None

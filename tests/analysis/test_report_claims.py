@@ -118,6 +118,19 @@ def test_analyze_refuses_a_folder_holding_several_searches(tmp_path, capsys):
     assert len(load_run(parent / "a", compute_descriptors=False).trials) == 1  # one search is fine
 
 
+def test_a_search_folder_keeps_its_own_trials_beside_a_search_below_it(tmp_path):
+    """A run folder reused as a parent (a demo run into a folder that holds an older one):
+    analyzing it ranks its own trials and names the search it left out, it does not refuse."""
+    run = tmp_path / "run"
+    write_trial(run / "study", "own", {"run.epochs": 2}, [0.5, 0.6], 2)
+    (run / "space.yaml").write_text(yaml.safe_dump(SPACE))
+    write_trial(run / "old" / "study", "older", {"run.epochs": 2}, [0.7, 0.9], 2)
+    (run / "old" / "search.yaml").write_text(yaml.safe_dump({}))
+    loaded = load_run(run, compute_descriptors=False)
+    assert list(loaded.trials["trial_id"]) == ["own"]
+    assert any("other search(es) below: old" in note for note in loaded.notes)
+
+
 def test_an_unfinished_best_is_flagged_everywhere(tmp_path, capsys):
     """ASHA space, every trial stopped at 2-4 of 10 epochs: 'best' is said to be a pruned trial."""
     run = tmp_path / "run"
