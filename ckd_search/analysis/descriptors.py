@@ -21,6 +21,7 @@ from ckd_search.analysis.results import plain_scalar
 from ckd_search.color import static_value_maps
 from ckd_search.config import Config
 from ckd_search.losses import linear_cka
+from ckd_search.models.cpu_lif import use_fused_cpu_lif
 from ckd_search.models.snn import VGGSNN
 from ckd_search.prepare import Prepared
 from ckd_search.step import hybrid_stream
@@ -89,7 +90,10 @@ def rgb_dvs_cka(prepared: Prepared, cfg: Config, max_samples: int = MAX_SAMPLES)
     """Per-step linear CKA between static and DVS membrane features of a fresh seeded student.
 
     BatchNorm runs in training mode (batch statistics), as the CKA loss sees the two streams at the
-    first step of a run; the student is thrown away afterwards.
+    first step of a run; the student is thrown away afterwards. It runs on the CPU with the engine's
+    LIF kernel there (``run.cpu_lif``): the fused one gives the same spikes, saves seconds on the
+    driver before the first trial starts, and leaves spikingjelly's kernel module (which imports
+    torch's compiler stack, about 900 modules) unloaded.
     """
     data = prepared.data
     train = data.train
@@ -104,6 +108,8 @@ def rgb_dvs_cka(prepared: Prepared, cfg: Config, max_samples: int = MAX_SAMPLES)
     with torch.random.fork_rng(devices=[]):  # seeded init without touching the caller's RNG
         torch.manual_seed(cfg.run.seed)
         student = VGGSNN(cfg.model, data.num_classes, data.size)
+    if cfg.run.cpu_lif == "fused":
+        use_fused_cpu_lif(student)
     student.train()
     student.reset_state()
     m_static = student(static_seq, head="static").membrane

@@ -177,5 +177,7 @@ def prepare_all(
         labels[key] = label
         log.info("prepared data and teacher for %s (key %s) in %.1f s", label, key, time.monotonic() - start)
         if run_dir is not None and not (run_dir / FILE_NAME).is_file():
+            start = time.monotonic()
             write_descriptors(run_dir, dataset_descriptors(prepared, cfg))
+            log.info("data-set descriptors (RGB<->DVS gap) in %.1f s", time.monotonic() - start)
     return PreparedRegistry(refs, labels)

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import math
 
+import pytest
+
 from ckd_search.analysis.descriptors import FILE_NAME
 from ckd_search.analysis.descriptors import _config_values
 from ckd_search.analysis.descriptors import descriptors_for_run
@@ -41,3 +43,21 @@ def test_only_data_and_student_settings_are_taken_from_the_trial():
         "run.seed": 7,
     }
     assert type(got["data.limit"]) is int
+
+
+def test_the_rgb_dvs_gap_runs_the_engines_cpu_lif_and_does_not_depend_on_it(tiny, monkeypatch):
+    """The descriptors run the engine's CPU LIF (run.cpu_lif), fast on the driver: the fused kernel
+    computes the same neuron, so the gap does not depend on which one a run used."""
+    from ckd_search.analysis import descriptors
+    from ckd_search.prepare import prepare
+
+    swapped = []
+    swap = descriptors.use_fused_cpu_lif
+    monkeypatch.setattr(descriptors, "use_fused_cpu_lif", lambda student: swapped.append(swap(student)))
+    fused = tiny(**{"run.cpu_lif": "fused"})
+    prepared = prepare(fused)
+    got = descriptors.rgb_dvs_cka(prepared, fused, max_samples=32)
+    assert len(swapped) == 1
+    want = descriptors.rgb_dvs_cka(prepared, fused.replace(**{"run.cpu_lif": "spikingjelly"}), max_samples=32)
+    assert len(swapped) == 1 and len(got) == fused.data.timesteps and 0.0 < min(got)
+    assert got == pytest.approx(want, abs=1e-5)
