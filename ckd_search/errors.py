@@ -27,7 +27,8 @@ class TrialFailure(RuntimeError):
 
 
 def exit_code(run: Callable[[], int | None], prog: str) -> int:
-    """``run()``'s exit code; a :class:`UserError` becomes one line on stderr and exit code 2.
+    """``run()``'s exit code; a :class:`UserError` or a ``PermissionError`` becomes one line on
+    stderr and exit code 2.
 
     argparse's own exit (``--help``: 0, a bad flag: 2, its line already printed) becomes the
     return value too, so a caller in the same process gets a code, not an exception.
@@ -36,6 +37,9 @@ def exit_code(run: Callable[[], int | None], prog: str) -> int:
         return int(run() or 0)
     except UserError as err:
         print(f"{prog}: error: {' '.join(str(err).split())}", file=sys.stderr)
+        return 2
+    except PermissionError as err:  # a folder or file this user may not write: the path, not a traceback
+        print(f"{prog}: error: {err.filename or err}: permission denied", file=sys.stderr)
         return 2
     except SystemExit as stop:
         if isinstance(stop.code, int | None):

@@ -22,12 +22,15 @@ os.umask(_UMASK)
 
 
 def check_output_dir(path: str | Path, flag: str = "--out") -> Path:
-    """Refuse, before any work, an output folder that is a file (a UserError naming ``flag``)."""
+    """Refuse, before any work, an output folder that is a file or that this user cannot write to
+    (a UserError naming ``flag``)."""
     from ckd_search.errors import UserError
 
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
         raise UserError(f"{flag} {folder}: exists and is not a directory")
+    if folder.is_dir() and not os.access(folder, os.W_OK | os.X_OK):
+        raise UserError(f"{flag} {folder}: not writable (permission denied)")
     return folder
 
 

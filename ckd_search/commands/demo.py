@@ -47,8 +47,8 @@ def run_demo(args: argparse.Namespace) -> int:
         print(f"demo search {settings.study_name} in {out} (CPU trials on this machine's cores)")
         try:
             outcome = run_search(settings, extra_callbacks=[ImportAhead()])  # the report's imports
-        except UserError:
-            remove_unstarted(settings)  # refused before its first trial: no half-made demo to resume
+        except (UserError, KeyboardInterrupt):
+            remove_unstarted(settings)  # refused or stopped before its first trial: no half-made demo
             raise
     print_outcome(outcome)
     if not outcome.finished:

@@ -121,8 +121,8 @@ def run_search_command(args: argparse.Namespace) -> int:
         try:
             print_notes(load_space(settings.space_file, settings.overrides))
             outcome = run_search(settings)
-        except UserError:
-            remove_unstarted(settings)
+        except (UserError, KeyboardInterrupt):
+            remove_unstarted(settings)  # refused or stopped before its first trial: nothing to resume
             raise
     print_outcome(outcome)
     return 0 if outcome.finished else 130
@@ -149,12 +149,12 @@ def _fixed_on_resume(args: argparse.Namespace) -> list[str]:
     return given
 
 
-#: What ``create_search`` (and the driver lock) write before a search starts.
-_SETUP_FILES = frozenset({SETTINGS_FILE, SPACE_FILE, DRIVER_LOCK, CONCURRENCY_FILE})
+#: What ``create_search``, the driver lock and the data preparation write before a search starts.
+_SETUP_FILES = frozenset({SETTINGS_FILE, SPACE_FILE, DRIVER_LOCK, CONCURRENCY_FILE, "descriptors.json"})
 
 
 def remove_unstarted(settings: Any) -> None:
-    """Remove what a new search wrote when it was refused before its first trial (bad input)."""
+    """Remove what a new search wrote when it was refused or stopped before its first trial."""
     root = Path(settings.run_dir)
     if not root.is_dir() or not set(os.listdir(root)) <= _SETUP_FILES:
         return  # the search started (journal, Tune experiment, MLflow store): keep it for --resume

@@ -193,9 +193,13 @@ def run_search(
             check_journal(settings.journal_path, settings.study_name)
             restorable = _can_restore(settings)
         install_failure_policy()
-        with importing(ENGINE_MODULES):  # torch loads from disk while Ray's processes start
-            cluster = start_or_join(settings.address, settings.cpus, settings.gpus)
+        import ray
+
+        ray_before = ray.is_initialized()
+        cluster = None
         try:
+            with importing(ENGINE_MODULES):  # torch loads from disk while Ray's processes start
+                cluster = start_or_join(settings.address, settings.cpus, settings.gpus)
             check_storage_shared(settings.storage_path)  # before hours of data and teacher preparation
             plan = plan_trials(
                 space.resources, space.study, settings.num_trials, cluster, settings.gpus, settings.cpus
@@ -222,9 +226,8 @@ def run_search(
             results = tuner.fit() if tuner is not None else None
             _fail_orphans_if_done(settings, space, results)
         finally:
-            if cluster.started_here:
-                import ray
-
+            # a Ray this call started, or began to start when stopped (Ctrl-C during ray.init)
+            if cluster.started_here if cluster is not None else not ray_before and ray.is_initialized():
                 ray.shutdown()
     outcome = read_outcome(settings, space)
     if outcome.finished:

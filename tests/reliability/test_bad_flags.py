@@ -6,6 +6,7 @@ of range, an ``--out`` that is a file, a key given twice, and the ``ckd-search -
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -80,6 +81,37 @@ def test_an_out_that_is_a_file_is_refused_and_kept(tmp_path, space, capsys, comm
     assert out.read_text() == "mine"
 
 
+@pytest.mark.parametrize("command", ["train", "search", "analyze"])
+def test_an_out_this_user_cannot_write_is_refused_in_one_line(tmp_path, space, capsys, monkeypatch, command):
+    """A read-only --out (os.access is faked: the tests run as root, who may write anywhere)."""
+    import ckd_search.storage
+
+    out = tmp_path / "locked"
+    out.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(
+        ckd_search.storage.os, "access", lambda p, mode: Path(p) != out and real_access(p, mode)
+    )
+    argv = {
+        "train": ["train", "--set", "run.device=cpu"],
+        "search": ["search", "--space", str(space)],
+        "analyze": ["analyze", str(tmp_path)],
+    }[command]
+    assert main([*argv, "--out", str(out)]) == 2
+    assert f"--out {out}: not writable (permission denied)" in error_line(capsys)
+    assert list(out.iterdir()) == []
+
+
+def test_a_permission_error_anywhere_is_one_line_naming_the_path(capsys):
+    from ckd_search.errors import exit_code
+
+    def locked() -> int:
+        raise PermissionError(13, "Permission denied", "/runs/a/driver.lock")
+
+    assert exit_code(locked, "ckd-search") == 2
+    assert capsys.readouterr().err == "ckd-search: error: /runs/a/driver.lock: permission denied\n"
+
+
 @pytest.mark.parametrize(
     "argv",
     [["-v", "--space", "{missing}"], ["--gpus", "0", "--space", "{missing}", "--out", "demo"]],
@@ -131,3 +163,42 @@ def test_train_resume_without_out_names_the_missing_flag(tmp_path, capsys, monke
     assert main(["train", "--resume"]) == 2
     assert "--resume continues the run in --out DIR: give --out" in error_line(capsys)
     assert list(tmp_path.iterdir()) == []
+
+
+def test_a_search_stopped_before_its_first_trial_leaves_no_folder(tmp_path, space, monkeypatch):
+    """Ctrl-C during Ray's start or the data preparation: no half-made run folder that a new
+    search into the same --out would refuse ("already holds a search")."""
+    import ckd_search.search.tuner
+    from ckd_search.analysis.descriptors import FILE_NAME
+
+    out = tmp_path / "run"
+
+    def stopped(settings, **_):
+        (out / FILE_NAME).write_text("{}")  # prepared, descriptors written, no trial yet
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckd_search.search.tuner, "run_search", stopped)
+    assert main(["search", "--space", str(space), "--out", str(out), "--gpus", "0"]) == 130
+    assert not out.exists()
+
+
+def test_ctrl_c_while_ray_starts_shuts_the_half_started_ray_down(tmp_path, space, monkeypatch):
+    import ray
+
+    import ckd_search.search.resources
+    from ckd_search.search.tuner import create_search
+    from ckd_search.search.tuner import run_search
+
+    started, shut = [], []
+    monkeypatch.setattr(ray, "is_initialized", lambda: bool(started))
+    monkeypatch.setattr(ray, "shutdown", lambda: shut.append(True))
+
+    def interrupted(*_):
+        started.append(True)  # ray.init got far enough to leave processes behind
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(ckd_search.search.resources, "start_or_join", interrupted)
+    settings = create_search(space, out=tmp_path / "run", gpus=0)
+    with pytest.raises(KeyboardInterrupt):
+        run_search(settings)
+    assert shut == [True]
