@@ -79,12 +79,33 @@ def log_report(
         run_id = find_parent_run(client, study)
         if run_id is None:
             return None, f"no parent run found in {uri}"
+        elsewhere = _artifacts_elsewhere(Path(run_dir), uri, client.get_run(run_id).info.artifact_uri)
+        if elsewhere is not None:
+            return None, elsewhere
         client.log_artifacts(run_id, str(report_dir), artifact_path=artifact_path)
     except Exception as err:  # noqa: BLE001 - tracking is optional; the report is on disk
         log.warning("could not log the report to MLflow (%s): %s", uri, err)
         return None, f"MLflow at {uri} failed: {err}"
     log.info("report logged to MLflow run %s (%s)", run_id, uri)
     return run_id, None
+
+
+def _artifacts_elsewhere(run_dir: Path, uri: str, artifact_uri: str) -> str | None:
+    """Why not to log, when RUN_DIR's own store keeps its artifacts in a local folder outside
+    RUN_DIR: the store records absolute paths, so a moved or copied run folder would have its
+    report written into the old one. None when logging is fine."""
+    from urllib.parse import unquote
+    from urllib.parse import urlparse
+
+    root = run_dir.resolve()
+    store = Path(uri.removeprefix("sqlite:///")).resolve() if uri.startswith("sqlite:///") else None
+    parsed = urlparse(artifact_uri)
+    if store is None or not store.is_relative_to(root) or parsed.scheme not in ("", "file"):
+        return None  # a shared or remote store: its artifact location is its own business
+    artifacts = Path(unquote(parsed.path) if parsed.scheme else artifact_uri).resolve()
+    if artifacts.is_relative_to(root):
+        return None
+    return f"its store keeps artifacts in {artifacts}, outside the folder (was it moved or copied?)"
 
 
 def _search_store(run_dir: Path) -> tuple[str | None, str | None]:

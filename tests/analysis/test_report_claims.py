@@ -319,3 +319,24 @@ def test_the_report_goes_to_the_parent_run_of_the_searchs_own_store(tmp_path):
     assert log_report(run, report) == (mine, None)
     assert [a.path for a in client.list_artifacts(mine, "analysis")] == ["analysis/report.md"]
     assert log_report(tmp_path / "report", report) == (None, None)  # no store: nothing to say
+
+
+def test_a_moved_run_folder_never_gets_its_report_written_into_the_old_one(tmp_path):
+    """The store in RUN_DIR records absolute artifact paths: after a move they name the old folder."""
+    import mlflow
+
+    from ckd_search.analysis.tracking import log_report
+    from ckd_search.search.settings import SearchSettings
+
+    old, run = tmp_path / "old", tmp_path / "moved"
+    run.mkdir()
+    SearchSettings(str(run), "mine", "exp", 2, str(run), f"sqlite:///{run / 'mlflow.db'}").save()
+    client = mlflow.MlflowClient(f"sqlite:///{run / 'mlflow.db'}")
+    exp = client.create_experiment("exp", artifact_location=str(old / "mlartifacts"))  # as before the move
+    client.create_run(exp, tags={"ckd.role": "search", "ckd.study": "mine"})
+    report = tmp_path / "report"
+    report.mkdir()
+    (report / "report.md").write_text("# r\n")
+    run_id, why = log_report(run, report)
+    assert run_id is None and why is not None and str(old / "mlartifacts") in why and "\n" not in why
+    assert not old.exists()
