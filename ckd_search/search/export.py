@@ -20,6 +20,15 @@ A multi-objective study ranks its Pareto-optimal trials first, marks them in a `
 writes ``OUT/pareto.json``: the completed trials no other completed trial dominates (as Optuna's
 ``study.best_trials``), with their objective values and configs.
 
+``OUT/space.yaml`` is the search's space (its ``--set`` overrides folded into ``fixed``), so the
+export folder describes itself: ``ckd-search analyze OUT`` reads the study's objectives, log scales,
+conditions and ASHA's ``max_t`` from it as ``analyze RUN_DIR`` does from the run's own space. An
+``OUT`` that is a run folder itself (it holds a ``search.yaml``) keeps its own space, and one that
+holds the search's Tune trials gets none (it would pass for a search of its own).
+
+The Optuna journal gives the status of ended trials; one that cannot be read (empty, another
+study's, not a journal) is a warning, and the export goes on without it, as without a journal.
+
 Per-epoch history comes from Ray's ``result.json`` merged with the epoch ledger
 (``RUN_DIR/epochs.jsonl``, :mod:`.ledger`): Ray can lose rows of ``result.json`` when a trial is
 retried, the ledger (appended by the driver, across restarts) cannot. Ledger rows are de-duplicated
@@ -41,8 +50,11 @@ from dataclasses import field
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from ckd_search.analysis.pareto import pareto_mask
 from ckd_search.config import Config
+from ckd_search.config import load_yaml_mapping
 from ckd_search.errors import UserError
 from ckd_search.search.outcome import BUDGET_KEY
 from ckd_search.search.outcome import COMPLETED
@@ -52,11 +64,14 @@ from ckd_search.search.outcome import PRUNED
 from ckd_search.search.outcome import TUNE_RESULT_KEYS
 from ckd_search.search.outcome import classify
 from ckd_search.search.outcome import finite
+from ckd_search.search.settings import SETTINGS_FILE
+from ckd_search.search.settings import SPACE_FILE
 from ckd_search.search.settings import SearchSettings
 from ckd_search.search.settings import is_uri
 from ckd_search.search.settings import trial_folder
 from ckd_search.search.space import SearchSpace
 from ckd_search.search.space import load_space
+from ckd_search.storage import atomic_copy
 from ckd_search.storage import atomic_write
 from ckd_search.storage import atomic_write_text
 from ckd_search.storage import output_dir
@@ -109,7 +124,7 @@ def collect_trials(settings: SearchSettings) -> tuple[list[dict[str, Any]], list
             row["status"] = classify(reached, error=False, max_t=max_t)
         rows.append(row)
     known = {trial.trial_id for trial in analysis.trials}
-    for trial_id, (status, params) in journal_outcomes(settings.journal_path, settings.study_name).items():
+    for trial_id, (status, params) in _readable_journal_outcomes(settings).items():
         if trial_id in known:
             continue
         stored = {}
@@ -179,6 +194,22 @@ def journal_outcomes(journal_path: Path, study_name: str) -> dict[str, tuple[str
         trial_id: (trial_status(trial), dict(trial.params))
         for trial_id, trial in ended_trials(journal_path, study_name).items()
     }
+
+
+def _readable_journal_outcomes(settings: SearchSettings) -> dict[str, tuple[str, dict[str, Any]]]:
+    """:func:`journal_outcomes` of the search, or none (with a warning) when its journal cannot be
+    read: empty, another study's or not a journal at all (``analyze`` also goes on without it)."""
+    try:
+        return journal_outcomes(settings.journal_path, settings.study_name)
+    except (KeyError, ValueError, OSError) as err:
+        log.warning(
+            "%s: Optuna journal not readable for study %s (%s: %s); exporting without its trial statuses",
+            settings.journal_path,
+            settings.study_name,
+            type(err).__name__,
+            err,
+        )
+        return {}
 
 
 def result_history(path: Path) -> History:
@@ -298,6 +329,7 @@ def export_run(run_dir: str | Path, top: int = 3, out: str | Path | None = None)
     ranked = rank(rows, metrics, modes)
     output_dir(target)
     write_parquet(rows, target / TRIALS_FILE)
+    write_space(settings, target)
     result = Exported(target, len(rows))
     files: dict[str, str] = {}
     skipped: list[dict[str, Any]] = []
@@ -350,6 +382,42 @@ def export_run(run_dir: str | Path, top: int = 3, out: str | Path | None = None)
         ),
     )
     return result
+
+
+def write_space(settings: SearchSettings, target: Path) -> None:
+    """``OUT/space.yaml``: the search's space, written atomically; its ``--set`` overrides (which a
+    space may need to validate) folded into ``fixed``, since ``OUT`` has no ``search.yaml`` to hold
+    them. Nothing is written into a run folder (``--out`` naming one: its own space stands), nor into
+    a folder holding the search's Tune trials: ``analyze`` would take it for a search of its own."""
+    experiment = settings.experiment_path
+    holds_trials = not is_uri(experiment) and Path(experiment).expanduser().resolve().is_relative_to(
+        target.expanduser().resolve()
+    )
+    if (target / SETTINGS_FILE).is_file() or holds_trials:
+        log.info("%s: %s not written (a run folder, or one holding the search's trials)", target, SPACE_FILE)
+        return
+    if not settings.overrides:
+        atomic_copy(settings.space_file, target / SPACE_FILE)  # as given, comments and all
+        return
+    raw = load_yaml_mapping(settings.space_file)
+    fixed = raw.get("fixed")
+    raw["fixed"] = {**_dotted(fixed if isinstance(fixed, Mapping) else {}), **settings.overrides}
+    header = (
+        f"# ckd-search export: the space of study {settings.study_name} ({settings.space_file}), "
+        "its --set overrides folded into fixed\n"
+    )
+    atomic_write_text(target / SPACE_FILE, header + yaml.safe_dump(raw, sort_keys=False))
+
+
+def _dotted(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested sections (``kd: {k: 10}``) as dotted keys, as the space's ``fixed`` reads them."""
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            out.update(_dotted(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
 
 
 def write_parquet(rows: Sequence[dict[str, Any]], path: Path) -> None:
