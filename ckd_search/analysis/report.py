@@ -146,6 +146,7 @@ def _overview(runs: Sequence[SearchRun], labels: Sequence[str]) -> Section:
                 "complete": int((t["status"] == "complete").sum()),
                 "pruned": int((t["status"] == "pruned").sum()),
                 "error": int((t["status"] == "error").sum()),
+                "incomplete": int((t["status"] == "incomplete").sum()),
                 "max epoch": run.max_epoch,
                 **_best_cells(run.ranking, best),
                 "best trial": best["trial_id"],

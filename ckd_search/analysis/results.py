@@ -64,7 +64,7 @@ RAY_FIELDS = frozenset(
 BASE_CONFIG_FILES = ("base_config.yaml", "config.yaml")
 PARQUET_FILES = ("trials.parquet", "export/trials.parquet")  # ``ckd-search export`` output
 #: ``ckd-search export`` / journal status -> the status this table uses.
-EXPORT_STATUS = {"completed": "complete", "pruned": "pruned", "failed": "error"}
+EXPORT_STATUS = {"completed": "complete", "pruned": "pruned", "failed": "error", "incomplete": "incomplete"}
 #: Files that mark the root of one search (a folder holding several is refused).
 SEARCH_MARKERS = (SETTINGS_FILE, SPACE_FILE)
 
@@ -76,7 +76,8 @@ class SearchRun:
     Attributes:
         run_dir: the directory.
         name: a label (the data set name when known, else the directory name).
-        trials: one row per trial: ``trial_id``, ``status`` ('complete' | 'pruned' | 'error'),
+        trials: one row per trial: ``trial_id``, ``status`` ('complete' | 'pruned' | 'error' |
+            'incomplete': stopped with the search, not by its scheduler),
             ``epochs_run``, ``best_test_acc``, ``final_test_acc``, ``trial_dir`` and one column per
             dotted config key (``kd.e_th``, ``kd.k``, ...; full config, defaults filled in).
             For each study metric (``objectives``) also ``final/<metric>``: its value at the
@@ -347,18 +348,24 @@ def _merge_ledger(root: Path, records: dict[str, dict[str, Any]], notes: list[st
 
 def _journal_status(root: Path, trials: pd.DataFrame) -> None:
     """Set the status of the trials the study's Optuna journal records as ended to what the search
-    told Optuna, as ``ckd-search export`` does for them."""
+    told Optuna, as ``ckd-search export`` does for them. A trial short of its budget that the
+    journal does not record as ended was stopped with the search (killed, interrupted) or is still
+    running: ``incomplete``, as export calls it, not ``pruned``."""
     from ckd_search.search.export import journal_outcomes
 
     journal = root / JOURNAL_FILE
     try:
         study_name = SearchSettings.raw(root).get("study_name") if journal.is_file() else None
-        ended = journal_outcomes(journal, study_name) if isinstance(study_name, str) else {}
+        if not isinstance(study_name, str):
+            return
+        ended = journal_outcomes(journal, study_name)
     except (UserError, KeyError, ValueError, OSError):
         return
     for i, trial_id in trials["trial_id"].items():
         if str(trial_id) in ended:
             trials.at[i, "status"] = EXPORT_STATUS[ended[str(trial_id)][0]]
+        elif trials.at[i, "status"] == "pruned":
+            trials.at[i, "status"] = "incomplete"
 
 
 def _read_trial(path: Path, records: dict[str, dict[str, Any]], notes: list[str]) -> None:
@@ -530,7 +537,7 @@ def _from_parquet(
     if not rows:
         raise UserError(f"{path}: no trials")
     trials = _finish_trials(pd.DataFrame(rows), notes, epoch_cap)
-    known = trials["export_status"].isin(["completed", "pruned", "failed"])  # the search's own verdict
+    known = trials["export_status"].isin(list(EXPORT_STATUS))  # the search's own verdict
     trials.loc[known, "status"] = trials.loc[known, "export_status"].map(EXPORT_STATUS)
     return trials.drop(columns=["export_status"]), pd.DataFrame(columns=["trial_id", "epoch"])
 

@@ -107,6 +107,32 @@ def test_status_of_ended_trials_comes_from_the_journal(tmp_path):
     assert dict(status) == {"a": "error", "b": "complete"}
 
 
+def test_a_trial_the_search_was_stopped_in_is_incomplete_not_pruned(tmp_path):
+    """Killed mid-search: the journal records no end for the running trial, so it was not pruned."""
+    import optuna
+
+    from ckd_search.search.optuna_search import RAY_TRIAL_ATTR
+    from ckd_search.search.optuna_search import journal_storage
+
+    run = tmp_path / "run"
+    write_trial(run, "done", {"run.epochs": 4, "kd.k": 1.0}, [0.2, 0.3, 0.4, 0.5], 4)
+    write_trial(run, "asha", {"run.epochs": 4, "kd.k": 2.0}, [0.1], 4)
+    write_trial(run, "killed", {"run.epochs": 4, "kd.k": 3.0}, [0.3, 0.6], 4)
+    (run / "search.yaml").write_text(yaml.safe_dump({"study_name": "s"}))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="s", storage=journal_storage(run / "optuna.journal"))
+    for trial_id, state in (("done", "COMPLETE"), ("asha", "PRUNED")):
+        trial = study.ask()
+        trial.set_user_attr(RAY_TRIAL_ATTR, trial_id)
+        study.tell(trial, 0.5 if state == "COMPLETE" else None, state=optuna.trial.TrialState[state])
+    study.ask().set_user_attr(RAY_TRIAL_ATTR, "killed")  # still RUNNING when the driver died
+    status = load_run(run, compute_descriptors=False).trials.set_index("trial_id")["status"]
+    assert dict(status) == {"done": "complete", "asha": "pruned", "killed": "incomplete"}
+    assert main(["analyze", str(run), "--out", str(tmp_path / "out")]) == 0
+    overview = (tmp_path / "out" / "report.md").read_text()
+    assert "| error | incomplete |" in overview  # the overview counts them apart
+
+
 def test_analyze_refuses_a_folder_holding_several_searches(tmp_path, capsys):
     parent = tmp_path / "runs"
     for name, marker in (("a", "space.yaml"), ("b", "search.yaml")):
