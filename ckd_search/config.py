@@ -31,22 +31,39 @@ from ckd_search.errors import UserError
 # run.compile_mode values; engine.compile_options maps each to Inductor options.
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune-no-cudagraphs")
 
+# Largest seed numpy and scikit-learn take (random_state in [0, 2**32 - 1]).
+MAX_SEED = 2**32 - 1
+# VGGSNN's four 2x2 poolings need S >= 2**4 (models/snn.py).
+MIN_STUDENT_SIZE = 16
+
 Check = Callable[[Any], str | None]
 
 
 # --- rules -------------------------------------------------------------------------------------
+def _bound(x: float) -> str:
+    """A bound as a rule shows it: ints in full (a seed's 4294967295), floats short (1e-05)."""
+    return str(x) if isinstance(x, int) else f"{x:g}"
+
+
 def gt(lo: float) -> Check:
-    return lambda v: None if v > lo else f"must be > {lo:g}"
+    return lambda v: None if v > lo else f"must be > {_bound(lo)}"
 
 
 def ge(lo: float) -> Check:
-    return lambda v: None if v >= lo else f"must be >= {lo:g}"
+    return lambda v: None if v >= lo else f"must be >= {_bound(lo)}"
 
 
-def between(lo: float, hi: float, *, open_lo: bool = False) -> Check:
+def le(hi: float) -> Check:
+    return lambda v: None if v <= hi else f"must be <= {_bound(hi)}"
+
+
+def between(lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False) -> Check:
+    """lo <= v <= hi; ``open_lo``/``open_hi`` make that end exclusive (shown as ``(`` / ``)``)."""
+
     def check(v: Any) -> str | None:
-        ok = (v > lo if open_lo else v >= lo) and v <= hi
-        return None if ok else f"must be in {'(' if open_lo else '['}{lo:g}, {hi:g}]"
+        ok = (v > lo if open_lo else v >= lo) and (v < hi if open_hi else v <= hi)
+        span = f"{'(' if open_lo else '['}{_bound(lo)}, {_bound(hi)}{')' if open_hi else ']'}"
+        return None if ok else f"must be in {span}"
 
     return check
 
@@ -101,7 +118,12 @@ class DataConfig:
         "T: time bins per recording = SNN steps (paper: 10 N-Caltech101, 6 CEP-DVS)",
         between(1, 64),
     )
-    size: int = f(32, "student input size S (frames and V channel are S x S; paper: 48)", between(8, 512))
+    size: int = f(
+        32,
+        f"student input size S (frames and V channel are S x S; paper: 48); at least "
+        f"{MIN_STUDENT_SIZE} for VGGSNN's four 2x2 poolings",
+        between(MIN_STUDENT_SIZE, 512),
+    )
     pairing: str = f(
         "same_image",
         "RGB partner of a DVS sample: the recording's own image (embedded sets) or, as He et al./CKD, "
@@ -113,7 +135,11 @@ class DataConfig:
     flip: bool = f(False, "train augmentation: random horizontal flip (CEP-DVS recipe)")
     rotation: float = f(0.0, "train augmentation: random rotation up to this many degrees", between(0, 180))
     balanced_sampler: bool = f(False, "class-balanced sampling with replacement (He et al. N-Caltech101)")
-    split_seed: int = f(0, "seed of the stratified split of the embedded sets", ge(0))
+    split_seed: int = f(
+        0,
+        "seed of the stratified split of the embedded sets (0 .. 2**32 - 1, scikit-learn's range)",
+        between(0, MAX_SEED),
+    )
     limit: int | None = f(None, "use at most this many samples per split (quick tests)", opt(ge(1)))
     simulator: SimulatorConfig = field(default_factory=SimulatorConfig)
 
@@ -199,8 +225,9 @@ class KDConfig:
     k: float = f(
         100.0,
         "switch steepness per `unit` (paper: 100 N-Caltech101, 0.001 CEP-DVS); the adaptive schedule "
-        "reads it per unit of P_replace (0..1), so one k is not comparable across schedules",
-        gt(0),
+        "reads it per unit of P_replace (0..1), so one k is not comparable across schedules; at most "
+        "1e4 (a few hundred already make gamma a step)",
+        between(0, 1e4, open_lo=True),
     )
     units: str = f("epoch", "unit of e and e_th in gamma [GUESS]", one_of("epoch", "iteration"))
     p_th: float = f(0.5, "adaptive schedule: gamma = sigma(-k (P_replace - p_th))", between(0, 1))
@@ -227,9 +254,18 @@ class LossConfig:
         ge(0),
     )
     tet_lambda: float = f(1e-3, "TET MSE weight lambda", between(0, 1))
-    tet_phi: float = f(0.5, "TET MSE target phi (He et al.: V_th)")
+    tet_phi: float = f(
+        0.5,
+        "TET MSE target phi of the logits (He et al.: V_th = 0.5; TET: 1.0), in [-10, 10]",
+        between(-10, 10),
+    )
     learnable_theta: bool = f(True, "learn the per-step STR weights theta_t (else fixed at theta_init)")
-    theta_init: float = f(1.0, "initial theta_t (sigma = 0.731)")
+    theta_init: float = f(
+        1.0,
+        "initial theta_t (sigma = 0.731); in [-100, 100], where sigma(theta_t) is already 0 or 1 in "
+        "float32 (He et al.'s fixed-sigma ablations with loss.learnable_theta=false)",
+        between(-100, 100),
+    )
     replace: str = f(
         "sliding",
         "replacement: sliding P=(progress)^p, step (P=0 for epochs e <= E/2, then 1; He et al.'s "
@@ -246,10 +282,10 @@ class OptimConfig:
     batch_size: int = f(64, "pairs per step (paper: 120); drop_last keeps it fixed for CKA", ge(2))
     lr: float = f(2e-3, "peak learning rate (paper: 5e-3 x B/1024 = 5.86e-4)", gt(0))
     weight_decay: float = f(0.01, "AdamW weight decay (not on 1-D params)", ge(0))
-    beta1: float = f(0.9, "AdamW beta1", between(0, 1))
-    beta2: float = f(0.999, "AdamW beta2", between(0, 1))
+    beta1: float = f(0.9, "AdamW beta1, in [0, 1)", between(0, 1, open_hi=True))
+    beta2: float = f(0.999, "AdamW beta2, in [0, 1)", between(0, 1, open_hi=True))
     eps: float = f(1e-8, "AdamW eps", gt(0))
-    warmup_epochs: int = f(0, "linear warm-up epochs (paper: 5 of 300)", ge(0))
+    warmup_epochs: int = f(0, "linear warm-up epochs, fewer than run.epochs (paper: 5 of 300)", ge(0))
     warmup_lr: float = f(1e-6, "learning rate at the start of warm-up", ge(0))
     min_lr: float = f(1e-5, "cosine floor", ge(0))
 
@@ -263,7 +299,11 @@ class RunConfig:
         "truncate: schedules span `epochs`; compress: they span the budget (gamma's k steepened to match)",
         one_of("truncate", "compress"),
     )
-    seed: int = f(42, "seed of everything in the run", ge(0))
+    seed: int = f(
+        42,
+        "seed of everything in the run (0 .. 2**32 - 2: the run also seeds a stream with seed + 1)",
+        between(0, MAX_SEED - 1),
+    )
     device: str = f(
         "auto",
         "auto, cpu, cuda or cuda:N",
@@ -298,7 +338,7 @@ class RunConfig:
         "model.detach_reset=false (the fused LIF computes the detached reset only)",
         one_of("fused", "spikingjelly"),
     )
-    threads: int | None = f(None, "torch CPU threads (None = leave as is)", opt(ge(1)))
+    threads: int | None = f(None, "torch CPU threads, 1 .. 1024 (None = leave as is)", opt(between(1, 1024)))
     checkpoint_every: int = f(1, "write a full checkpoint every N epochs (0 = never)", ge(0))
     eval_every: int = f(1, "evaluate on the test split every N epochs (and at the end)", ge(1))
 
@@ -353,7 +393,11 @@ class Config:
     @classmethod
     def from_yaml(cls, path: str | Path, overrides: Mapping[str, Any] | None = None) -> Config:
         data = load_yaml_mapping(path)
-        merged = {**dict(_flatten(_nest(data, ""), "")), **dict(overrides or {})}
+        try:
+            nested = _nest(data, "")  # a key given twice (kd.k and kd: {k}) or not a string
+        except ConfigError as err:
+            raise UserError(f"{path}: {err}") from None
+        merged = {**dict(_flatten(nested, "")), **dict(overrides or {})}
         try:
             return cls.from_dict(merged)
         except ConfigError as err:
@@ -369,6 +413,14 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
         for key_node, _ in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):  # ? [a, b] or ? {a: 1}: unhashable, no config key
+                key = self.construct_object(key_node, deep=True)  # type: ignore[no-untyped-call]
+                raise yaml.constructor.ConstructorError(
+                    None,
+                    None,
+                    f"key {key!r} is a {type(key).__name__}, not a single value",
+                    key_node.start_mark,
+                )
             key = self.construct_object(key_node, deep=deep)  # type: ignore[no-untyped-call]
             if isinstance(key, str | int | float | bool) and key in seen:
                 raise yaml.constructor.ConstructorError(
@@ -449,7 +501,9 @@ def _nest(values: Mapping[str, Any], path: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for raw_key, value in values.items():
         if not isinstance(raw_key, str):
-            raise ConfigError(f"{path}{raw_key}", raw_key, "key must be a string")
+            raise ConfigError(
+                f"{path}{raw_key}", value, f"must have a string key, not {type(raw_key).__name__}"
+            )
         parts = raw_key.split(".")
         node = out
         for i, part in enumerate(parts[:-1]):
@@ -584,11 +638,11 @@ def _cross_checks(obj: Any, path: str) -> None:
             raise ConfigError(
                 "kd.e_th", obj.kd.e_th, f"must be <= run.epochs ({obj.run.epochs}) in epoch units"
             )
-        if obj.optim.warmup_epochs >= obj.run.epochs and obj.run.epochs > 1:
+        if obj.optim.warmup_epochs >= obj.run.epochs:  # else the whole run trains at warmup_lr
             raise ConfigError(
                 "optim.warmup_epochs",
                 obj.optim.warmup_epochs,
-                f"must be < run.epochs ({obj.run.epochs})",
+                f"must be < run.epochs ({obj.run.epochs}): the run needs an epoch after the warm-up",
             )
 
 

@@ -55,9 +55,12 @@ def replacement(
 def kd_switch_weight(epoch: float, e_th: float, k: float) -> float:
     """gamma(e) = sigma(-k (e - e_th)) = 1 / (1 + exp(k (e - e_th))), CKD's phased KD switch.
 
-    Numerically stable for any k (1e3 and beyond give a clean step). ``epoch`` and ``e_th`` share a
-    unit: epochs, or iterations when the caller passes iteration counts (ckd-method.md 2.6).
+    Numerically stable for any k, infinite included (1e3 and beyond give a clean step; 0.5 at e_th,
+    where k (e - e_th) would be inf * 0). ``epoch`` and ``e_th`` share a unit: epochs, or iterations
+    when the caller passes iteration counts (ckd-method.md 2.6).
     """
+    if epoch == e_th:
+        return 0.5
     return stable_sigmoid(-k * (epoch - e_th))
 
 
@@ -67,6 +70,8 @@ def adaptive_kd_weight(p_replace: float, p_th: float, k: float) -> float:
     A schedule none of the references has: it follows the replacement state instead of the epoch,
     so one (p_th, k) means the same thing at any run length.
     """
+    if p_replace == p_th:
+        return 0.5
     return stable_sigmoid(-k * (p_replace - p_th))
 
 
@@ -124,11 +129,13 @@ class Schedules:
     @property
     def warmup_epochs(self) -> int:
         """optim.warmup_epochs, scaled to the span under compress like the other schedules (5 of 300
-        becomes 1 of 30, not a sixth of the trial); at least 1 where a warm-up was asked for."""
+        becomes 1 of 30, not a sixth of the trial); at least 1 where a warm-up was asked for, but
+        always short of the span, so the last epoch at least trains at the scheduled rate, not at
+        warmup_lr (a 1-epoch span gets no warm-up)."""
         warmup = self.cfg.optim.warmup_epochs
-        if warmup == 0 or self.span == self.cfg.run.epochs:
-            return warmup
-        return max(1, round(warmup * self.span / self.cfg.run.epochs))
+        if warmup and self.span != self.cfg.run.epochs:
+            warmup = max(1, round(warmup * self.span / self.cfg.run.epochs))
+        return max(0, min(warmup, self.span - 1))
 
     def p_replace(self, it: int, epoch: int) -> float:
         mode, power = self.cfg.loss.replace, self.cfg.loss.replace_power
@@ -144,7 +151,7 @@ class Schedules:
     def switch_steepness(self) -> float:
         """k, steepened by epochs/span under compress: gamma then has the full run's shape over the
         fraction of the run (sigma(-k(e - e_th)) with e and e_th both scaled by span/epochs)."""
-        return self.cfg.kd.k * self.cfg.run.epochs / self.span
+        return self.cfg.kd.k * (self.cfg.run.epochs / self.span)  # the ratio first: no k * epochs overflow
 
     def gamma(self, it: int, epoch: int, p_replace: float) -> float:
         kd = self.cfg.kd

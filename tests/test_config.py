@@ -51,7 +51,8 @@ def test_replace_returns_validated_copy():
     [
         ({"kd.temperature": -1.0}, "kd.temperature", "must be > 0"),
         ({"kd.temperature": "hot"}, "kd.temperature", "must be a number"),
-        ({"kd.k": 0}, "kd.k", "must be > 0"),
+        ({"kd.k": 0}, "kd.k", "must be in (0, 10000]"),
+        ({"kd.k": 1e308, "kd.e_th": 1}, "kd.k", "must be in (0, 10000]"),  # k epochs / span overflowed
         ({"kd.schedule": "sometimes"}, "kd.schedule", "must be one of"),
         ({"kd.units": "days"}, "kd.units", "must be one of"),
         ({"model.bn_statistics": "per_batch"}, "model.bn_statistics", "must be one of"),
@@ -66,14 +67,20 @@ def test_replace_returns_validated_copy():
         ({"loss.replace": "sometimes"}, "loss.replace", "must be one of"),
         ({"loss.replace_power": 0}, "loss.replace_power", "must be > 0"),
         ({"loss.method": "ann"}, "loss.method", "must be one of"),
+        ({"loss.theta_init": 1e300}, "loss.theta_init", "must be in [-100, 100]"),  # torch: overflow
+        ({"loss.theta_init": -101}, "loss.theta_init", "must be in [-100, 100]"),
+        ({"loss.tet_phi": 1e300}, "loss.tet_phi", "must be in [-10, 10]"),
+        ({"loss.tet_phi": -11}, "loss.tet_phi", "must be in [-10, 10]"),
         ({"data.dataset": "mnist"}, "data.dataset", "must be one of"),
         ({"data.dataset": "ncaltech101"}, "data.root", "must be set"),
         ({"data.timesteps": 0}, "data.timesteps", "must be in"),
         ({"data.size": 4}, "data.size", "must be in"),
+        ({"data.size": 15}, "data.size", "must be in [16, 512]"),  # VGGSNN: four 2x2 poolings
         ({"data.pairing": "any"}, "data.pairing", "must be one of"),
         ({"data.crop_padding": -1}, "data.crop_padding", "must be >= 0"),
         ({"data.rotation": 200}, "data.rotation", "must be in"),
-        ({"data.split_seed": -3}, "data.split_seed", "must be >= 0"),
+        ({"data.split_seed": -3}, "data.split_seed", "must be in [0, 4294967295]"),
+        ({"data.split_seed": 2**32}, "data.split_seed", "must be in [0, 4294967295]"),  # scikit-learn
         ({"data.limit": 0}, "data.limit", "must be >= 1"),
         ({"data.simulator.contrast": 0}, "data.simulator.contrast", "must be > 0"),
         ({"data.simulator.contrast_sigma": -0.1}, "data.simulator.contrast_sigma", "must be >= 0"),
@@ -101,13 +108,20 @@ def test_replace_returns_validated_copy():
         ({"optim.lr": 0}, "optim.lr", "must be > 0"),
         ({"optim.weight_decay": -1}, "optim.weight_decay", "must be >= 0"),
         ({"optim.beta1": 1.5}, "optim.beta1", "must be in"),
+        ({"optim.beta1": 1}, "optim.beta1", "must be in [0, 1)"),  # AdamW refuses beta = 1
         ({"optim.beta2": -0.5}, "optim.beta2", "must be in"),
+        ({"optim.beta2": 1.0}, "optim.beta2", "must be in [0, 1)"),
         ({"optim.eps": 0}, "optim.eps", "must be > 0"),
         ({"optim.warmup_epochs": -1}, "optim.warmup_epochs", "must be >= 0"),
         (
             {"optim.warmup_epochs": 6, "run.epochs": 6},
             "optim.warmup_epochs",
             "must be < run.epochs",
+        ),
+        (  # a 1-epoch run would train at warmup_lr throughout
+            {"optim.warmup_epochs": 1, "run.epochs": 1},
+            "optim.warmup_epochs",
+            "must be < run.epochs (1)",
         ),
         ({"optim.warmup_lr": -1}, "optim.warmup_lr", "must be >= 0"),
         ({"optim.min_lr": 1.0, "optim.lr": 0.1}, "optim.min_lr", "must be <= optim.lr"),
@@ -116,12 +130,15 @@ def test_replace_returns_validated_copy():
         ({"run.max_epochs": 9, "run.epochs": 5}, "run.max_epochs", "must be <= run.epochs"),
         ({"run.max_epochs": 0}, "run.max_epochs", "must be >= 1"),
         ({"run.fidelity": "full"}, "run.fidelity", "must be one of"),
-        ({"run.seed": -1}, "run.seed", "must be >= 0"),
+        ({"run.seed": -1}, "run.seed", "must be in [0, 4294967294]"),
+        ({"run.seed": 2**32 - 1}, "run.seed", "must be in [0, 4294967294]"),  # the run seeds seed + 1
+        ({"run.seed": 2**64 - 1}, "run.seed", "must be in [0, 4294967294]"),
         ({"run.device": "tpu"}, "run.device", "must be auto"),
         ({"run.precision": "fp8"}, "run.precision", "must be one of"),
         ({"run.compile_mode": "fast"}, "run.compile_mode", "must be one of"),
         ({"run.cpu_lif": "triton"}, "run.cpu_lif", "must be one of"),
-        ({"run.threads": 0}, "run.threads", "must be >= 1"),
+        ({"run.threads": 0}, "run.threads", "must be in [1, 1024]"),
+        ({"run.threads": 100000}, "run.threads", "must be in [1, 1024]"),  # aborted the process
         ({"run.checkpoint_every": -1}, "run.checkpoint_every", "must be >= 0"),
         ({"run.eval_every": 0}, "run.eval_every", "must be >= 1"),
         ({"resources.cpus": 0}, "resources.cpus", "must be > 0"),
@@ -220,3 +237,74 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
     path.write_text("a: !!python/object:os.system {}\n")
     with pytest.raises(UserError, match="invalid YAML"):
         load_yaml_mapping(path)
+
+
+def test_the_largest_accepted_values_validate():
+    cfg = Config.from_dict(
+        {
+            "data.size": 16,
+            "data.split_seed": 2**32 - 1,
+            "run.seed": 2**32 - 2,
+            "run.threads": 1024,
+            "optim.beta1": 0.0,
+            "optim.beta2": 0.9999,
+            "kd.k": 1e4,
+            "loss.theta_init": -100,
+            "loss.tet_phi": 10,
+            "run.epochs": 2,
+            "optim.warmup_epochs": 1,
+        }
+    )
+    assert cfg.run.seed == 2**32 - 2 and cfg.data.size == 16 and cfg.kd.k == 1e4
+
+
+def test_a_file_with_a_key_given_twice_across_forms_names_the_file(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("kd.k: 3\nkd:\n  k: 4\n")
+    with pytest.raises(UserError) as info:
+        Config.from_yaml(path)
+    assert str(info.value).startswith(f"{path}: kd.k=")
+    assert "given twice" in str(info.value)
+    with pytest.raises(UserError) as info:  # the file is wrong, even where an override sets the key
+        Config.from_yaml(path, {"kd.k": 5})
+    assert str(info.value).startswith(f"{path}: kd.k=")
+
+
+def test_a_file_with_a_non_string_key_names_the_file_the_key_and_its_value(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("1: 2\n")
+    with pytest.raises(UserError) as info:
+        Config.from_yaml(path)
+    assert str(info.value) == f"{path}: 1=2 must have a string key, not int"
+    path.write_text("kd:\n  3: 4.0\n")
+    with pytest.raises(UserError) as info:
+        Config.from_yaml(path)
+    assert str(info.value) == f"{path}: kd.3=4.0 must have a string key, not int"
+
+
+@pytest.mark.parametrize(
+    ("text", "key"), [("? [a, b]\n: 1\n", "['a', 'b']"), ("kd:\n  ? {k: 1}\n  : 2\n", "{'k': 1}")]
+)
+def test_a_non_scalar_key_is_one_line_naming_the_file_and_the_key(tmp_path, text, key):
+    from ckd_search.config import load_yaml_mapping
+
+    path = tmp_path / "k.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as info:  # was TypeError: unhashable type
+        load_yaml_mapping(path)
+    message = str(info.value)
+    assert message.startswith(f"{path}: line ") and "invalid YAML" in message
+    assert f"key {key} is a " in message and "\n" not in message
+    with pytest.raises(UserError, match="not a single value"):
+        Config.from_yaml(path)
+
+
+def test_the_cli_refuses_a_too_small_student_at_once(tmp_path, capsys):
+    from ckd_search.cli import main
+
+    cache = f"data.cache_dir={tmp_path / 'cache'}"  # where the old code built data and a teacher first
+    code = main(["train", "--out", str(tmp_path / "out"), "--set", "data.size=8", "run.device=cpu", cache])
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "data.size=8 must be in [16, 512]" in err
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

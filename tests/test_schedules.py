@@ -102,3 +102,50 @@ def test_compress_scales_the_warm_up_with_the_other_schedules(fidelity, budget, 
                 )
             )
         )
+
+
+def test_gamma_at_the_switch_point_is_a_half_even_for_an_infinite_k():
+    # k (e - e_th) was inf * 0 = NaN there, and the run failed with NaN losses
+    assert s.kd_switch_weight(1, 1, math.inf) == 0.5
+    assert s.kd_switch_weight(2, 1, math.inf) == 0.0 and s.kd_switch_weight(0, 1, math.inf) == 1.0
+    assert s.adaptive_kd_weight(0.5, 0.5, math.inf) == 0.5
+
+
+def test_switch_steepness_does_not_overflow_for_a_long_planned_run():
+    from ckd_search.config import Config
+
+    cfg = Config.from_dict({"kd.k": 1e4, "kd.e_th": 1, "run.epochs": 10**306})
+    sched = s.Schedules(cfg, iters_per_epoch=7)
+    assert sched.switch_steepness() == 1e4  # was k * epochs = inf first, then / span
+    assert sched.gamma(0, 1, 0.0) == 0.5 and sched.gamma(0, 2, 0.0) == 0.0
+
+
+@pytest.mark.parametrize(
+    ("epochs", "budget", "warmup", "expected"),
+    [(300, 1, 5, 0), (10, 4, 9, 3), (10, 1, 9, 0), (2, 1, 1, 0), (10, 2, 9, 1), (4, 8, 3, 6)],
+)
+def test_compress_always_leaves_an_epoch_after_the_warm_up(epochs, budget, warmup, expected):
+    from ckd_search.config import Config
+
+    cfg = Config.from_dict(
+        {
+            "run.epochs": epochs,
+            "run.max_epochs": budget,
+            "run.fidelity": "compress",
+            "optim.warmup_epochs": warmup,
+        }
+    )
+    sched = s.Schedules(cfg, iters_per_epoch=7)
+    assert sched.warmup_epochs == expected < sched.span
+    last = sched.span - 1  # the last epoch of the trial trains past the warm-up, not at warmup_lr
+    assert sched.lr(last) > cfg.optim.warmup_lr
+    assert sched.lr(last) == pytest.approx(
+        s.lr_at(
+            last,
+            base_lr=cfg.optim.lr,
+            total_epochs=sched.span,
+            warmup_epochs=0,
+            warmup_lr=0.0,
+            min_lr=cfg.optim.min_lr,
+        )
+    )
