@@ -220,9 +220,62 @@ def run_ui(args: argparse.Namespace) -> int:
     cmd += ["ui", "--backend-store-uri", f"sqlite:///{db}", "--host", args.host, "--port", str(args.port)]
     print(f"MLflow UI on http://{args.host}:{args.port} (Ctrl+C stops it)")
     try:
-        return subprocess.call(cmd, env={**os.environ})
+        return serve(cmd)
     except FileNotFoundError:
         raise UserError("mlflow is not installed in this environment") from None
+
+
+def serve(cmd: list[str], grace_s: float = 10.0) -> int:
+    """Run a server command until it ends or this process is told to stop (Ctrl+C, SIGTERM,
+    SIGHUP); then stop the server's whole process group (``mlflow ui`` starts uvicorn workers and
+    job consumers), so nothing is left holding the port. Returns its exit code, or 128 + signal."""
+    import signal
+
+    proc = subprocess.Popen(cmd, env={**os.environ}, start_new_session=True)  # its own group
+    stops = (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)
+
+    def stop(signum: int, _frame: Any) -> None:
+        raise _Stopped(signum)
+
+    previous = {sig: signal.signal(sig, stop) for sig in stops}
+    try:
+        return proc.wait()
+    except _Stopped as stopped:
+        _stop_group(proc, grace_s)
+        return 128 + stopped.signum
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+
+class _Stopped(Exception):
+    def __init__(self, signum: int) -> None:
+        super().__init__(signum)
+        self.signum = signum
+
+
+def _stop_group(proc: subprocess.Popen[bytes], grace_s: float) -> None:
+    """SIGTERM to the process group of ``proc``; SIGKILL to whatever of it is left after ``grace_s``."""
+    import signal
+    import time
+
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and _group_alive(proc):
+        time.sleep(0.1)
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def _group_alive(proc: subprocess.Popen[bytes]) -> bool:
+    proc.poll()  # reap the leader, or it stays in the group as a zombie
+    try:
+        os.killpg(proc.pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
 
 
 def _check_port_free(host: str, port: int) -> None:

@@ -78,7 +78,7 @@ def test_ui_binds_loopback_unless_asked(tmp_path, monkeypatch, capsys):
     import ckd_search.commands.search as commands
 
     calls = []
-    monkeypatch.setattr(commands.subprocess, "call", lambda cmd, **kw: calls.append(cmd) or 0)
+    monkeypatch.setattr(commands, "serve", lambda cmd, **kw: calls.append(cmd) or 0)
     (tmp_path / "mlflow.db").touch()
     assert main(["ui", str(tmp_path)]) == 0
     cmd = calls[-1]
@@ -137,3 +137,51 @@ def test_a_local_ray_gets_no_more_gpus_than_the_machine_has(monkeypatch):
     with pytest.raises(UserError, match=r"--gpus 2: this machine has 1 GPU\(s\)"):
         resources.start_or_join(None, None, 2)
     assert seen == {}  # refused before Ray starts
+
+
+def test_a_stopped_ui_stops_its_servers_whole_process_group(tmp_path):
+    """`ckd-search ui` killed with SIGTERM (a scheduler, `kill`): the server it started and the
+    workers that server started go too, so none is left holding the port."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pids = tmp_path / "pids"
+    server = (  # a stand-in for `mlflow ui`: it starts a worker, records both PIDs, waits
+        "import os, subprocess, sys, time\n"
+        "w = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)'])\n"
+        f"open({str(pids)!r}, 'w').write(f'{{os.getpid()}} {{w.pid}}')\n"
+        "time.sleep(120)\n"
+    )
+    driver = (
+        "import sys\n"
+        "from ckd_search.commands.search import serve\n"
+        f"sys.exit(serve([sys.executable, '-c', {server!r}], grace_s=5.0))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", driver])
+    deadline = time.monotonic() + 60
+    while not pids.is_file() or len(pids.read_text().split()) < 2:
+        assert time.monotonic() < deadline and proc.poll() is None, "the stand-in server did not start"
+        time.sleep(0.1)
+    started = [int(p) for p in pids.read_text().split()]
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 10
+    while any(_alive(pid) for pid in started) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not any(_alive(pid) for pid in started)
+
+
+def _alive(pid: int) -> bool:
+    import os
+
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        with open(f"/proc/{pid}/stat") as stat:  # a zombie is dead, only not yet reaped
+            return stat.read().split(")")[-1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
