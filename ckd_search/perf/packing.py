@@ -44,6 +44,7 @@ from ckd_search.argtypes import OneLineParser
 from ckd_search.argtypes import non_negative_int
 from ckd_search.argtypes import positive_int
 from ckd_search.config import COMPILE_MODES
+from ckd_search.config import Config
 from ckd_search.errors import UserError
 from ckd_search.perf.timing import SMOKE_SHAPE
 from ckd_search.perf.timing import add_shape_args
@@ -51,6 +52,7 @@ from ckd_search.perf.timing import fmt
 from ckd_search.perf.timing import format_table
 from ckd_search.perf.timing import print_row
 from ckd_search.storage import given_or_temp_dir
+from ckd_search.storage import output_dir
 
 log = logging.getLogger(__name__)
 
@@ -93,8 +95,26 @@ def _worker(rank: int, n: int, spec: TrialSpec, barrier: Any, results: Any) -> N
         results.put({"rank": rank, "status": "error", "error": traceback.format_exc()})
 
 
+def trial_config(spec: TrialSpec, rank: int) -> Config:
+    """The Config trial ``rank`` of a packing level runs (ConfigError when a value breaks a rule)."""
+    values: dict[str, Any] = {
+        "data.timesteps": spec.timesteps,
+        "data.size": spec.size,
+        "model.width": spec.width,
+        "optim.batch_size": spec.batch,
+        "run.device": spec.device,
+        "run.seed": spec.seed + rank,
+        "run.precision": spec.precision,
+        "run.compile": spec.compile,
+        "run.compile_mode": spec.compile_mode,
+        "run.channels_last": spec.channels_last,
+    }
+    if spec.epochs:
+        values.update({"run.epochs": spec.epochs, "run.eval_every": 1, "run.checkpoint_every": 1})
+    return Config.from_dict(values)
+
+
 def _trial(rank: int, n: int, spec: TrialSpec, barrier: Any) -> dict[str, Any]:
-    from ckd_search.config import Config
     from ckd_search.engine import Trainer
     from ckd_search.engine import fit
     from ckd_search.engine import frame_dtype
@@ -110,21 +130,7 @@ def _trial(rank: int, n: int, spec: TrialSpec, barrier: Any) -> dict[str, Any]:
             device = torch.device("cuda", torch.cuda.current_device())
         torch.cuda.set_device(device)
         torch.cuda.set_per_process_memory_fraction(1.0 / n, device)
-    values: dict[str, Any] = {
-        "data.timesteps": spec.timesteps,
-        "data.size": spec.size,
-        "model.width": spec.width,
-        "optim.batch_size": spec.batch,
-        "run.device": spec.device,
-        "run.seed": spec.seed + rank,
-        "run.precision": spec.precision,
-        "run.compile": spec.compile,
-        "run.compile_mode": spec.compile_mode,
-        "run.channels_last": spec.channels_last,
-    }
-    if spec.epochs:
-        values.update({"run.epochs": spec.epochs, "run.eval_every": 1, "run.checkpoint_every": 1})
-    cfg = Config.from_dict(values)
+    cfg = trial_config(spec, rank)
     torch.manual_seed(spec.seed + rank)
     n_train, n_test = (spec.train_samples, spec.test_samples) if spec.epochs else (2 * spec.batch, 8)
     prepared = synthetic_prepared(cfg, spec.classes, n_train=n_train, n_test=n_test, seed=spec.seed + rank)
@@ -327,11 +333,48 @@ def private_mps(root: str) -> Iterator[str]:
                 os.environ[key] = value
 
 
+def trial_spec(args: argparse.Namespace, n: int) -> TrialSpec:
+    """What each of ``n`` packed trials runs, from the parsed flags."""
+    cores = os.cpu_count() or 1
+    threads = args.threads_per_trial or (2 if args.device.startswith("cuda") else max(1, cores // n))
+    return TrialSpec(
+        batch=args.batch,
+        timesteps=args.timesteps,
+        size=args.size,
+        width=args.width,
+        classes=args.classes,
+        steps=args.steps,
+        warmup=args.warmup,
+        device=args.device,
+        precision=args.precision,
+        compile=args.compile,
+        compile_mode=args.compile_mode,
+        channels_last=not args.no_channels_last,
+        threads=threads,
+        seed=args.seed,
+        epochs=args.epochs,
+        train_samples=args.train_samples,
+        test_samples=args.test_samples,
+    )
+
+
+def check_trials(args: argparse.Namespace) -> None:
+    """Build every trial's Config here, before any process starts: a value that breaks a config rule
+    (``--batch 1``, ``--seed -5``) is one ConfigError line, not a traceback from each spawned trial."""
+    for n in args.levels:
+        spec = trial_spec(args, n)
+        for rank in range(n):
+            trial_config(spec, rank)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     from ckd_search.engine import resolve_device
 
     args = parse_args(argv)
     resolve_device(args.device, "--device")  # a bad device is refused here, not in every trial
+    check_trials(args)
+    if args.cache_dir:
+        args.cache_dir = str(output_dir(args.cache_dir, "--cache-dir"))
     with given_or_temp_dir(args.cache_dir, "ckd_packing_cache_") as cache_root:
         if not args.mps:
             return _run(args, cache_root)
@@ -372,26 +415,8 @@ def _run(args: argparse.Namespace, cache_root: str) -> int:
         notes.append("--compile with --epochs: each trial's fit compiles again inside the clock (cache hits)")
     base: float | None = None
     for n in args.levels:
-        threads = args.threads_per_trial or (2 if args.device.startswith("cuda") else max(1, cores // n))
-        spec = TrialSpec(
-            batch=args.batch,
-            timesteps=args.timesteps,
-            size=args.size,
-            width=args.width,
-            classes=args.classes,
-            steps=args.steps,
-            warmup=args.warmup,
-            device=args.device,
-            precision=args.precision,
-            compile=args.compile,
-            compile_mode=args.compile_mode,
-            channels_last=not args.no_channels_last,
-            threads=threads,
-            seed=args.seed,
-            epochs=args.epochs,
-            train_samples=args.train_samples,
-            test_samples=args.test_samples,
-        )
+        spec = trial_spec(args, n)
+        threads = spec.threads
         log.info("packing %d trial(s): %s", n, asdict(spec))
         reports = run_packed(n, spec)
         bad = [r for r in reports if r.get("status") != "ok"]

@@ -32,6 +32,7 @@ from ckd_search.engine import Trainer
 from ckd_search.engine import compile_fresh
 from ckd_search.engine import frame_dtype
 from ckd_search.engine import resolve_device
+from ckd_search.errors import UserError
 from ckd_search.models.cpu_lif import use_fused_cpu_lif
 from ckd_search.perf import variants
 from ckd_search.perf.synthetic import StepBatch
@@ -91,6 +92,39 @@ EXPERIMENTS: tuple[Experiment, ...] = (
 COMPILE = Experiment(
     "compile", "torch.compile(ckd_losses) (run.compile=true), warm-up includes compiling", _compile
 )
+
+
+ONE_THREAD = Experiment("engine-1thread", "engine with torch.set_num_threads(1)", _engine, threads=1)
+# The experiments that need a flag to run at all, and that flag.
+NEEDS_FLAG = {COMPILE.name: "--compile", ONE_THREAD.name: "--one-thread"}
+
+
+def select_experiments(args: argparse.Namespace, device: torch.device) -> list[Experiment]:
+    """The experiments this run times, ``engine`` first (the reference of the speedups).
+
+    ``--only`` narrows them (``engine`` always runs). A UserError (one line, exit code 2) refuses a
+    name that is no experiment (listing the known ones), one whose flag is missing (``compile``
+    without ``--compile``) and a CPU-only one on another device.
+    """
+    chosen = list(EXPERIMENTS) + ([COMPILE] if args.compile else [])
+    if args.one_thread:
+        chosen.append(ONE_THREAD)
+    if device.type != "cpu":
+        chosen = [e for e in chosen if not e.cpu_only]
+    if args.only is None:
+        return chosen
+    known = [e.name for e in (*EXPERIMENTS, COMPILE, ONE_THREAD)]
+    names = [n.strip() for n in args.only.split(",") if n.strip()]
+    if not names:
+        raise UserError(f"--only: no experiment named in {args.only!r}; known: {', '.join(known)}")
+    unknown = [n for n in names if n not in known]
+    if unknown:
+        raise UserError(f"--only: unknown experiment(s) {unknown}; known: {', '.join(known)}")
+    for name in names:
+        if all(e.name != name for e in chosen):
+            why = f"needs {NEEDS_FLAG[name]}" if name in NEEDS_FLAG else f"runs on a CPU only, not {device}"
+            raise UserError(f"--only {name}: {why}")
+    return [e for e in chosen if e.name in names or e.name == "engine"]
 
 
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
@@ -251,6 +285,7 @@ def _stepper(trainer: Trainer, batches: list[StepBatch], device: torch.device) -
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device, "--device")
+    select_experiments(args, device)  # a bad --only is refused before anything is built
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -283,16 +318,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_table(("operator", "self ms/step", "%", "calls/step"), rows))
     del trainer
 
-    chosen = list(EXPERIMENTS) + ([COMPILE] if args.compile else [])
-    if args.one_thread:
-        chosen.append(
-            Experiment("engine-1thread", "engine with torch.set_num_threads(1)", _engine, threads=1)
-        )
-    if device.type != "cpu":
-        chosen = [e for e in chosen if not e.cpu_only]
-    if args.only:
-        names = {n.strip() for n in args.only.split(",")}
-        chosen = [e for e in chosen if e.name in names or e.name == "engine"]
+    chosen = select_experiments(args, device)
     # Every variant gets its own trainer; rounds interleave them (A B C A B C ...) so that load
     # from other processes hits all alike, and each reports its best round (least disturbed).
     built = []

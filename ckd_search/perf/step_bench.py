@@ -363,6 +363,8 @@ def select_variants(spec: str | None) -> list[Variant]:
     if spec is None:
         return list(VARIANTS)
     names = [s.strip() for s in spec.split(",") if s.strip()]
+    if not names:
+        raise UserError(f"--variants: no variant named in {spec!r}; known: {sorted(known)}")
     unknown = [n for n in names if n not in known]
     if unknown:
         raise UserError(f"--variants: unknown variant(s) {unknown}; known: {sorted(known)}")
@@ -411,9 +413,21 @@ def compile_stats() -> str:
     )
 
 
+def runnable(variants: Sequence[Variant], device: torch.device) -> list[Variant]:
+    """The variants that can run on ``device`` (the GPU-only ones need CUDA); a UserError when
+    none can, rather than an empty table."""
+    ok = [v for v in variants if device.type == "cuda" or not v.gpu_only]
+    if not ok:
+        names = ",".join(v.name for v in variants)
+        need = "needs" if len(variants) == 1 else "each need"
+        raise UserError(f"--variants {names}: {need} a CUDA device, and this run is on {device}")
+    return ok
+
+
 def run(args: argparse.Namespace) -> Result:
     """Time every selected variant (and the scaling grid); nothing is printed here."""
     device = resolve(args.device)
+    runnable(select_variants(args.variants), device)  # refused before anything runs
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
