@@ -31,6 +31,7 @@ import yaml
 from ckd_search.config import load_yaml_mapping
 from ckd_search.errors import UserError
 from ckd_search.storage import atomic_write_text
+from ckd_search.storage import sha256_file
 
 SETTINGS_FILE = "search.yaml"
 SPACE_FILE = "space.yaml"
@@ -57,6 +58,7 @@ _FIELD_TYPES: dict[str, tuple[tuple[type, ...], bool]] = {
     "overrides": ((dict,), False),
     "warm_start": ((list,), False),
     "created": ((str,), False),
+    "space_sha256": ((str,), False),
     "format": ((int,), False),
 }
 
@@ -77,6 +79,7 @@ class SearchSettings:
     overrides: dict[str, Any] = field(default_factory=dict)
     warm_start: list[dict[str, Any]] = field(default_factory=list)
     created: str = ""
+    space_sha256: str = ""  # of RUN_DIR/space.yaml as the search started ("" in older searches)
     format: int = FORMAT
 
     # -- paths --------------------------------------------------------------------------------
@@ -118,6 +121,15 @@ class SearchSettings:
         for readers such as ``analyze`` that take what they can from a run directory."""
         path = Path(run_dir) / SETTINGS_FILE
         return load_yaml_mapping(path) if path.is_file() else {}
+
+    def check_space_unchanged(self) -> None:
+        """A UserError when ``RUN_DIR/space.yaml`` was edited since the search started: a resumed
+        search must draw from the space its study, searcher state and trials came from."""
+        if self.space_sha256 and sha256_file(self.space_file) != self.space_sha256:
+            raise UserError(
+                f"{self.space_file}: edited since the search started (its SHA-256 differs from the one in "
+                f"{SETTINGS_FILE}); put the original back to resume, or start a new search with the edit"
+            )
 
     @classmethod
     def load(cls, run_dir: str | Path, *, for_resume: bool = False) -> SearchSettings:
@@ -169,7 +181,12 @@ def _check_fields(path: Path, data: dict[str, Any]) -> None:
         value = data[key]
         if isinstance(value, bool) or not isinstance(value, types):
             raise UserError(f"{path}: {key}={value!r} has the wrong type (the file is damaged)")
-        if isinstance(value, str) and types == (str,) and key != "created" and not value:
+        if (
+            isinstance(value, str)
+            and types == (str,)
+            and key not in ("created", "space_sha256")
+            and not value
+        ):
             raise UserError(f"{path}: {key} is empty (the file is damaged)")
     if data["num_trials"] < 1:
         raise UserError(f"{path}: num_trials={data['num_trials']} must be >= 1 (the file is damaged)")

@@ -59,6 +59,7 @@ from ckd_search.storage import atomic_copy
 from ckd_search.storage import atomic_write_text
 from ckd_search.storage import check_output_dir
 from ckd_search.storage import output_dir
+from ckd_search.storage import sha256_file
 
 log = logging.getLogger(__name__)
 #: Driver-side Tune settings (pitfall 9: a per-epoch checkpoint with ``num_to_keep`` forces a snapshot
@@ -147,6 +148,7 @@ def create_search(
         created=_now(),
     )
     atomic_copy(Path(space_path).expanduser(), settings.space_file)  # a torn copy would break --resume
+    settings.space_sha256 = sha256_file(settings.space_file)  # --resume refuses an edited copy
     settings.save()
     return settings
 
@@ -174,6 +176,8 @@ def run_search(
     """Run (or resume) the search described by ``settings``; Ray is shut down if started here."""
     for key, value in DRIVER_ENV.items():
         os.environ.setdefault(key, value)
+    if resume:
+        settings.check_space_unchanged()
     space = load_space(settings.space_file, settings.overrides)
     import optuna
 

@@ -202,3 +202,17 @@ def test_ctrl_c_while_ray_starts_shuts_the_half_started_ray_down(tmp_path, space
     with pytest.raises(KeyboardInterrupt):
         run_search(settings)
     assert shut == [True]
+
+
+def test_resume_refuses_a_space_edited_since_the_search_started(tmp_path, space, capsys):
+    """New trials would come from another space than the study's, and analyze would read the edit."""
+    from ckd_search.search.settings import SearchSettings
+    from ckd_search.search.tuner import create_search
+
+    settings = create_search(space, out=tmp_path / "run", gpus=0)
+    assert SearchSettings.load(settings.root).space_sha256  # recorded as it started
+    copy = settings.space_file
+    copy.write_text(copy.read_text().replace("high: 4.0", "high: 9.0") + "\n# edited\n")
+    assert main(["search", "--resume", str(settings.root)]) == 2
+    line = error_line(capsys)
+    assert f"{copy}: edited since the search started" in line
