@@ -186,7 +186,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--resume",
         action="store_true",
-        help="continue from the checkpoint in --out (its saved config unless --config or --set are given)",
+        help="continue from the checkpoint in --out, with its saved config "
+        "(--set changes it, --config replaces it)",
     )
     p.set_defaults(handler=_cmd_train)
 
