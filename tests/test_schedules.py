@@ -88,20 +88,7 @@ def test_compress_scales_the_warm_up_with_the_other_schedules(fidelity, budget, 
     sched = s.Schedules(cfg, iters_per_epoch=7)
     assert sched.warmup_epochs == expected
     if expected:  # the warm-up ends where the scaled count says: the base LR one epoch later
-        assert (
-            sched.lr(expected - 1)
-            < sched.lr(expected)
-            == pytest.approx(
-                s.lr_at(
-                    expected,
-                    base_lr=cfg.optim.lr,
-                    total_epochs=sched.span,
-                    warmup_epochs=0,
-                    warmup_lr=0.0,
-                    min_lr=cfg.optim.min_lr,
-                )
-            )
-        )
+        assert sched.lr(expected - 1) < sched.lr(expected) == pytest.approx(_cosine_lr(cfg, sched, expected))
 
 
 def test_gamma_at_the_switch_point_is_a_half_even_for_an_infinite_k():
@@ -139,13 +126,16 @@ def test_compress_always_leaves_an_epoch_after_the_warm_up(epochs, budget, warmu
     assert sched.warmup_epochs == expected < sched.span
     last = sched.span - 1  # the last epoch of the trial trains past the warm-up, not at warmup_lr
     assert sched.lr(last) > cfg.optim.warmup_lr
-    assert sched.lr(last) == pytest.approx(
-        s.lr_at(
-            last,
-            base_lr=cfg.optim.lr,
-            total_epochs=sched.span,
-            warmup_epochs=0,
-            warmup_lr=0.0,
-            min_lr=cfg.optim.min_lr,
-        )
+    assert sched.lr(last) == pytest.approx(_cosine_lr(cfg, sched, last))
+
+
+def _cosine_lr(cfg, sched, epoch):
+    """The scheduled rate at ``epoch`` of the span without any warm-up."""
+    return s.lr_at(
+        epoch,
+        base_lr=cfg.optim.lr,
+        total_epochs=sched.span,
+        warmup_epochs=0,
+        warmup_lr=0.0,
+        min_lr=cfg.optim.min_lr,
     )
