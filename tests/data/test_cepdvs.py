@@ -56,10 +56,10 @@ def test_layout_labels_and_split(cep_root: Callable[..., Path]) -> None:
 
 def test_load_paired_end_to_end(cep_root: Callable[..., Path], data_cfg: Callable[..., DataConfig]) -> None:
     root = cep_root(LABELS)
-    data = load_paired(data_cfg(dataset="cepdvs", root=str(root), timesteps=6, size=12), 20)
+    data = load_paired(data_cfg(dataset="cepdvs", root=str(root), timesteps=6, size=16), 20)
     assert data.num_classes == 20 and data.class_names[1] == "fish"
     assert (len(data.train), len(data.test)) == (10, 4)
-    assert data.train.frames.shape == (10, 6, 2, 12, 12) and data.train.images.shape == (10, 3, 20, 20)
+    assert data.train.frames.shape == (10, 6, 2, 16, 16) and data.train.images.shape == (10, 3, 20, 20)
     np.testing.assert_array_equal(data.train.image_labels[data.train.pair_index], data.train.labels)
     # pair by index: the fixture's red channel is (7 * index) % 256; train = fish 0,2,.. then trees 1,3,..
     red = data.train.images[data.train.pair_index][:, 0, 10, 10].numpy().astype(int)
