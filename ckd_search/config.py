@@ -379,7 +379,7 @@ class Config:
 
     def flat(self) -> dict[str, Any]:
         """Dotted keys to leaf values, e.g. ``{"kd.temperature": 4.0, ...}`` (MLflow params)."""
-        return dict(_flatten(self.to_dict(), ""))
+        return dict(dotted_items(self.to_dict()))
 
     def replace(self, **dotted: Any) -> Config:
         """A copy with some dotted keys changed (``cfg.replace(**{"kd.k": 10})``), validated."""
@@ -397,7 +397,7 @@ class Config:
             nested = _nest(data, "")  # a key given twice (kd.k and kd: {k}) or not a string
         except ConfigError as err:
             raise UserError(f"{path}: {err}") from None
-        merged = {**dict(_flatten(nested, "")), **dict(overrides or {})}
+        merged = {**dict(dotted_items(nested)), **dict(overrides or {})}
         try:
             return cls.from_dict(merged)
         except ConfigError as err:
@@ -656,16 +656,18 @@ def _plain(value: Any) -> Any:
 
 def config_differences(old: Mapping[str, Any], new: Mapping[str, Any], most: int = 3) -> str:
     """``key: old -> new`` for the first ``most`` dotted keys whose values differ (nested dicts)."""
-    a, b = dict(_flatten(old, "")), dict(_flatten(new, ""))
+    a, b = dict(dotted_items(old)), dict(dotted_items(new))
     absent = "(absent)"
     keys = sorted(k for k in a.keys() | b.keys() if a.get(k, absent) != b.get(k, absent))
     shown = ", ".join(f"{k}: {a.get(k, absent)} -> {b.get(k, absent)}" for k in keys[:most])
     return shown + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 
-def _flatten(values: Mapping[str, Any], prefix: str) -> Iterator[tuple[str, Any]]:
+def dotted_items(values: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    """Nested mappings as (dotted key, leaf value) pairs: ``{"kd": {"k": 10}}`` -> ``("kd.k", 10)``.
+    A key met twice (``kd.k`` beside ``kd: {k}``) comes twice, for callers that refuse it."""
     for key, value in values.items():
         if isinstance(value, Mapping):
-            yield from _flatten(value, f"{prefix}{key}.")
+            yield from dotted_items(value, f"{prefix}{key}.")
         else:
             yield f"{prefix}{key}", value

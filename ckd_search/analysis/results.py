@@ -26,6 +26,7 @@ from numpy.typing import ArrayLike
 from ckd_search.analysis.space_facts import SpaceFacts
 from ckd_search.analysis.space_facts import read_space_facts
 from ckd_search.config import Config
+from ckd_search.config import dotted_items
 from ckd_search.config import load_yaml_mapping
 from ckd_search.errors import UserError
 from ckd_search.search.outcome import finite
@@ -384,7 +385,7 @@ def _read_trial(path: Path, records: dict[str, dict[str, Any]], notes: list[str]
     entry = records.setdefault(trial_id, {"rows": [], "config": {}, "dir": str(folder), "error": False})
     entry["rows"].extend(lines)
     config = next((r["config"] for r in reversed(lines) if isinstance(r.get("config"), Mapping)), params)
-    entry["config"].update(_flatten(config))
+    entry["config"].update(dotted_items(config))
     entry["error"] = entry["error"] or (folder / "error.txt").exists() or (folder / "error.pkl").exists()
 
 
@@ -411,17 +412,6 @@ def superseded_trials(root: Path) -> set[str]:
         return superseded_ray_trials(journal, study_name)
     except (KeyError, ValueError, OSError):
         return set()
-
-
-def _flatten(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(_flatten(value, name + "."))
-        else:
-            out[name] = value
-    return out
 
 
 def _epoch_rows(trial_id: str, rows: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -54,6 +54,7 @@ import yaml
 
 from ckd_search.analysis.pareto import pareto_mask
 from ckd_search.config import Config
+from ckd_search.config import dotted_items
 from ckd_search.config import load_yaml_mapping
 from ckd_search.errors import UserError
 from ckd_search.search.outcome import BUDGET_KEY
@@ -401,23 +402,12 @@ def write_space(settings: SearchSettings, target: Path) -> None:
         return
     raw = load_yaml_mapping(settings.space_file)
     fixed = raw.get("fixed")
-    raw["fixed"] = {**_dotted(fixed if isinstance(fixed, Mapping) else {}), **settings.overrides}
+    raw["fixed"] = {**dict(dotted_items(fixed if isinstance(fixed, Mapping) else {})), **settings.overrides}
     header = (
         f"# ckd-search export: the space of study {settings.study_name} ({settings.space_file}), "
         "its --set overrides folded into fixed\n"
     )
     atomic_write_text(target / SPACE_FILE, header + yaml.safe_dump(raw, sort_keys=False))
-
-
-def _dotted(values: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested sections (``kd: {k: 10}``) as dotted keys, as the space's ``fixed`` reads them."""
-    out: dict[str, Any] = {}
-    for key, value in values.items():
-        if isinstance(value, Mapping):
-            out.update(_dotted(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
 
 
 def write_parquet(rows: Sequence[dict[str, Any]], path: Path) -> None:

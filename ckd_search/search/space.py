@@ -62,7 +62,6 @@ import random
 import re
 import typing
 from collections.abc import Callable
-from collections.abc import Iterator
 from collections.abc import Mapping
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -72,6 +71,7 @@ from typing import Any
 
 from ckd_search.config import LOCAL_PATH_KEYS
 from ckd_search.config import Config
+from ckd_search.config import dotted_items
 from ckd_search.config import load_yaml_mapping
 from ckd_search.config import local_path_problem
 from ckd_search.errors import ConfigError
@@ -494,22 +494,12 @@ def _check_key(key: Any, where: str, value: Any, err: _Errors, types: Mapping[st
 def _parse_fixed(raw: dict[str, Any], err: _Errors) -> dict[str, Any]:
     types = _leaf_types()
     fixed: dict[str, Any] = {}
-    for key, value in _flatten_mapping(raw):
+    for key, value in dotted_items(raw):
         _check_key(key, "fixed", value, err, types)
         if key in fixed:  # `kd.k: 1` and `kd: {k: 2}`: YAML sees two keys, the config one
             err.fail(f"fixed.{key}", value, f"is given twice, nested and dotted (the other: {fixed[key]!r})")
         fixed[key] = value
     return fixed
-
-
-def _flatten_mapping(raw: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    """Nested sections in ``fixed`` (``kd: {k: 10}``) become dotted keys."""
-    for key, value in raw.items():
-        dotted = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from _flatten_mapping(value, dotted + ".")
-        else:
-            yield dotted, value
 
 
 def _parse_params(raw: dict[str, Any], fixed: Mapping[str, Any], err: _Errors) -> tuple[Param, ...]:
