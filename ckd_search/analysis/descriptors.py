@@ -24,13 +24,14 @@ from ckd_search.losses import linear_cka
 from ckd_search.models.cpu_lif import use_fused_cpu_lif
 from ckd_search.models.snn import VGGSNN
 from ckd_search.prepare import Prepared
+from ckd_search.search.settings import DESCRIPTORS_FILE
 from ckd_search.step import hybrid_stream
 from ckd_search.storage import atomic_write_text
 
 log = logging.getLogger(__name__)
 
 MAX_SAMPLES = 256
-FILE_NAME = "descriptors.json"
+FILE_NAME = DESCRIPTORS_FILE
 # Config sections the descriptors depend on (data tensors, image size, student, seed).
 DESCRIPTOR_PREFIXES = ("data.", "teacher.", "model.", "run.seed")
 # Descriptor keys copied from ``PairedData.descriptors`` (the data layer computes them).

@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from ckd_search.config import Config
+from ckd_search.search.settings import DESCRIPTORS_FILE
 from ckd_search.storage import atomic_write_text
 from ckd_search.storage import output_dir
 
@@ -193,7 +194,7 @@ def run_ablation(
                 for k, v in s.items()
                 if k != "n" and v is not None
             }
-            extra = [p for p in (out / "descriptors.json",) if p.is_file()]
+            extra = [p for p in (out / DESCRIPTORS_FILE,) if p.is_file()]
             tracker.finish(metrics, [json_path, md_path, *extra], status=status)
             files["mlflow"] = tracker.uri
     return result_doc

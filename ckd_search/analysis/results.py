@@ -30,6 +30,7 @@ from ckd_search.config import dotted_items
 from ckd_search.config import load_yaml_mapping
 from ckd_search.errors import UserError
 from ckd_search.search.outcome import finite
+from ckd_search.search.settings import DESCRIPTORS_FILE
 from ckd_search.search.settings import JOURNAL_FILE
 from ckd_search.search.settings import SETTINGS_FILE
 from ckd_search.search.settings import SPACE_FILE  # its ``fixed`` section is a base config too
@@ -227,7 +228,7 @@ def load_run(run_dir: str | Path, compute_descriptors: bool = True) -> SearchRun
             f"{root}: no trial results (no **/result.json with records, no trials.parquet)"
             + (f"; {unreadable[0]}" if unreadable else "")
         )
-    descriptors = read_json_object(root / "descriptors.json") or {}
+    descriptors = read_json_object(root / DESCRIPTORS_FILE) or {}
     if not descriptors and compute_descriptors and (root / SETTINGS_FILE).is_file():
         from ckd_search.analysis.descriptors import descriptors_for_run
 

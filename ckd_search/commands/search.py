@@ -13,6 +13,7 @@ from typing import Any
 
 from ckd_search.errors import UserError
 from ckd_search.search.settings import CONCURRENCY_FILE
+from ckd_search.search.settings import DESCRIPTORS_FILE
 from ckd_search.search.settings import DRIVER_LOCK
 from ckd_search.search.settings import SETTINGS_FILE
 from ckd_search.search.settings import SPACE_FILE
@@ -150,7 +151,7 @@ def _fixed_on_resume(args: argparse.Namespace) -> list[str]:
 
 
 #: What ``create_search``, the driver lock and the data preparation write before a search starts.
-_SETUP_FILES = frozenset({SETTINGS_FILE, SPACE_FILE, DRIVER_LOCK, CONCURRENCY_FILE, "descriptors.json"})
+_SETUP_FILES = frozenset({SETTINGS_FILE, SPACE_FILE, DRIVER_LOCK, CONCURRENCY_FILE, DESCRIPTORS_FILE})
 
 
 def remove_unstarted(settings: Any) -> None:

@@ -42,6 +42,7 @@ MLFLOW_DB = "mlflow.db"
 MLFLOW_ARTIFACTS = "mlartifacts"
 DONE_FILE = "search_done.json"
 DRIVER_LOCK = "driver.lock"
+DESCRIPTORS_FILE = "descriptors.json"  # the data set's descriptors, for analyze
 TRIAL_DIR_PREFIX = "trial_"
 FORMAT = 1
 #: search.yaml fields: (accepted types, required).
