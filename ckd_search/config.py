@@ -53,10 +53,6 @@ def ge(lo: float) -> Check:
     return lambda v: None if v >= lo else f"must be >= {_bound(lo)}"
 
 
-def le(hi: float) -> Check:
-    return lambda v: None if v <= hi else f"must be <= {_bound(hi)}"
-
-
 def between(lo: float, hi: float, *, open_lo: bool = False, open_hi: bool = False) -> Check:
     """lo <= v <= hi; ``open_lo``/``open_hi`` make that end exclusive (shown as ``(`` / ``)``)."""
 
