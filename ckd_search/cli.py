@@ -30,8 +30,10 @@ Handler = Callable[[argparse.Namespace], int]
 
 
 def parse_overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
-    """``["kd.k=10", "run.epochs=3"]`` -> ``{"kd.k": 10, ...}``; values parsed as YAML scalars."""
+    """``["kd.k=10", "run.epochs=3"]`` -> ``{"kd.k": 10, ...}``; values read as config files read them."""
     import yaml
+
+    from ckd_search.config import parse_yaml_value
 
     out: dict[str, Any] = {}
     for pair in pairs or ():
@@ -41,7 +43,7 @@ def parse_overrides(pairs: Sequence[str] | None) -> dict[str, Any]:
         if key.strip() in out:  # as config files refuse a key given twice
             raise UserError(f"--set {key.strip()} is given twice")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw.strip() else None
+            out[key.strip()] = parse_yaml_value(raw) if raw.strip() else None
         except yaml.YAMLError:
             out[key.strip()] = raw
     return out

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import typing
 from collections.abc import Callable
 from collections.abc import Iterator
@@ -403,8 +404,30 @@ class Config:
 
 
 # --- helpers -----------------------------------------------------------------------------------
+_LEADING_ZEROS = re.compile(r"[-+]?0[0-9_]+")  # YAML 1.1 octal: 010 -> 8
+_SEXAGESIMAL = re.compile(r"[-+]?[0-9][0-9_]*(:[0-5]?[0-9])+(\.[0-9_]*)?")  # YAML 1.1 base 60: 1:30 -> 90
+
+
 class _UniqueKeyLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+    """``yaml.SafeLoader`` that refuses a key given twice in one mapping (PyYAML keeps the last).
+
+    Integers read as YAML 1.2 and people do: ``010`` is ten (YAML 1.1 says eight) and ``1:30`` is
+    the text it looks like (YAML 1.1 says 90). ``0x10`` and ``0b10`` keep their bases.
+    """
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> int | str:  # type: ignore[override]
+        text = str(self.construct_scalar(node))  # type: ignore[no-untyped-call]
+        if _LEADING_ZEROS.fullmatch(text):
+            return int(text.replace("_", ""), 10)
+        if _SEXAGESIMAL.fullmatch(text):
+            return text
+        return super().construct_yaml_int(node)  # type: ignore[no-untyped-call,no-any-return]
+
+    def construct_yaml_float(self, node: yaml.ScalarNode) -> float | str:  # type: ignore[override]
+        text = str(self.construct_scalar(node))  # type: ignore[no-untyped-call]
+        if _SEXAGESIMAL.fullmatch(text):  # 1:30.5 -> the text, not 90.5
+            return text
+        return super().construct_yaml_float(node)  # type: ignore[no-untyped-call,no-any-return]
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         seen: set[Any] = set()
@@ -424,6 +447,19 @@ class _UniqueKeyLoader(yaml.SafeLoader):
                 )
             seen.add(key)
         return super().construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:int", _UniqueKeyLoader.construct_yaml_int)
+_UniqueKeyLoader.add_constructor("tag:yaml.org,2002:float", _UniqueKeyLoader.construct_yaml_float)
+
+
+def parse_yaml_value(text: str) -> Any:
+    """One ``--set`` value read as a config file would read it (same integers, no object tags)."""
+    loader = _UniqueKeyLoader(text)
+    try:
+        return loader.get_single_data()  # type: ignore[no-untyped-call]
+    finally:
+        loader.dispose()  # type: ignore[no-untyped-call]
 
 
 def load_yaml_mapping(path: str | Path) -> dict[str, Any]:

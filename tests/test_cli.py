@@ -126,3 +126,20 @@ def test_each_set_flag_adds_its_values(capsys):
     assert args.set == ["run.epochs=3", "kd.k=2", "loss.beta=1"]
     assert cli.main(["train", "--set", "run.epochs=1", "--set", "run.epochs=2"]) == 2
     assert "--set run.epochs is given twice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("raw", "value"),
+    [
+        ("010", 10),
+        ("-007", -7),
+        ("1_000", 1000),
+        ("0x10", 16),
+        ("1:30", "1:30"),
+        ("1e-3", "1e-3"),
+        ("yes", True),
+    ],
+)
+def test_set_values_read_as_config_files_read_them(raw, value):
+    """Leading zeros are decimal (YAML 1.1 reads 010 as eight) and 1:30 is no base-60 number."""
+    assert cli.parse_overrides([f"data.limit={raw}"]) == {"data.limit": value}

@@ -308,3 +308,13 @@ def test_the_cli_refuses_a_too_small_student_at_once(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "data.size=8 must be in [16, 512]" in err
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
+
+
+def test_a_config_file_reads_leading_zeros_as_decimal_and_refuses_base_60(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("data:\n  limit: 010\nrun:\n  epochs: 0x3\n")
+    config = Config.from_yaml(path)
+    assert (config.data.limit, config.run.epochs) == (10, 3)
+    path.write_text("data:\n  limit: 1:30\n")
+    with pytest.raises(UserError, match="data.limit='1:30' must be an integer"):
+        Config.from_yaml(path)

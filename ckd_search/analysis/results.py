@@ -184,7 +184,10 @@ def rank_trials(
     sel = trials[trials["status"].isin(statuses)]
     if sel.empty:
         sel = trials
-    return sel.sort_values(ranking.column, ascending=ranking.ascending, na_position="last")
+    # Ties go to the lower trial id, as in ``ckd-search export`` and the MLflow summary.
+    return sel.sort_values(
+        [ranking.column, "trial_id"], ascending=[ranking.ascending, True], na_position="last", kind="stable"
+    )
 
 
 def load_runs(run_dirs: Iterable[str | Path], compute_descriptors: bool = True) -> list[SearchRun]:

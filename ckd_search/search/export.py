@@ -284,8 +284,8 @@ def rank(
     """Completed trials first, then pruned; by the final metric (Pareto front first for several)."""
     sign = 1.0 if modes[0] == "max" else -1.0
 
-    def first(row: dict[str, Any]) -> float:
-        return -sign * float(row[f"final/{metrics[0]}"])
+    def first(row: dict[str, Any]) -> tuple[float, str]:  # ties go to the lower trial id
+        return -sign * float(row[f"final/{metrics[0]}"]), str(row["trial_id"])
 
     ranked: list[dict[str, Any]] = []
     for status in (COMPLETED, PRUNED):

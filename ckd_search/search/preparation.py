@@ -176,8 +176,23 @@ def prepare_all(
         refs[key] = ray.put(as_arrays(prepared))
         labels[key] = label
         log.info("prepared data and teacher for %s (key %s) in %.1f s", label, key, time.monotonic() - start)
+        check_batch_fits(space, len(prepared.data.train), label)
         if run_dir is not None and not (run_dir / FILE_NAME).is_file():
             start = time.monotonic()
             write_descriptors(run_dir, dataset_descriptors(prepared, cfg))
             log.info("data-set descriptors (RGB<->DVS gap) in %.1f s", time.monotonic() - start)
     return PreparedRegistry(refs, labels)
+
+
+def check_batch_fits(space: SearchSpace, train_samples: int, label: str = "all trials") -> None:
+    """Refuse a space whose every batch size exceeds the train split (each trial would fail on
+    its first step); warn when only some of the searched batch sizes do."""
+    key = "optim.batch_size"
+    sizes = space.possible_values(key)
+    too_large = sorted(int(v) for v in sizes if int(v) > train_samples)
+    if not too_large:
+        return
+    split = f"the train split{'' if label == 'all trials' else ' of ' + label} ({train_samples} samples)"
+    if len(too_large) == len(sizes):
+        raise UserError(f"{key}={min(too_large)} is larger than {split}; every trial would fail")
+    log.warning("trials with %s > %d will fail: larger than %s", key, train_samples, split)

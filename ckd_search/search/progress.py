@@ -23,7 +23,12 @@ log = logging.getLogger(__name__)
 
 
 class ProgressCallback(Callback):
-    """Logs trial starts, epochs, stops and the best value so far (driver side)."""
+    """Logs trial starts, epochs, stops and the best value so far (driver side).
+
+    "Best" ranks each trial by its latest value, the one Optuna is told when the trial ends, so
+    the last line agrees with the search's final summary also for a metric that is not monotone
+    (a loss, ``test_acc``). Ties go to the lower trial id, as in ``export`` and ``analyze``.
+    """
 
     def __init__(self, metric: str, mode: str, max_t: int | None, num_trials: int) -> None:
         self.metric = metric
@@ -31,7 +36,7 @@ class ProgressCallback(Callback):
         self.max_t = max_t
         self.num_trials = num_trials
         self._outcomes: dict[str, str] = {}
-        self._best: tuple[float, str] | None = None
+        self._latest: dict[str, float] = {}  # trial id -> its latest finite value of the metric
         self.max_running = 0
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -41,9 +46,7 @@ class ProgressCallback(Callback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         value = finite(result.get(self.metric))
         if value is not None:
-            sign = 1.0 if self.mode == "max" else -1.0
-            if self._best is None or sign * value > sign * self._best[0]:
-                self._best = (value, trial.trial_id)
+            self._latest[trial.trial_id] = value
         epoch = int(result.get(EPOCH_KEY, 0))
         budget = result.get(BUDGET_KEY)
         of = f"/{int(budget)}" if budget else ""
@@ -84,12 +87,23 @@ class ProgressCallback(Callback):
         self._emit(trials, "search ended")
 
     def get_state(self) -> dict[str, Any] | None:
-        return {"outcomes": dict(self._outcomes), "best": self._best}
+        return {"outcomes": dict(self._outcomes), "latest": dict(self._latest)}
 
     def set_state(self, state: dict) -> None:
         self._outcomes = dict(state.get("outcomes", {}))
-        best = state.get("best")
-        self._best = (float(best[0]), str(best[1])) if best else None
+        self._latest = {str(k): float(v) for k, v in state.get("latest", {}).items()}
+        if "latest" not in state and state.get("best"):  # saved by an older ckd-search: its best only
+            value, trial_id = state["best"]
+            self._latest = {str(trial_id): float(value)}
+
+    @property
+    def best(self) -> tuple[float, str] | None:
+        """(value, trial id) of the best latest value, or None before any trial reported one."""
+        if not self._latest:
+            return None
+        sign = 1.0 if self.mode == "max" else -1.0
+        trial_id = min(self._latest, key=lambda t: (-sign * self._latest[t], t))
+        return self._latest[trial_id], trial_id
 
     def status(self, trials: list) -> str:
         running = sum(1 for t in trials if t.status == "RUNNING")
@@ -98,7 +112,8 @@ class ProgressCallback(Callback):
         done = len(self._outcomes)
         pruned = sum(1 for o in self._outcomes.values() if o == PRUNED)
         failed = sum(1 for o in self._outcomes.values() if o == FAILED)
-        best = f"{self.metric}={self._best[0]:.4f} ({self._best[1]})" if self._best else "-"
+        top = self.best
+        best = f"{self.metric}={top[0]:.4f} ({top[1]})" if top else "-"
         return (
             f"[search {running} running, {pending} pending, {done}/{self.num_trials} done "
             f"({pruned} pruned, {failed} failed) | best {best}]"

@@ -739,7 +739,8 @@ def _best(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] 
     if not scored:
         return None
     sign = 1.0 if mode == "max" else -1.0
-    return max(scored, key=lambda r: sign * float(r[metric]))
+    # Ties go to the lower trial id, as in ``ckd-search export`` and ``analyze``.
+    return min(scored, key=lambda r: (-sign * float(r[metric]), str(r.get("trial_id", ""))))
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

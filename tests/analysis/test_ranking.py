@@ -72,3 +72,16 @@ def test_importance_study_minimises_a_metric_to_minimise(tmp_path):
     assert study.direction.name == "MINIMIZE"
     assert study.best_trial.user_attrs["trial_id"] == "t1"
     assert build_study(run.trials, ["kd.k"]).best_trial.user_attrs["trial_id"] == "t0"
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_tied_trials_rank_by_the_lower_trial_id(mode):
+    import pandas as pd
+
+    from ckd_search.analysis.results import rank_trials
+
+    ids = [f"t{i}" for i in (3, 0, 2, 1)]
+    trials = pd.DataFrame({"trial_id": ids, "status": "complete", "m": [0.5, 0.5, 0.9, 0.5]})
+    ranked = list(rank_trials(trials, ranking=Ranking("m", mode))["trial_id"])
+    ties = ["t0", "t1", "t3"]
+    assert ranked == (["t2", *ties] if mode == "max" else [*ties, "t2"])

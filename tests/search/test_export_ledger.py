@@ -45,15 +45,29 @@ def test_rank_puts_completed_trials_first_then_by_the_metric_and_its_mode():
     from ckd_search.search.export import rank
 
     rows = [
-        {"id": "pruned-best", "status": PRUNED, "final/acc": 0.99, "final/sops": 1.0},
-        {"id": "done-low", "status": COMPLETED, "final/acc": 0.50, "final/sops": 9.0},
-        {"id": "done-high", "status": COMPLETED, "final/acc": 0.80, "final/sops": 9.0},
-        {"id": "no-metric", "status": COMPLETED, "final/acc": float("nan"), "final/sops": 1.0},
-        {"id": "done-cheap", "status": COMPLETED, "final/acc": 0.40, "final/sops": 2.0},
+        {"trial_id": "pruned-best", "status": PRUNED, "final/acc": 0.99, "final/sops": 1.0},
+        {"trial_id": "done-low", "status": COMPLETED, "final/acc": 0.50, "final/sops": 9.0},
+        {"trial_id": "done-high", "status": COMPLETED, "final/acc": 0.80, "final/sops": 9.0},
+        {"trial_id": "no-metric", "status": COMPLETED, "final/acc": float("nan"), "final/sops": 1.0},
+        {"trial_id": "done-cheap", "status": COMPLETED, "final/acc": 0.40, "final/sops": 2.0},
     ]
-    ids = [r["id"] for r in rank(rows, ["acc"], ["max"])]
+    ids = [r["trial_id"] for r in rank(rows, ["acc"], ["max"])]
     assert ids == ["done-high", "done-low", "done-cheap", "pruned-best"]  # a NaN metric is left out
-    assert [r["id"] for r in rank(rows, ["acc"], ["min"])][:3] == ["done-cheap", "done-low", "done-high"]
+    assert [r["trial_id"] for r in rank(rows, ["acc"], ["min"])][:3] == [
+        "done-cheap",
+        "done-low",
+        "done-high",
+    ]
     # two objectives: the Pareto front (done-high, done-cheap) before the dominated done-low
-    two = [r["id"] for r in rank(rows, ["acc", "sops"], ["max", "min"])]
+    two = [r["trial_id"] for r in rank(rows, ["acc", "sops"], ["max", "min"])]
     assert two == ["done-high", "done-cheap", "done-low", "pruned-best"]
+
+
+def test_rank_breaks_ties_by_the_lower_trial_id_whatever_the_input_order():
+    from ckd_search.search.export import COMPLETED
+    from ckd_search.search.export import rank
+
+    rows = [{"trial_id": t, "status": COMPLETED, "final/acc": 0.8} for t in ("b_00002", "b_00000", "b_00001")]
+    for mode in ("max", "min"):
+        assert [r["trial_id"] for r in rank(rows, ["acc"], [mode])] == ["b_00000", "b_00001", "b_00002"]
+        assert [r["trial_id"] for r in rank(rows[::-1], ["acc"], [mode])] == ["b_00000", "b_00001", "b_00002"]

@@ -388,3 +388,15 @@ def test_a_restart_closes_runs_of_trials_the_journal_ended_instead_of_orphaning_
     ended, lost = (client.get_run(runs[t]) for t in ("ended", "lost"))
     assert (ended.info.status, ended.data.tags["ckd.status"]) == ("FINISHED", "completed")
     assert (lost.info.status, lost.data.tags["ckd.status"]) == ("KILLED", "orphaned")
+
+
+def test_the_summary_best_breaks_ties_by_the_lower_trial_id():
+    from ckd_search.search.tracking import _best
+
+    rows = [
+        {"trial_id": t, "status": "completed", "acc": v}
+        for t, v in (("x_00002", 0.9), ("x_00000", 0.9), ("x_00001", 0.4))
+    ]
+    assert _best(rows, "acc", "max")["trial_id"] == "x_00000"
+    assert _best(rows[::-1], "acc", "max")["trial_id"] == "x_00000"
+    assert _best(rows, "acc", "min")["trial_id"] == "x_00001"
