@@ -189,7 +189,7 @@ class TeacherConfig:
         "for ImageNet weights ckd-method.md 3.2 suggests AdamW 1e-4 (the paper search spaces set it)",
         gt(0),
     )
-    batch_size: int = f(64, "fine-tune batch size", ge(1))
+    batch_size: int = f(64, "fine-tune batch size [GUESS]: ckd-method.md 3.2 suggests 64", ge(1))
     weight_decay: float = f(1e-4, "fine-tune AdamW weight decay [GUESS]", ge(0))
     shift: float = f(
         0.125,

@@ -112,6 +112,8 @@ def simulate_split(
     return SplitArrays(
         frames=resize_frames(counts, cfg.size),
         labels=labels.astype(np.int64),
+        # the bare image, while the sensor sees it within a margin: as MNIST (28x28) pairs with
+        # N-MNIST (34x34) and Caltech101 with N-Caltech101, the two views differ in framing
         images=resize_images(rgb, image_size),
         image_labels=labels.astype(np.int64),
         pair_index=np.arange(n, dtype=np.int64),
