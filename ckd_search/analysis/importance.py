@@ -129,7 +129,7 @@ def infer_distribution(
     """A distribution covering the observed values: float/int range or categorical. A log parameter
     with positive values gets a float range over log10 of them (see :func:`study_values`)."""
     vals = values.dropna()
-    if vals.map(lambda v: isinstance(v, bool | str)).any() or vals.dtype == object:
+    if not pd.api.types.is_numeric_dtype(vals) or vals.map(lambda v: isinstance(v, bool | str)).any():
         return CategoricalDistribution(sorted({_cat(v) for v in vals}, key=str))
     lo, hi = float(vals.min()), float(vals.max())
     if _log_scaled(name, values, log_params):  # np.log10, as study_values: the bounds hold the values
@@ -301,6 +301,12 @@ def _rank(
     """The two evaluators over ``params`` on the trials given, and their noise floor."""
     params = list(params)
     result = Importances(params=params, n_all=len(trials), n_pruned=int((trials["status"] == "pruned").sum()))
+    if trials.empty:
+        result.params = []
+        result.notes.append("no trials left to rank")
+        return result
+    params = [p for p in params if p in trials and trials[p].astype(str).nunique(dropna=False) > 1]
+    result.params = params  # a parameter that varies in all trials may not among those given
     if not params:
         result.notes.append("no hyperparameter varies across trials: nothing to rank")
         return result

@@ -289,7 +289,8 @@ def _run_sections(
         table = schedule_table(trials, ranking)
         sec.text.append(
             "phased: gamma = sigma(-k (e - e_th)); adaptive: gamma = sigma(-k (P_replace - "
-            f"p_th)); constant: gamma = 1. Best and median {ranking.label} over complete trials."
+            f"p_th)); constant: gamma = 1. Best and median {ranking.label} over complete trials "
+            "(a kind without any shows its pruned trials, ranked last)."
         )
         sec.tables.append(("", table))
         sec.figures.append(
@@ -369,7 +370,9 @@ def _pareto_section(
 
 
 def schedule_table(trials: pd.DataFrame, ranking: Ranking = ACCURACY) -> pd.DataFrame:
-    """Per ``kd.schedule`` kind: trial counts, best and median of the ranking metric (complete trials)."""
+    """Per ``kd.schedule`` kind: trial counts, best and median of the ranking metric over complete
+    trials. A kind without a complete trial shows its pruned trials' last (low-budget) values,
+    marked so in ``over``, and ranks after every kind that has complete trials."""
     rows = []
     for kind, grp in trials.groupby(trials["kd.schedule"].astype(str)):
         done = grp[grp["status"] == "complete"]
@@ -380,12 +383,16 @@ def schedule_table(trials: pd.DataFrame, ranking: Ranking = ACCURACY) -> pd.Data
                 "schedule": kind,
                 "trials": len(grp),
                 "complete": len(done),
+                "over": "complete" if len(done) else "pruned only (low budget)",
                 "best": best[ranking.column],
                 "median": float(use[ranking.column].median()),
                 "best trial": best["trial_id"],
             }
         )
-    return pd.DataFrame(rows).set_index("schedule").sort_values("best", ascending=ranking.ascending)
+    table = pd.DataFrame(rows).set_index("schedule")
+    table["_pruned_only"] = table["complete"] == 0
+    table = table.sort_values(["_pruned_only", "best"], ascending=[True, ranking.ascending], kind="stable")
+    return table.drop(columns="_pruned_only")
 
 
 def _datasets_section(runs: Sequence[SearchRun], labels: Sequence[str]) -> Section:
@@ -432,8 +439,8 @@ def _datasets_section(runs: Sequence[SearchRun], labels: Sequence[str]) -> Secti
         "Read the best switch with care: the best test top-1 over epochs picks both the epoch and the "
         "config on the test set, so the winner's value is optimistic, and every config ran with one "
         f"seed. The top-{SPREAD_TOP} columns give the min-max of e_th / E and log10 k over the phased "
-        f"trials among the {SPREAD_TOP} best: a wide range means the data set "
-        "does not pin the switch down. Retrain the best configs with new seeds (ckd-search reproduce) "
+        f"trials among the {SPREAD_TOP} best (n=K where only K of them are phased): a wide range means "
+        "the data set does not pin the switch down. Retrain the best configs with new seeds (ckd-search reproduce) "
         "before comparing data sets."
     )
     computed = [label for run, label in zip(runs, labels) if run.descriptors.get("computed_by")]
@@ -475,9 +482,13 @@ def _top_spread(phased: pd.DataFrame) -> dict[str, str | None]:
 
 
 def _spread(values: pd.Series) -> str | None:
-    """'min-max' of the finite values (None without any)."""
+    """'min-max' of the finite values (None without any), with their count when fewer than
+    ``SPREAD_TOP``: one trial has no spread, and "0.5-0.5" would read as a pinned-down switch."""
     finite = pd.to_numeric(values, errors="coerce").dropna()
-    return f"{finite.min():.3g}-{finite.max():.3g}" if len(finite) else None
+    if not len(finite):
+        return None
+    of = f" (n={len(finite)})" if len(finite) < SPREAD_TOP else ""
+    return f"{finite.min():.3g}-{finite.max():.3g}{of}"
 
 
 def _log10(value: float) -> float:

@@ -569,6 +569,9 @@ def _finish_trials(trials: pd.DataFrame, notes: list[str], epoch_cap: float | No
     target = budget.fillna(longest)
     target = target if epoch_cap is None else target.clip(upper=epoch_cap)
     trials["target_epochs"] = target
+    # Reaching the budget wins over an error file: Ray keeps error.txt in the folder of a trial that
+    # failed once and then finished from its checkpoint. One that failed after its last epoch is
+    # told apart only by the Optuna journal, which corrects the status when there is one.
     status = [
         "complete" if n >= t else ("error" if err else "pruned")
         for n, t, err in zip(trials["epochs_run"], target, trials["error"])
@@ -600,12 +603,15 @@ def switch_in_epochs(trials: pd.DataFrame, train_samples: Any) -> tuple[pd.DataF
     gamma = sigma(-k (i - e_th)) over iterations i = e * n is sigma(-(k n) (e - e_th / n)) over epochs,
     so e_th becomes e_th / n and k becomes k * n, with n = ``train_samples`` // each trial's own
     ``optim.batch_size``; an unset e_th is half the run. Without ``train_samples`` (no descriptor)
-    those trials are left out.
+    those trials are left out. Only phased trials count in ``kd.units``: the adaptive schedule's k
+    is per unit of P_replace and a constant one has none, so those rows are kept as they are.
     """
-    if "kd.units" not in trials or not (trials["kd.units"] == "iteration").any():
+    if "kd.units" not in trials or trials.empty:
+        return trials, None
+    rows = (trials["kd.units"] == "iteration") & (trials.apply(switch_kind, axis=1) == "phased")
+    if not rows.any():
         return trials, None
     out = trials.copy()
-    rows = out["kd.units"] == "iteration"
     counted = f"{int(rows.sum())} trial(s) counting e_th in iterations"
     batch = (
         out["optim.batch_size"]

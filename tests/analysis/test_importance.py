@@ -121,3 +121,16 @@ def test_conditions_from_the_space_file_group_the_trials(tmp_path):
     assert set(imp.by_group) == {"kd.units=epoch"}
     for values in epoch.by_method.values():
         assert max(values, key=values.get) == "kd.e_th"
+
+
+def test_no_trials_or_a_parameter_constant_among_them_is_a_note_not_a_crash():
+    """``analyze`` ranks the table left after iteration-counted trials were dropped, with the
+    parameters chosen over all trials: some may be constant there, or no trial left at all."""
+    trials = mixed_schedules(12)
+    trials["model.bn_statistics"] = ["joint", "per_step"] * 6
+    params = ["kd.e_th", "loss.beta", "model.bn_statistics"]
+    empty = compute_importances(trials.iloc[:0], params, noise_repeats=0)
+    assert not empty.by_method and "no trials left to rank" in empty.notes
+    phased = trials[trials["kd.schedule"] == "phased"].assign(**{"model.bn_statistics": "joint"})
+    imp = compute_importances(phased, params, noise_repeats=0)
+    assert imp.params == ["kd.e_th", "loss.beta"] and set(imp.by_method["fANOVA"]) == {"kd.e_th", "loss.beta"}

@@ -366,3 +366,30 @@ def test_a_moved_run_folder_never_gets_its_report_written_into_the_old_one(tmp_p
     run_id, why = log_report(run, report)
     assert run_id is None and why is not None and str(old / "mlartifacts") in why and "\n" not in why
     assert not old.exists()
+
+
+def test_a_spread_over_fewer_than_the_top_trials_gives_its_count():
+    assert (
+        report_mod._spread(pd.Series([0.5])) == "0.5-0.5 (n=1)"
+    )  # one trial: no spread, not a pinned switch
+    assert report_mod._spread(pd.Series([0.3, 0.6, math.nan])) == "0.3-0.6 (n=2)"
+    assert report_mod._spread(pd.Series([0.3, 0.6, 0.4])) == "0.3-0.6"
+    assert report_mod._spread(pd.Series([math.nan])) is None
+
+
+@pytest.mark.parametrize("mode", ["max", "min"])
+def test_a_schedule_kind_without_complete_trials_ranks_after_those_with_them(mode):
+    from ckd_search.analysis.results import Ranking
+
+    trials = pd.DataFrame(
+        {
+            "trial_id": ["p1", "p2", "a1", "a2"],
+            "status": ["complete", "complete", "pruned", "pruned"],
+            "kd.schedule": ["phased", "phased", "adaptive", "adaptive"],
+            "m": [0.6, 0.62, 0.72, 0.1],  # the pruned values are low-budget ones
+        }
+    )
+    table = report_mod.schedule_table(trials, Ranking("m", mode))
+    assert list(table.index) == ["phased", "adaptive"]
+    assert list(table["over"]) == ["complete", "pruned only (low budget)"]
+    assert table.loc["phased", "best"] == (0.62 if mode == "max" else 0.6)

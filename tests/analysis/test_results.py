@@ -55,3 +55,24 @@ def test_iterations_per_epoch_follow_each_trials_own_batch_size():
     assert list(out["kd.e_th"]) == pytest.approx([300 / 101, 300 / 50])
     assert list(out["kd.k"]) == pytest.approx([0.05 * 101, 0.05 * 50])
     assert note is not None and "n = 50, 101" in note
+
+
+def test_adaptive_and_constant_trials_are_not_counted_in_iterations():
+    """kd.units acts on the phased switch alone: adaptive k is per unit of P_replace, so neither
+    converting nor dropping those rows is right, with or without iterations per epoch."""
+    trials = pd.DataFrame(
+        {
+            "kd.schedule": ["phased", "adaptive", "constant"],
+            "kd.units": ["iteration"] * 3,
+            "kd.e_th": [300.0, math.nan, math.nan],
+            "kd.k": [0.05, 3.0, 1.0],
+            "run.epochs": [10, 10, 10],
+            "optim.batch_size": [10, 10, 10],
+        }
+    )
+    out, note = switch_in_epochs(trials, 1000)
+    assert list(out["kd.k"]) == [5.0, 3.0, 1.0] and note is not None and "1 trial(s)" in note
+    out, note = switch_in_epochs(trials, None)
+    assert list(out["kd.schedule"]) == ["adaptive", "constant"] and "1 trial(s)" in str(note)
+    out, note = switch_in_epochs(trials[1:], None)
+    assert note is None and out.equals(trials[1:])
