@@ -440,8 +440,8 @@ def _datasets_section(runs: Sequence[SearchRun], labels: Sequence[str]) -> Secti
         "config on the test set, so the winner's value is optimistic, and every config ran with one "
         f"seed. The top-{SPREAD_TOP} columns give the min-max of e_th / E and log10 k over the phased "
         f"trials among the {SPREAD_TOP} best (n=K where only K of them are phased): a wide range means "
-        "the data set does not pin the switch down. Retrain the best configs with new seeds (ckd-search reproduce) "
-        "before comparing data sets."
+        "the data set does not pin the switch down. Retrain the best configs with new seeds "
+        "(ckd-search reproduce) before comparing data sets."
     )
     computed = [label for run, label in zip(runs, labels) if run.descriptors.get("computed_by")]
     if computed:
