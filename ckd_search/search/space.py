@@ -18,9 +18,9 @@ naming the file, the key and the value (``space.kd.k.low=-1.0 must be > 0 for a 
     space:                          # dotted engine-config keys, sampled per trial
       optim.lr:       {type: loguniform, low: 1.0e-4, high: 1.0e-2}   # low > 0
       kd.temperature: {type: uniform, low: 1.0, high: 8.0}
-      run.epochs:     {type: int, low: 4, high: 32, log: true}        # bounds inclusive
-      data.timesteps: {type: choice, values: [4, 6, 10]}
-      kd.alpha:       {type: grid, values: [0.5, 1.0]}                # only with `searcher: grid`
+      optim.batch_size: {type: int, low: 16, high: 128, log: true}    # bounds inclusive; log: int only
+      data.timesteps: {type: choice, values: [4, 6, 10]}              # {type: grid, ...}: searcher grid
+      kd.schedule:    {type: choice, values: [phased, adaptive]}
       kd.p_th:        {type: uniform, low: 0.2, high: 0.8,
                        condition: {kd.schedule: adaptive}}            # only when kd.schedule == adaptive
     scheduler: none                 # or {asha: {max_t: 30, grace_period: 3, reduction_factor: 3}}

@@ -29,3 +29,12 @@ def test_a_resume_keeps_cpu_or_gpu_trials(tmp_path, share, was, now, refused):
             _check_gpu_share_kept(settings, now)
     else:
         _check_gpu_share_kept(settings, now)
+
+
+def test_the_optuna_dashboard_the_search_points_to_is_installed():
+    """The search's last lines and docs/cluster.md say `optuna-dashboard RUN_DIR/optuna.journal`."""
+    import shutil
+    import sys
+    from pathlib import Path
+
+    assert shutil.which("optuna-dashboard", path=str(Path(sys.executable).parent)) is not None

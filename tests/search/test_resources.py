@@ -108,3 +108,16 @@ def test_cuda_trials_without_a_gpu_share_are_refused():
         check_trial_device({"auto", "cuda:1"}, 0.0)
     check_trial_device({"cuda"}, 0.5)  # a GPU share: fine
     check_trial_device({"auto", "cpu"}, 0.0)  # auto becomes cpu in a trial without a GPU
+
+
+def test_the_flagship_command_runs_32_trials_on_16_gpus_without_its_own_warning(caplog):
+    """`ckd-search --space search_spaces/switching.yaml --gpus 16` on two 8-GPU nodes (README)."""
+    from pathlib import Path
+
+    from ckd_search.search.space import load_space
+
+    space = load_space(Path(__file__).parents[2] / "search_spaces" / "switching.yaml")
+    cluster = Cluster(False, ((64.0, 8.0), (64.0, 8.0)))
+    with caplog.at_level(logging.INFO, logger="ckd_search.search.resources"):
+        plan = plan_trials(space.resources, space.study, space.study.num_trials, cluster, gpus=16, cpus=None)
+    assert plan.max_concurrent == 32 and _warnings(caplog) == []

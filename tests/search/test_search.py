@@ -423,3 +423,22 @@ def test_relative_paths_of_a_new_search_are_kept_absolute(tmp_path, tiny_search_
     monkeypatch.chdir(tmp_path / "run")  # a resume from another folder reads the same cache
     space = load_space(settings.space_file, settings.overrides)
     assert space.fixed["data.cache_dir"] == str(tmp_path / "caches" / "ckd")
+
+
+def test_the_outcome_names_the_tied_best_trial_export_and_analyze_name(tmp_path, tiny_search_config):
+    """Optuna's best_trial takes the first trial by number; every other view the lower Ray trial id."""
+    import optuna
+
+    from ckd_search.search.optuna_search import RAY_TRIAL_ATTR
+    from ckd_search.search.optuna_search import journal_storage
+    from ckd_search.search.tuner import create_search
+    from ckd_search.search.tuner import read_outcome
+
+    settings = create_search(two_key_space(tmp_path, tiny_search_config), out=tmp_path / "run")
+    study = optuna.create_study(
+        study_name=settings.study_name, storage=journal_storage(settings.journal_path), direction="minimize"
+    )  # the space's train_loss, min
+    for ray_id, value in (("d9806f54", 0.5), ("befdf267", 0.5), ("0aaaaaaa", 0.75)):
+        study.add_trial(optuna.trial.create_trial(value=value, user_attrs={RAY_TRIAL_ATTR: ray_id}))
+    outcome = read_outcome(settings)
+    assert (outcome.best_trial, outcome.best_value) == ("befdf267", 0.5)

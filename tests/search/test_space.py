@@ -404,3 +404,16 @@ def test_possible_values_of_fixed_searched_and_conditional_keys():
     assert space.possible_values("kd.temperature") == {4.0}  # the config default
     assert space.possible_values("kd.schedule") == {"phased", "adaptive"}
     assert space.possible_values("kd.p_th") == {0.2, 0.8, 0.5}  # bounds, and the default where not drawn
+
+
+def test_the_schema_example_in_the_module_docstring_is_a_valid_space():
+    """The space files point readers at this example for the full rules: it must load as written."""
+    import textwrap
+
+    from ckd_search.search import space as space_module
+
+    doc = space_module.__doc__ or ""
+    block = doc.split(".. code-block:: yaml", 1)[1].split("\nRules checked", 1)[0]
+    space = parse_space(yaml.safe_load(textwrap.dedent(block)), "docstring")
+    assert {"optim.batch_size", "kd.p_th"} <= set(space.keys)
+    assert space.param("optim.batch_size").log and space.param("kd.p_th").condition
