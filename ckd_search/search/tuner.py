@@ -587,7 +587,9 @@ def read_outcome(settings: SearchSettings, space: SearchSpace | None = None) -> 
     # Optuna's best_trial breaks ties by trial number; export, analyze and MLflow by the lower
     # Ray trial id, so the summary does too and every view names the same best trial.
     sign = 1.0 if space.study.mode == "max" else -1.0
-    best = min(complete, key=lambda t: (-sign * float(t.values[0]), str(t.user_attrs.get(RAY_TRIAL_ATTR, ""))))
+    best = min(
+        complete, key=lambda t: (-sign * float(t.values[0]), str(t.user_attrs.get(RAY_TRIAL_ATTR, "")))
+    )
     outcome.best_value = best.value
     outcome.best_trial = best.user_attrs.get(RAY_TRIAL_ATTR)
     outcome.best_config = space.trial_config(best.params, resources)
