@@ -26,17 +26,22 @@
 #              CKD variant alone warmed up for 148 s on an H100, graph breaks included)
 #   bn         ckd-bf16 (per-step BatchNorm, the default since He et al. do it) vs ckd-bf16-jointbn
 #              (spikingjelly's T*B statistics, what the H200 figures of session 3 were measured with),
-#              eager (per-step cost 14 % of the step on an H100) and compiled
+#              eager (per-step cost 12.6 % of the step on an H100) and compiled
 #   precision  bf16 vs fp32 loss/accuracy curves on Digits-DVS, 6 epochs each (~150 s; the seed noise
 #              floor is measured on a CPU, bench/cpu-results.md)
 #   graphs120  ckd-bf16-compile (per-step BatchNorm), -compile-jointbn and -graphs at B=120, T=10, 48x48
+#   headline   the issue's claim in one process at B=120, T=10, 48x48: the CKD rows of graphs120 with
+#              the engine's batch source (gather + augmentation) inside the timed step (--source),
+#              against both compiled plain steps, NCHW (the issue's baseline) and channels_last (so
+#              the ratio is not flattered by a layout the baseline could use too)
 #   graphs-trial  one whole 3-epoch trial (engine.fit: eval, checkpoints) at B=32, T=10, 48x48,
 #              full width, under CUDA graphs, then compiled without (bench/packing.py --trials 1); the
 #              exit status is the worse of the two
 #   small      ckd-bf16 vs ckd-bf16-compile vs ckd-bf16-graphs at B=32 (launch-bound: where CUDA
 #              graphs should pay; the compile row separates their gain from the compiler's)
 #   packing    1, 2, 3 packed trials at B=32, full width (one trial already fills the GPU)
-#   packing-digits  the same at the Digits-DVS demo shape (width 1/8, 32x32, T=6, B=64)
+#   packing-digits  the same at the Digits-DVS demo shape (width 1/8, 32x32, T=6, B=64), 2 windows
+#              per level (median and range: one 30-step window varies by ~10 %)
 #   packing-digits-trials  the same shape, whole 5-epoch trials (engine.fit with eval and checkpoints)
 #   packing-digits-mps  packing-digits again under an MPS daemon of the bench's own (--mps)
 #   packing-mps     packing again under an MPS daemon of the bench's own
@@ -47,13 +52,15 @@ set -u
 OUT=${OUT:-runs/gpu}
 BUDGET=${BUDGET:-545}  # seconds for all parts together
 # After the H200 run of 2026-11-28 (bench/gpu-results.md: one graph, no breaks; 1,979 pairs/s with
-# per-step BatchNorm, 2,170 with joint; CUDA graphs 2.29x the compiled step at B=32): whether the
-# one-reduction per-step BatchNorm (compiled steps, since 14a2b92) or CUDA graphs close the last
-# 1 % to 2,000 pairs/s at B=120, whole trials under CUDA graphs (engine.fit with evaluation and
-# checkpoints), and packing on an H200 (2.97x on an H100). The limits assume prewarm ran (warm
-# caches); what the budget cuts off is named "skipped", so the least needed part goes last. MPS
-# parts come last (an MPS daemon may not start inside the device's sandbox).
-PARTS=${PARTS:-prewarm graphs120 packing-digits graphs-trial}
+# per-step BatchNorm, 2,170 with joint; CUDA graphs 2.29x the compiled step at B=32), and a review
+# of how honest those figures are: the headline step with its augmentation inside the clock, against
+# the channels_last plain step too (never measured cleanly); whether the one-reduction per-step
+# BatchNorm (since 14a2b92) or CUDA graphs reach 2,000 pairs/s there; packing on an H200 with two
+# windows per level (2.97x was one window on an H100). Whole trials under CUDA graphs (graphs-trial)
+# no longer fit beside them: a later session's. The limits assume prewarm ran (warm caches); what
+# the budget cuts off is named "skipped", so the least needed part goes last. MPS parts come last (an MPS daemon may not start
+# inside the device's sandbox).
+PARTS=${PARTS:-prewarm headline packing-digits}
 SECOND="packing-digits-trials"  # the second call (limit 140 s), warmed by the first call's prewarm
 mkdir -p "$OUT"
 LOG=$OUT/parts.txt
@@ -109,9 +116,12 @@ prewarm_jobs() {  # lines "GiB name command" for this call's PARTS and the SECON
       bn) echo "$(est 120 10 48) ckd-compile-jointbn-120 $STEP --variants ckd-bf16-compile-jointbn $one"
           echo "$(est 120 10 48) eager-120 $STEP --variants ckd-bf16 $one" ;;
       profile) echo "$(est 120 10 48) eager-120 $STEP --variants ckd-bf16 $one" ;;
-      graphs120) echo "$(est 120 10 48) ckd-compile-120 $STEP --variants ckd-bf16-compile $one"
+      graphs120|headline) echo "$(est 120 10 48) ckd-compile-120 $STEP --variants ckd-bf16-compile $one"
                  echo "$(est 120 10 48) ckd-compile-jointbn-120 $STEP --variants ckd-bf16-compile-jointbn $one"
-                 echo "$(est 120 10 48) ckd-graphs-120 $STEP --variants ckd-bf16-graphs $one" ;;
+                 echo "$(est 120 10 48) ckd-graphs-120 $STEP --variants ckd-bf16-graphs $one"
+                 [ "$name" = headline ] &&
+                   echo "$(est 120 10 48) base-compile-120 $STEP --variants base-bf16-compile $one" &&
+                   echo "$(est 120 10 48) base-compile-cl-120 $STEP --variants base-bf16-compile-cl $one" ;;
       packing-digits) echo "2 digits $STEP --variants ckd-bf16 $DIGITS $one" ;;  # width 1/8: 0.4 GiB
       packing-digits-trials) echo "2 digits-trial $PACK $TINY_DIGITS" ;;
       scaling) for s in 48 128; do for t in 4 6 8 10; do
@@ -177,11 +187,13 @@ for name in $PARTS; do
     bn) part bn 150 $STEP --variants ckd-bf16,ckd-bf16-jointbn,ckd-bf16-compile,ckd-bf16-compile-jointbn ;;
     precision) part precision 170 python3 bench/precision.py --device cuda --epochs 6 --no-noise-floor ;;
     graphs120) part graphs120 100 $STEP --variants ckd-bf16-compile,ckd-bf16-compile-jointbn,ckd-bf16-graphs ;;
+    headline) part headline 150 $STEP --source \
+      --variants ckd-bf16-compile,ckd-bf16-compile-jointbn,ckd-bf16-graphs,base-bf16-compile,base-bf16-compile-cl ;;
     graphs-trial) part graphs-trial 135 bash -c "$PACK $TRIAL --compile-mode reduce-overhead; r=\$?
       $PACK $TRIAL --compile; s=\$?; exit \$((r ? r : s))" ;;
     small) part small 150 $STEP --variants ckd-bf16,ckd-bf16-compile,ckd-bf16-graphs --batch 32 ;;
     packing) part packing 120 $PACK --batch 32 ;;
-    packing-digits) part packing-digits 100 $PACK $DIGITS ;;
+    packing-digits) part packing-digits 150 $PACK $DIGITS --repeats 2 ;;
     packing-digits-trials) part packing-digits-trials 140 $PACK $DIGITS --epochs 5 ;;
     packing-digits-mps) part packing-digits-mps 80 $PACK $DIGITS --mps; stop_mps ;;
     packing-mps) part packing-mps 100 $PACK --batch 32 --mps; stop_mps ;;

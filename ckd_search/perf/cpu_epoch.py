@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import statistics
 import sys
 import time
 from collections.abc import Sequence
@@ -19,6 +20,7 @@ import torch
 from ckd_search.argtypes import OneLineParser
 from ckd_search.argtypes import positive_int
 from ckd_search.config import Config
+from ckd_search.perf.timing import cell_number
 from ckd_search.perf.timing import fmt
 from ckd_search.perf.timing import format_table
 from ckd_search.storage import given_or_temp_dir
@@ -137,8 +139,12 @@ def _run(args: argparse.Namespace, cache_dir: str) -> int:
     print()
     print(format_table(COLUMNS, rows))
     print()
-    first = rows[0]
-    print(f"epoch seconds = {first[1]}; pairs/s = {first[4]}")
+    # the first epoch pays one-off costs (allocator, thread pool): with more, summarise the later ones
+    steady = rows[1:] or rows
+    seconds = statistics.median(cell_number(r[1]) for r in steady)
+    rate = statistics.median(cell_number(r[4]) for r in steady)
+    which = "epoch 1" if len(rows) == 1 else f"median of epochs 2-{len(rows)}"
+    print(f"epoch seconds = {seconds:.2f}; pairs/s = {fmt(rate)} ({which})")
     return 0
 
 

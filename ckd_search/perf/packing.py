@@ -4,7 +4,9 @@
 cap their share of GPU memory with ``torch.cuda.set_per_process_memory_fraction(1/n)``, share
 ``TORCHINDUCTOR_CACHE_DIR`` / ``TRITON_CACHE_DIR`` (so only the first compiles), build a
 ``Trainer`` on random data, warm up, wait at a barrier and time N steps together. Aggregate
-pairs/s = all pairs / (last finish - first start); speedup = aggregate(n) / aggregate(1).
+pairs/s = all pairs / (last finish - first start); per trial = aggregate / n (each trial's share
+of that span); speedup = aggregate(n) / aggregate(1). One window of ~30 steps varies by 10 % or so:
+``--repeats R`` times R windows per level and reports the median and the range.
 
 ``--epochs N`` times whole trials instead of steps: each process runs ``engine.fit`` for N epochs
 on random data of the given split sizes (default: Digits-DVS's 1,437 / 360), evaluating and writing
@@ -25,6 +27,7 @@ import os
 import queue
 import shutil
 import signal
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -56,7 +59,16 @@ from ckd_search.storage import output_dir
 
 log = logging.getLogger(__name__)
 
-COLUMNS = ("trials", "pairs/s", "pairs/s per trial", "ms/step", "speedup", "peak GiB", "mem fraction")
+COLUMNS = (
+    "trials",
+    "pairs/s",
+    "pairs/s range",
+    "pairs/s per trial",
+    "ms/step",
+    "speedup",
+    "peak GiB",
+    "mem fraction",
+)
 RESULT_TIMEOUT_S = 1800.0  # per packing level: generous, compiling 3 trials at once is slow
 
 
@@ -199,6 +211,22 @@ def run_packed(n: int, spec: TrialSpec, worker: Callable[..., None] | None = Non
     return sorted(reports, key=lambda r: r["rank"])
 
 
+@dataclass(frozen=True)
+class Window:
+    """One timed window of packed trials, all started at one barrier."""
+
+    aggregate: float  # all trials' pairs over the span from the first start to the last end
+    ms_step: float  # mean over trials of each one's own ms per step
+    peak_gib: float | None
+
+    @classmethod
+    def of(cls, reports: Sequence[dict[str, Any]], batch: int) -> Window:
+        span = max(r["end"] for r in reports) - min(r["start"] for r in reports)
+        ms = [(r["end"] - r["start"]) * 1e3 * batch / r["pairs"] for r in reports]
+        peaks = [r["peak_gib"] for r in reports if r["peak_gib"] is not None]
+        return cls(sum(r["pairs"] for r in reports) / span, sum(ms) / len(ms), max(peaks) if peaks else None)
+
+
 def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     p = OneLineParser(prog="packing", description=__doc__.splitlines()[0])
     p.add_argument("--trials", default="1,2,3", help="packing levels to run (default 1,2,3)")
@@ -245,6 +273,13 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
         "--mps",
         action="store_true",
         help="run the trials under an MPS control daemon of this run's own (CUDA only)",
+    )
+    p.add_argument(
+        "--repeats",
+        type=positive_int,
+        default=1,
+        help="timed windows per packing level, each with fresh trial processes; the table gives the "
+        "median aggregate and the range over them (default 1)",
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true", help="tiny CPU run, 1 thread per trial (CI)")
@@ -418,31 +453,36 @@ def _run(args: argparse.Namespace, cache_root: str) -> int:
         spec = trial_spec(args, n)
         threads = spec.threads
         log.info("packing %d trial(s): %s", n, asdict(spec))
-        reports = run_packed(n, spec)
-        bad = [r for r in reports if r.get("status") != "ok"]
         frac = "-" if not args.device.startswith("cuda") else f"1/{n}"
+        windows: list[Window] = []
+        bad: list[dict[str, Any]] = []
+        for _ in range(args.repeats):
+            reports = run_packed(n, spec)
+            bad = [r for r in reports if r.get("status") != "ok"]
+            if bad:
+                break
+            windows.append(Window.of(reports, args.batch))
         if bad:
             status = "OOM" if all(r.get("status") == "OOM" for r in bad) else "error"
             for r in bad:
                 if r.get("error"):
                     notes.append(f"{n} trial(s), rank {r['rank']}: {r['error'].strip().splitlines()[-1]}")
                     print(r["error"], file=sys.stderr)
-            rows.append([str(n), status, "-", "-", "-", "-", frac])
+            rows.append([str(n), status, "-", "-", "-", "-", "-", frac])
             print_row(rows[-1])
             continue
-        span = max(r["end"] for r in reports) - min(r["start"] for r in reports)
-        aggregate = sum(r["pairs"] for r in reports) / span
-        per_trial = [r["pairs"] / (r["end"] - r["start"]) for r in reports]
-        ms_step = sum((r["end"] - r["start"]) * 1e3 * args.batch / r["pairs"] for r in reports) / n
-        peaks = [r["peak_gib"] for r in reports if r["peak_gib"] is not None]
+        aggregate = statistics.median(w.aggregate for w in windows)
+        spread = f"{fmt(min(w.aggregate for w in windows))}-{fmt(max(w.aggregate for w in windows))}"
+        peaks = [w.peak_gib for w in windows if w.peak_gib is not None]
         base = base if base is not None else (aggregate if n == args.levels[0] else None)
         speedup = aggregate / base if base else None
         rows.append(
             [
                 str(n),
                 fmt(aggregate),
-                fmt(sum(per_trial) / n),
-                fmt(ms_step, 1),
+                spread if len(windows) > 1 else "-",
+                fmt(aggregate / n),  # each trial's share of the common span, not its own window's rate
+                fmt(statistics.median(w.ms_step for w in windows), 1),
                 fmt(speedup, 2),
                 fmt(max(peaks) if peaks else None, 2),
                 frac,

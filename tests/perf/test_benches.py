@@ -83,7 +83,18 @@ def test_cpu_epoch_smoke(capsys):
         assert positive(row[key]), key
     assert 0 <= cell_number(row["test acc"]) <= 1
     assert re.search(r"teacher prep s = \d+\.\d\d", out)
-    assert re.search(r"epoch seconds = [\d.]+; pairs/s = [\d.,]+", out)
+    assert re.search(r"epoch seconds = [\d.]+; pairs/s = [\d.,]+ \(epoch 1\)", out)
+
+
+def test_cpu_epoch_summarises_the_epochs_after_the_first(capsys):
+    from ckd_search.perf.cpu_epoch import main
+
+    assert main(["--smoke", "--epochs", "3"]) == 0
+    out = capsys.readouterr().out
+    (rows,) = parse_tables(out)
+    rates = sorted(cell_number(r["pairs/s"]) for r in rows[1:])
+    (summary,) = re.findall(r"pairs/s = ([\d.,]+) \(median of epochs 2-3\)", out)
+    assert cell_number(summary) == pytest.approx(sum(rates) / 2, abs=0.11)  # the median of two
 
 
 def test_profile_smoke_variants_match_the_engine(capsys):
@@ -236,7 +247,7 @@ def test_step_bench_unknown_variant_is_one_line_exit_2():
     assert line.startswith("step_throughput: error: --variants: unknown variant(s) ['nope']")
 
 
-@pytest.mark.parametrize("mode", [[], ["--epochs", "2"]], ids=["steps", "whole-trials"])
+@pytest.mark.parametrize("mode", [["--repeats", "2"], ["--epochs", "2"]], ids=["steps", "whole-trials"])
 def test_packing_smoke_subprocess(mode):
     proc = subprocess.run(
         [sys.executable, str(REPO / "bench" / "packing.py"), "--smoke", "--trials", "1,2", *mode],
@@ -251,7 +262,18 @@ def test_packing_smoke_subprocess(mode):
     for row in rows:
         assert positive(row["pairs/s"]) and positive(row["pairs/s per trial"]) and positive(row["ms/step"])
     assert rows[0]["speedup"] == "1.00" and positive(rows[1]["speedup"])
-    if mode:  # 2 epochs of 32 // 8 steps of 8 pairs each: the aggregate counts exactly those pairs
+    # each trial's share of the common span: the aggregate split evenly, never more
+    assert cell_number(rows[1]["pairs/s per trial"]) == pytest.approx(
+        cell_number(rows[1]["pairs/s"]) / 2, rel=0.01
+    )
+    if "--repeats" in mode:  # the median of two windows lies in their range
+        low, high = (cell_number(x) for x in rows[1]["pairs/s range"].split("-"))
+        assert low <= cell_number(rows[1]["pairs/s"]) <= high
+    else:
+        assert rows[1]["pairs/s range"] == "-"
+    if (
+        "--epochs" in mode
+    ):  # 2 epochs of 32 // 8 steps of 8 pairs each: the aggregate counts exactly those pairs
         assert "whole trials of 2 epochs" in proc.stdout
         per_trial, ms_step = cell_number(rows[0]["pairs/s per trial"]), cell_number(rows[0]["ms/step"])
         assert per_trial == pytest.approx(8e3 / ms_step, rel=0.02)
