@@ -7,6 +7,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Callable
@@ -55,12 +56,21 @@ def sha256_file(path: str | Path, chunk: int = 1 << 20) -> str:
     return digest.hexdigest()
 
 
+# atomic_write's temp file is ".<name>.<8 random chars>.tmp" (mkstemp: a-z, 0-9 and _).
+_TEMP_SUFFIX = ".tmp"
+_TEMP_RANDOM = "[a-z0-9_]{8}"
+
+
 def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path:
     """Write through ``write(handle)`` into a temp file beside ``path``, fsync, rename over it, then
-    fsync the folder (so the rename itself is on disk)."""
+    fsync the folder (so the rename itself is on disk).
+
+    A writer killed outright (SIGKILL, power cut) leaves its temp file behind; see
+    :func:`remove_stale_temp_files`.
+    """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=_TEMP_SUFFIX, dir=target.parent)
     try:
         with os.fdopen(fd, "wb") as handle:
             write(handle)
@@ -73,6 +83,38 @@ def atomic_write(path: str | Path, write: Callable[[IO[bytes]], object]) -> Path
         raise
     _fsync_dir(target.parent)
     return target
+
+
+def stale_temp_files(path: str | Path) -> list[Path]:
+    """The temp files :func:`atomic_write` left beside ``path`` (exact name pattern only), sorted."""
+    target = Path(path)
+    pattern = re.compile(re.escape(f".{target.name}.") + _TEMP_RANDOM + re.escape(_TEMP_SUFFIX))
+    try:
+        names = os.listdir(target.parent)
+    except OSError:  # no folder yet: nothing was left
+        return []
+    return sorted(target.parent / n for n in names if pattern.fullmatch(n))
+
+
+def remove_stale_temp_files(path: str | Path) -> list[Path]:
+    """Delete the temp files a killed :func:`atomic_write` of ``path`` left (warned; returns them).
+
+    Only safe while no other process can be writing ``path``: call it under a lock that every
+    writer of ``path`` holds.
+    """
+    removed = []
+    for tmp in stale_temp_files(path):
+        try:
+            tmp.unlink()
+        except FileNotFoundError:
+            continue
+        except OSError as err:  # best effort: a leftover costs disk space, not correctness
+            log.warning("%s: cannot remove a leftover temp file (%s)", tmp, err.strerror or err)
+            continue
+        removed.append(tmp)
+    if removed:
+        log.warning("removed %d temp file(s) an interrupted write left, e.g. %s", len(removed), removed[0])
+    return removed
 
 
 def _fsync_dir(folder: Path) -> None:

@@ -15,6 +15,8 @@ from ckd_search.storage import atomic_copy
 from ckd_search.storage import atomic_write
 from ckd_search.storage import atomic_write_text
 from ckd_search.storage import given_or_temp_dir
+from ckd_search.storage import remove_stale_temp_files
+from ckd_search.storage import stale_temp_files
 
 
 def test_a_given_folder_is_used_and_kept(tmp_path):
@@ -109,3 +111,30 @@ def test_a_failed_copy_keeps_the_old_file(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="read error"):
         atomic_copy(src, dst)
     assert dst.read_text() == "old" and os.listdir(dst.parent) == ["space.yaml"]
+
+
+def test_stale_temp_files_are_exactly_the_ones_atomic_write_leaves(tmp_path):
+    path = tmp_path / "train-T3.arrow"
+    kept = []
+
+    def killed(handle: IO[bytes]) -> None:  # keep a hard link: the temp file as a SIGKILL leaves it
+        handle.write(b"x")
+        (name,) = [n for n in os.listdir(tmp_path) if n.endswith(".tmp")]
+        os.link(tmp_path / name, tmp_path / f"{name}.keep")
+        kept.append(name)
+
+    atomic_write(path, killed)
+    os.rename(tmp_path / f"{kept[0]}.keep", tmp_path / kept[0])
+    others = [
+        "train-T3.arrow.lock",
+        ".train-T3.arrow.abc.tmp",  # not mkstemp's 8 random characters
+        ".train-T3.arrow.x.abcdefgh.tmp",  # the temp file of "train-T3.arrow.x"
+        ".test-T3.arrow.abcdefgh.tmp",  # another target's
+        "train-T3.arrow.abcdefgh.tmp",
+    ]
+    for name in others:
+        (tmp_path / name).write_bytes(b"")
+    assert stale_temp_files(path) == [tmp_path / kept[0]]
+    assert remove_stale_temp_files(path) == [tmp_path / kept[0]]
+    assert sorted(os.listdir(tmp_path)) == sorted([*others, "train-T3.arrow"])
+    assert stale_temp_files(tmp_path / "no" / "such.arrow") == []

@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import mmap
+from collections.abc import Iterable
 from collections.abc import Iterator
 from collections.abc import Mapping
 from pathlib import Path
@@ -31,6 +32,7 @@ from ckd_search.data.built import COLUMNS
 from ckd_search.data.built import SplitArrays
 from ckd_search.errors import DataError
 from ckd_search.storage import atomic_write
+from ckd_search.storage import remove_stale_temp_files
 
 log = logging.getLogger(__name__)
 
@@ -165,13 +167,16 @@ def _column(batch: pa.RecordBatch, name: str, root: pa.Buffer, buf: mmap.mmap) -
 
 
 @contextlib.contextmanager
-def build_lock(path: Path) -> Iterator[None]:
-    """Advisory inter-process lock next to ``path`` so concurrent trials build a cache once."""
+def build_lock(path: Path) -> Iterator[bool]:
+    """Advisory inter-process lock next to ``path`` so concurrent trials build a cache once.
+
+    Yields whether the lock is really held (False where ``fcntl`` is missing: nothing is locked).
+    """
     make_cache_folder(path.parent)
     try:
         import fcntl
     except ImportError:  # pragma: no cover - non-POSIX: atomic writes still keep files whole
-        yield
+        yield False
         return
     lock = path.with_name(path.name + ".lock")
     try:
@@ -181,9 +186,19 @@ def build_lock(path: Path) -> Iterator[None]:
     with handle as fh:
         fcntl.flock(fh, fcntl.LOCK_EX)
         try:
-            yield
+            yield True
         finally:
             fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def remove_stale_temps(paths: Iterable[Path]) -> list[Path]:
+    """Delete the temp files that a build killed mid-write (SIGKILL, OOM) left beside ``paths``.
+
+    Call only while holding the :func:`build_lock` that every writer of ``paths`` holds
+    (:func:`ckd_search.data.paired.load_paired` writes both splits under the train file's
+    lock): then no live process can be writing them, so any such temp file is an orphan.
+    """
+    return [tmp for path in paths for tmp in remove_stale_temp_files(path)]
 
 
 def make_cache_folder(folder: Path) -> None:

@@ -64,8 +64,8 @@ def read_cep_mat(path: str | Path) -> np.ndarray:
         [E] structured events in file order.
 
     Raises:
-        DataError: unreadable, missing fields, unequal lengths, bad values (ts not in whole
-            microseconds, ...) or no events.
+        DataError: unreadable, missing fields, unequal lengths, bad values (not finite, not
+            whole numbers, implausible x or y: see :data:`MAX_SENSOR_SIDE`, ...) or no events.
     """
     import scipy.io
 
@@ -82,15 +82,7 @@ def read_cep_mat(path: str | Path) -> np.ndarray:
     missing = [k for k in ("x", "y", "ts", "p") if k not in mat]
     if missing:
         raise DataError(f"{path}: missing field(s) {missing}; expected fields x, y, ts, p")
-    ts = np.asarray(mat["ts"]).reshape(-1)
-    if ts.dtype.kind == "f" and not np.array_equal(ts, np.round(ts)):
-        # float seconds (or ms) would all truncate to one integer and bin to all-zero frames
-        bad = float(ts[ts != np.round(ts)][0])
-        raise DataError(f"{path}: timestamp ts={bad:g} is not a whole number; expected integer microseconds")
-    try:
-        x, y, t, p = (np.asarray(mat[k]).reshape(-1).astype(np.int64) for k in ("x", "y", "ts", "p"))
-    except (TypeError, ValueError) as err:
-        raise DataError(f"{path}: fields x, y, ts, p must be numeric ({err})") from None
+    x, y, t, p = (_whole_numbers(path, key, mat[key]) for key in ("x", "y", "ts", "p"))
     if not len(x) == len(y) == len(t) == len(p):
         raise DataError(
             f"{path}: fields x, y, ts, p have lengths {[len(x), len(y), len(t), len(p)]}"
@@ -102,7 +94,55 @@ def read_cep_mat(path: str | Path) -> np.ndarray:
         raise DataError(f"{path}: negative x or y; expected pixel coordinates >= 0")
     if not np.isin(p, (-1, 0, 1)).all():
         raise DataError(f"{path}: polarity p must be -1 or +1 (or 0/1)")
+    for key, values in (("x", x), ("y", y)):
+        _check_coordinate_range(path, key, values)
     return make_events(x, y, t, (p > 0).astype(np.int64))
+
+
+# Largest magnitude accepted in any field: floats hold every integer up to 2**53 exactly, and
+# differences of timestamps then stay far from int64 overflow.
+_MAX_ABS = 2**53
+_UNITS = {"x": "pixel coordinates", "y": "pixel coordinates", "ts": "microseconds", "p": "polarities"}
+
+
+def _whole_numbers(path: Path, key: str, raw: object) -> np.ndarray:
+    """Field ``key`` as [E] int64: numeric, finite, whole and of plausible size, or a DataError."""
+    values = np.asarray(raw).reshape(-1)
+    if values.dtype.kind not in "biuf":
+        raise DataError(f"{path}: fields x, y, ts, p must be numeric (field {key} has dtype {values.dtype})")
+    if values.dtype.kind == "f":
+        if not np.isfinite(values).all():
+            bad = float(values[~np.isfinite(values)][0])
+            raise DataError(f"{path}: {key}={bad} is not a finite number; expected integer {_UNITS[key]}")
+        fractional = values != np.round(values)
+        if fractional.any():
+            # float seconds (or ms) would all truncate to one integer and bin to all-zero frames
+            name = "timestamp ts" if key == "ts" else key
+            raise DataError(
+                f"{path}: {name}={float(values[fractional][0]):g} is not a whole number; "
+                f"expected integer {_UNITS[key]}"
+            )
+    huge = (values > _MAX_ABS) | (values < -_MAX_ABS)  # compared, not abs(): abs(int64 min) < 0
+    if huge.any():
+        raise DataError(f"{path}: {key}={values[huge][0]:g} is out of range (|{key}| <= 2**53 expected)")
+    return values.astype(np.int64)
+
+
+# The CEP-DVS sensor resolution is not documented (data.md, CEP-DVS section and open items), so
+# the window is inferred per recording (max + 1, as He et al. do): a stray event far out squashes
+# that recording, as in their code. Only a coordinate no event sensor has (a 16-bit glitch such as
+# 65535 would ask for a 384 GiB frame) is refused.
+MAX_SENSOR_SIDE = 2048
+
+
+def _check_coordinate_range(path: Path, key: str, values: np.ndarray) -> None:
+    """DataError naming ``path`` and the value when a coordinate is beyond any event sensor."""
+    top = int(values.max())
+    if top >= MAX_SENSOR_SIDE:
+        raise DataError(
+            f"{path}: {key}={top} is beyond any event sensor (expected {key} < {MAX_SENSOR_SIDE}); "
+            "corrupt recording?"
+        )
 
 
 def read_labels(csv_path: Path) -> list[str]:
@@ -138,14 +178,15 @@ def find_layout(root: str | Path | None) -> Layout:
                 f"{folder}: missing folder (expected {what}; layout: root/pathFile.csv, "
                 "root/data/MAT/img/, root/data/img/)"
             )
-    mats = {}
-    for path in mat_dir.glob("*.mat"):
-        if not path.stem.isdigit():
+    # hidden files (macOS "._7.mat") are skipped, as by the N-Caltech101 loader
+    found = [p for p in mat_dir.iterdir() if p.suffix.lower() == ".mat" and not p.name.startswith(".")]
+    for path in found:
+        if not _is_index(path.stem):
             raise DataError(f"{path}: unexpected file name (expected <index>.mat)")
-        mats[int(path.stem)] = path
+    mats = _by_index(sorted(found), "recording")
     if not mats:
         raise DataError(f"{mat_dir}: no recordings (expected <index>.mat files)")
-    images = {int(stem): p for stem, p in images_by_stem(img_dir).items() if stem.isdigit()}
+    images = _by_index([p for stem, p in images_by_stem(img_dir).items() if _is_index(stem)], "image")
     labels = read_labels(base / "pathFile.csv")
     recordings = []
     for index in sorted(mats):
@@ -158,6 +199,23 @@ def find_layout(root: str | Path | None) -> Layout:
             raise DataError(f"{img_dir / f'{index}.png'}: missing image for recording {mats[index]}")
         recordings.append(Recording(mats[index], images[index], CLASS_NAMES.index(labels[index])))
     return Layout(base, tuple(recordings))
+
+
+def _is_index(stem: str) -> bool:
+    return stem.isascii() and stem.isdigit()  # not str.isdigit alone: int("²") fails
+
+
+def _by_index(paths: list[Path], what: str) -> dict[int, Path]:
+    """``{int(stem): path}``; DataError naming both files when two stems give one index (7, 07)."""
+    out: dict[int, Path] = {}
+    for path in paths:
+        other = out.setdefault(int(path.stem), path)
+        if other != path:
+            raise DataError(
+                f"{path}: same index {int(path.stem)} as {other}; expected one {what} per index "
+                "(remove the stray copy)"
+            )
+    return out
 
 
 def split_layout(layout: Layout) -> tuple[list[Recording], list[Recording]]:

@@ -246,15 +246,22 @@ def _first_dir(
 
 
 def _has_files(path: Path, suffixes: tuple[str, ...]) -> bool:
-    return any(e.is_file() and e.name.lower().endswith(suffixes) for e in os.scandir(path))
+    return any(
+        e.is_file() and e.name.lower().endswith(suffixes) and not e.name.startswith(".")
+        for e in os.scandir(path)
+    )
 
 
 def _class_recordings(event_dir: Path, image_dir: Path, label: int) -> tuple[Recording, ...]:
+    # .bin in any case, as _first_dir finds folders; hidden files (macOS "._image_0001.bin") skipped
     bins = sorted(
         p
         for p in event_dir.iterdir()
-        if p.suffix == ".bin" and p.is_file() and not p.name.startswith("annotation")
+        if p.suffix.lower() == ".bin" and not p.name.startswith((".", "annotation")) and not p.is_dir()
     )
+    for path in bins:
+        if not path.exists():  # a dangling symlink: refused like a missing recording, not skipped
+            raise DataError(f"{path}: missing recording (broken link)")
     if not bins:
         raise DataError(f"{event_dir}: class folder has no recordings (expected at least one *.bin)")
     if not image_dir.is_dir():

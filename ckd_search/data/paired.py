@@ -58,10 +58,12 @@ def load_paired(cfg: DataConfig, image_size: int) -> PairedData:
     loaded = _try_load(paths, plan.params, warn=True)
     built = False  # whether this call built the files (an invalid cache is rebuilt, too)
     if loaded is None:
-        with cache.build_lock(paths["train"]):
+        with cache.build_lock(paths["train"]) as locked:
             # another process may have finished the build while we waited for the lock
             loaded = _try_load(paths, plan.params, warn=False)
             if loaded is None:
+                if locked:  # every writer of these files holds this lock: leftover temps are orphans
+                    cache.remove_stale_temps(paths.values())
                 _build_and_write(plan, paths)
                 built = True
                 loaded = _try_load(paths, plan.params, warn=True)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Callable
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -49,34 +50,74 @@ def listing_fingerprint(recordings: Sequence[Recording]) -> str:
     digest = hashlib.sha256()
     for rec in recordings:
         for path in (rec.events, rec.image):
-            st = path.stat()
+            st = _stat(path, "recording" if path is rec.events else "image")
             digest.update(f"{path}|{st.st_size}|{st.st_mtime_ns}|{rec.label}\n".encode())
     return digest.hexdigest()[:16]
+
+
+def _stat(path: Path, what: str) -> os.stat_result:
+    """``path.stat()``, or a DataError naming it (a dangling symlink, a file removed meanwhile)."""
+    try:
+        return path.stat()
+    except OSError as err:
+        why = "broken link" if path.is_symlink() else (err.strerror or str(err))
+        raise DataError(f"{path}: missing {what} ({why})") from None
 
 
 def images_by_stem(folder: Path) -> dict[str, Path]:
     """Image file of every stem in ``folder``, the same whatever order the filesystem lists them.
 
     When stems collide (``a.jpg`` and ``a.png``) the first suffix of :data:`IMAGE_SUFFIXES` wins,
-    then the smaller name (``a.JPG`` before ``a.jpg``).
+    then the smaller name (``a.JPG`` before ``a.jpg``). Hidden files (macOS ``._a.jpg``
+    AppleDouble files) are skipped, as hidden folders are.
     """
     rank = {suffix: i for i, suffix in enumerate(IMAGE_SUFFIXES)}
-    found = [p for p in folder.iterdir() if p.suffix.lower() in rank]
+    found = [p for p in folder.iterdir() if p.suffix.lower() in rank and not p.name.startswith(".")]
     images: dict[str, Path] = {}
     for path in sorted(found, key=lambda p: (rank[p.suffix.lower()], p.name)):
         images.setdefault(path.stem, path)
     return images
 
 
+# Full scale of the PIL modes wider than 8 bits, mapped linearly onto 0..255 (convert("RGB")
+# would clip them instead). "I" is what 16-bit PNG/TIFF gray decodes to in older Pillow, so it
+# is read as 16-bit too; "F" (float TIFF) as the usual 0..1 float image range.
+_WIDE_MODE_SCALE = {
+    "I;16": 65535.0,
+    "I;16B": 65535.0,
+    "I;16L": 65535.0,
+    "I;16N": 65535.0,
+    "I": 65535.0,
+    "F": 1.0,
+}
+
+
+def _to_8bit(img: Image.Image) -> Image.Image:
+    """``img`` itself, or an 8-bit gray copy of a 16-bit / int / float one, scaled, not clipped."""
+    full_scale = _WIDE_MODE_SCALE.get(img.mode)
+    if full_scale is None:
+        return img
+    values = np.asarray(img, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"mode {img.mode} image has non-finite pixel values")
+    scaled = np.rint(np.clip(values, 0.0, full_scale) * (255.0 / full_scale))  # I;16: v / 257
+    return Image.fromarray(scaled.astype(np.uint8))  # 2-D uint8: mode "L"
+
+
 def load_image(path: Path, size: int) -> np.ndarray:
     """RGB image resized to ``size x size`` (PIL bilinear, as torchvision Resize).
+
+    16-bit, 32-bit int and float images are scaled to 8 bits first (see :data:`_WIDE_MODE_SCALE`).
 
     Returns:
         [3, size, size] uint8; gray images are copied to three channels.
     """
     try:
         with Image.open(path) as img:
-            rgb = img.convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+            rgb = _to_8bit(img).convert("RGB").resize((size, size), Image.Resampling.BILINEAR)
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
+        # not an OSError; the warning is only raised when warnings are errors (python -W error)
+        raise DataError(f"{path}: image too large to read ({err})") from None
     except (OSError, ValueError, SyntaxError) as err:
         raise DataError(f"{path}: cannot read image ({err}); expected a JPEG or PNG file") from None
     return np.asarray(rgb, dtype=np.uint8).transpose(2, 0, 1)

@@ -157,6 +157,23 @@ def test_concurrent_builders_get_the_same_data(data_cfg: Callable[..., DataConfi
     assert sorted(p.suffix for p in folder.iterdir()) == [".arrow", ".arrow", ".lock"]
 
 
+def test_a_build_removes_the_temp_files_a_killed_build_left(
+    data_cfg: Callable[..., DataConfig], caplog: pytest.LogCaptureFixture
+) -> None:
+    cfg = data_cfg(limit=8)
+    files = {s: Path(p) for s, p in load_paired(cfg, 28).descriptors["cache_files"].items()}
+    files["test"].unlink()  # SIGKILL mid-write: no test file, its temp file left behind
+    orphans = [p.with_name(f".{p.name}.k1ll3d_x.tmp") for p in files.values()]
+    other_key = files["train"].with_name(".train-T9-S9-I9-0123456789abcdef.arrow.abcdefgh.tmp")
+    for tmp in [*orphans, other_key]:
+        tmp.write_bytes(b"\0" * 1000)
+    with caplog.at_level(logging.WARNING, logger="ckd_search"):
+        load_paired(cfg, 28)
+    assert not any(p.exists() for p in orphans)
+    assert other_key.exists()  # another cache key: its writer may be mid-write under its own lock
+    assert "removed 1 temp file(s) an interrupted write left" in caplog.text
+
+
 def test_limit_indices_round_robin() -> None:
     labels = np.array([0, 0, 0, 0, 1, 1, 2, 2, 2])
     np.testing.assert_array_equal(limit_indices(labels, 4), [0, 1, 4, 6])

@@ -124,6 +124,32 @@ def test_missing_pieces_name_the_path(cep_root: Callable[..., Path]) -> None:
             {"x": np.zeros(3), "y": np.zeros(3), "ts": np.array([0.0, 0.1, 0.2]), "p": np.ones(3)},
             "timestamp ts=0.1 is not a whole number; expected integer microseconds",
         ),
+        # inf passed the whole-number test and overflowed in the binning
+        (
+            {"x": np.zeros(3), "y": np.zeros(3), "ts": np.array([0.0, 1.0, np.inf]), "p": np.ones(3)},
+            "ts=inf is not a finite number; expected integer microseconds",
+        ),
+        (
+            {"x": np.array([0.0, np.nan]), "y": np.zeros(2), "ts": np.zeros(2), "p": np.ones(2)},
+            "x=nan is not a finite number; expected integer pixel coordinates",
+        ),
+        (
+            {"x": np.zeros(2), "y": np.array([1.0, 2.5]), "ts": np.zeros(2), "p": np.ones(2)},
+            "y=2.5 is not a whole number; expected integer pixel coordinates",
+        ),
+        (
+            {"x": np.zeros(2), "y": np.zeros(2), "ts": np.zeros(2), "p": np.array([1.0, 0.5])},
+            "p=0.5 is not a whole number; expected integer polarities",
+        ),
+        (
+            {"x": np.zeros(2), "y": np.zeros(2), "ts": np.array([0.0, 1e30]), "p": np.ones(2)},
+            "ts=1e+30 is out of range",
+        ),
+        # a 16-bit glitch: the inferred sensor window would need a 384 GiB frame
+        (
+            {"x": np.array([3, 65535]), "y": np.zeros(2), "ts": np.zeros(2), "p": np.ones(2)},
+            "x=65535 is beyond any event sensor (expected x < 2048)",
+        ),
     ],
 )
 def test_bad_mat_files(tmp_path: Path, content: dict[str, np.ndarray] | None, message: str) -> None:
@@ -161,3 +187,30 @@ def test_recordings_with_all_zero_frames_are_counted_in_one_warning(
     assert len(warnings) == 1
     assert warnings[0].startswith("cepdvs train: 1 of 2 recordings give all-zero frames")
     assert warnings[0].endswith(f"the first: {short}")
+
+
+def test_duplicate_indices_name_both_files(cep_root: Callable[..., Path]) -> None:
+    import shutil
+
+    root = cep_root(LABELS[:4])
+    mats, imgs = root / "data" / "MAT" / "img", root / "data" / "img"
+    shutil.copy(mats / "2.mat", mats / "01.mat")  # 1.mat and 01.mat: one silently replaced the other
+    with pytest.raises(
+        DataError, match=rf"^{mats / '1.mat'}: same index 1 as {mats / '01.mat'}; expected one recording"
+    ):
+        find_layout(root)
+    (mats / "01.mat").unlink()
+    shutil.copy(imgs / "2.png", imgs / "001.jpg")
+    with pytest.raises(DataError, match=rf"^{imgs / '1.png'}: same index 1 as {imgs / '001.jpg'}; .* image"):
+        find_layout(root)
+
+
+def test_hidden_files_are_skipped_and_upper_case_mat_accepted(cep_root: Callable[..., Path]) -> None:
+    root = cep_root(LABELS[:4])
+    mats, imgs = root / "data" / "MAT" / "img", root / "data" / "img"
+    (mats / "._0.mat").write_bytes(b"\0" * 4096)  # macOS AppleDouble files
+    (imgs / "._0.png").write_bytes(b"\0" * 4096)
+    (mats / "3.mat").rename(mats / "3.MAT")
+    layout = find_layout(root)
+    assert [r.events.name for r in layout.recordings] == ["0.mat", "1.mat", "2.mat", "3.MAT"]
+    assert [r.image.name for r in layout.recordings] == ["0.png", "1.png", "2.png", "3.png"]

@@ -253,3 +253,32 @@ def test_image_stem_collisions_resolve_the_same_in_any_listing_order(
         monkeypatch.setattr(Path, "iterdir", lambda p, r=reverse: iter(sorted(listing(p), reverse=r)))
         picked.append(find_layout(root).recordings[CLASS_NAMES.index("ant")][0].image.name)
     assert picked == ["image_0001.JPG", "image_0001.JPG"]  # .jpg (any case) first, then by name
+
+
+def test_upper_case_bin_counts_and_hidden_files_are_skipped(ncaltech_root: Callable[..., Path]) -> None:
+    root = ncaltech_root({"accordion": 3})
+    events = root / "N-Caltech101" / "accordion"
+    images = root / "Caltech101" / "101_ObjectCategories" / "accordion"
+    (events / "image_0001.bin").rename(events / "image_0001.BIN")  # _first_dir already took it
+    (events / "._image_0002.bin").write_bytes(b"\0" * 4096)  # macOS AppleDouble files
+    (images / "._image_0002.jpg").write_bytes(b"\0" * 4096)
+    recs = find_layout(root).recordings[CLASS_NAMES.index("accordion")]
+    assert [r.events.name for r in recs] == ["image_0001.BIN", "image_0002.bin", "image_0003.bin"]
+    assert [r.image.name for r in recs] == ["image_0001.jpg", "image_0002.jpg", "image_0003.jpg"]
+
+
+def test_broken_links_are_refused_naming_them(
+    ncaltech_root: Callable[..., Path], data_cfg: Callable[..., DataConfig], tmp_path: Path
+) -> None:
+    root = ncaltech_root({"ant": 2})
+    recording = root / "N-Caltech101" / "ant" / "image_0002.bin"
+    recording.unlink()
+    recording.symlink_to(tmp_path / "gone.bin")  # was skipped: the class silently lost a recording
+    with pytest.raises(DataError, match=rf"^{recording}: missing recording \(broken link\)$"):
+        find_layout(root)
+    root = ncaltech_root({"ant": 2})
+    image = root / "Caltech101" / "101_ObjectCategories" / "ant" / "image_0002.jpg"
+    image.unlink()
+    image.symlink_to(tmp_path / "gone.jpg")  # was a FileNotFoundError traceback
+    with pytest.raises(DataError, match=rf"^{image}: missing image \(broken link\)$"):
+        load_paired(data_cfg(dataset="ncaltech101", root=str(root)), 16)
