@@ -195,7 +195,11 @@ class StudySearch(OptunaSearch):
             study.sampler.reseed_rng()
             return
         trials = len(study.get_trials(deepcopy=False))
-        self._sampler = make_sampler(space, seed=resumed_seed(space.study.seed, trials))
+        # Not a grid: its seed shuffles the grid, and the grid ids its trials hold index that order.
+        # Reseeded, they would name other points (some run twice, others never); a grid draws no
+        # random values that a restart could replay anyway.
+        seed = space.study.seed if space.searcher.type == "grid" else resumed_seed(space.study.seed, trials)
+        self._sampler = make_sampler(space, seed=seed)
         study.sampler = self._sampler
 
     def _budget_spent(self) -> bool:

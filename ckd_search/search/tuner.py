@@ -459,8 +459,15 @@ def _new_tuner(
 def warm_start_points(space: SearchSpace, run_dirs: Sequence[str | Path]) -> list[dict[str, Any]]:
     """Best configs of earlier searches, restricted to this space's parameters, as Optuna points.
 
-    A value outside this space (a bound, a choice) is dropped, so Optuna samples that parameter.
+    A value outside this space (a bound, a choice, a fraction for an ``int``) is dropped, so Optuna
+    samples that parameter. A grid is refused: it runs every point anyway, and Optuna's GridSampler
+    would lose as many grid points as were queued ahead of it.
     """
+    if run_dirs and space.searcher.type == "grid":
+        raise UserError(
+            f"--warm-start-from: {space.path} uses searcher: grid, which runs every grid point anyway; "
+            "drop --warm-start-from or use another searcher"
+        )
     points: list[dict[str, Any]] = []
     for run_dir in run_dirs:
         earlier = read_outcome(SearchSettings.load(run_dir))
@@ -477,7 +484,10 @@ def warm_start_points(space: SearchSpace, run_dirs: Sequence[str | Path]) -> lis
                     if value in p.values:
                         point[p.key] = value
                 elif isinstance(value, int | float) and (p.low or 0) <= value <= (p.high or 0):
-                    point[p.key] = value
+                    if p.type != "int":
+                        point[p.key] = value
+                    elif float(value).is_integer():  # Optuna would truncate 3.7 and store it as is
+                        point[p.key] = int(value)
             if point and point not in points:
                 points.append(point)
                 log.info("warm start from %s: %s", run_dir, point)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import pickle
 
 import optuna
+import pytest
 from optuna.trial import TrialState
 
 from ckd_search.search.optuna_search import IDS_ATTR
@@ -87,6 +88,34 @@ def test_a_restored_search_draws_past_its_snapshot(tmp_path, write_space):
     assert restored.suggest("c") != after_snapshot  # the snapshot's sampler state would replay b
 
 
+GRID = {
+    **SPACE,
+    "study": {**SPACE["study"], "seed": 0},
+    "space": {"loss.beta": {"type": "grid", "values": [1.0, 2.0, 3.0, 4.0]}},
+    "scheduler": "none",
+    "searcher": "grid",
+}
+
+
+@pytest.mark.parametrize("resume", ["restart", "restore"])
+def test_a_resumed_grid_search_runs_every_point_once(tmp_path, write_space, resume):
+    """The grid's seed orders its points and the trials' grid ids index that order: a resume that
+    reseeded it ran 4.0 twice and never 1.0 (seed 0)."""
+    space = load_space(write_space(GRID))
+    journal = tmp_path / "optuna.journal"
+    first = StudySearch(space, "s", journal, max_t=None, num_trials=4)
+    first.set_search_properties("train_loss", "min", {})
+    first.save(str(tmp_path / "searcher.pkl"))
+    ran = [_run(first, t, 1.0)["loss.beta"] for t in ("a", "b")]
+    resumed = StudySearch(space, "s", journal, max_t=None, num_trials=4)
+    if resume == "restore":
+        resumed.restore(str(tmp_path / "searcher.pkl"))
+    else:
+        resumed.set_search_properties("train_loss", "min", {})
+    ran += [_run(resumed, t, 1.0)["loss.beta"] for t in ("c", "d")]
+    assert sorted(ran) == [1.0, 2.0, 3.0, 4.0]
+
+
 def test_a_resumed_search_asks_no_trial_past_its_budget(tmp_path, write_space):
     from ray.tune.search import Searcher
 
@@ -137,3 +166,31 @@ def test_an_adopter_replaces_the_values_its_orphan_reported(tmp_path, write_spac
     (trial,) = optuna.load_study(study_name="s", storage=journal_storage(journal)).trials
     assert trial.state == TrialState.PRUNED and trial.intermediate_values == {1: 0.9}
     assert trial.value == 0.9
+
+
+def _warm_start(monkeypatch, space, best_config: dict) -> list[dict]:
+    """``warm_start_points`` of ``space`` from one earlier search whose best config is given."""
+    from types import SimpleNamespace
+
+    from ckd_search.search import tuner
+
+    monkeypatch.setattr(tuner.SearchSettings, "load", staticmethod(lambda run_dir: run_dir))
+    monkeypatch.setattr(
+        tuner, "read_outcome", lambda settings: SimpleNamespace(best_config=best_config, pareto=[])
+    )
+    return tuner.warm_start_points(space, ["earlier"])
+
+
+def test_a_warm_start_value_an_int_parameter_cannot_take_is_dropped(tmp_path, write_space, monkeypatch):
+    """An earlier uniform search's 3.7 for what is now an int: Optuna would run 3 and store 3.7."""
+    ints = {**SPACE, "space": {"kd.temperature": {"type": "int", "low": 1, "high": 8}}}
+    space = load_space(write_space(ints))
+    assert _warm_start(monkeypatch, space, {"kd.temperature": 3.7}) == []
+    assert _warm_start(monkeypatch, space, {"kd.temperature": 3.0}) == [{"kd.temperature": 3}]
+
+
+def test_a_grid_search_refuses_a_warm_start(tmp_path, write_space, monkeypatch):
+    from ckd_search.errors import UserError
+
+    with pytest.raises(UserError, match="searcher: grid, which runs every grid point anyway"):
+        _warm_start(monkeypatch, load_space(write_space(GRID)), {"loss.beta": 2.0})
