@@ -45,9 +45,9 @@ def linear_cka(x: Tensor, y: Tensor) -> Tensor:
         return hsic / (norm + CKA_EPS)
 
 
-def domain_alignment_loss(feats_static: Tensor, feats_dvs: Tensor, theta: Tensor) -> Tensor:
-    """L_DA = (1/T) sum_t sigma(theta_t) (1 - |CKA(X_t, Y_t)|) over [T, B, D] membrane features."""
-    cka = linear_cka(feats_static.flatten(2), feats_dvs.flatten(2))
+def domain_alignment_loss(cka: Tensor, theta: Tensor) -> Tensor:
+    """L_DA = (1/T) sum_t sigma(theta_t) (1 - |CKA(X_t, Y_t)|) from the [T] per-step CKA of the two
+    streams' membrane features (:func:`linear_cka`; the step logs it too, so it is computed once)."""
     return (torch.sigmoid(theta) * (1.0 - cka.abs())).mean()
 
 

@@ -79,7 +79,7 @@ def combine_losses(
     cls_s = losses.tet_loss(static_out.logits, inputs.labels, lc.tet_lambda, lc.tet_phi)
     cls_e = losses.tet_loss(dvs_out.logits, inputs.labels, lc.tet_lambda, lc.tet_phi, step_weights=1.0 - sig)
     cka = losses.linear_cka(static_out.membrane, dvs_out.membrane)  # [T]
-    da = (sig * (1.0 - cka.abs())).mean()
+    da = losses.domain_alignment_loss(cka, model.theta)
     total = cls_s + cls_e + lc.beta * da
     out: dict[str, Tensor] = {}
     if kc.enabled and inputs.teacher_logits is not None:

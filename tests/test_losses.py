@@ -65,7 +65,7 @@ def test_cka_gradient_is_finite_where_one_step_has_no_variance(gen):
     x[1] = 0.5
     x.requires_grad_(True)
     y = torch.randn(3, 8, 5, generator=gen, requires_grad=True)
-    losses.domain_alignment_loss(x, y, torch.zeros(3)).backward()
+    losses.domain_alignment_loss(losses.linear_cka(x, y), torch.zeros(3)).backward()
     assert torch.isfinite(x.grad).all() and torch.isfinite(y.grad).all()
     assert x.grad[0].abs().sum() > 0
 
@@ -80,10 +80,10 @@ def test_domain_alignment_loss_weights_steps_by_sigmoid_theta(gen):
     theta = torch.tensor([0.0, 1.0, -2.0])
     cka = losses.linear_cka(x, x.flip(1))
     expected = (torch.sigmoid(theta) * (1 - cka.abs())).mean()
-    assert losses.domain_alignment_loss(x, x.flip(1), theta).item() == pytest.approx(
-        expected.item(), abs=1e-6
-    )
-    assert losses.domain_alignment_loss(x, x, theta).item() == pytest.approx(0.0, abs=1e-5)
+    assert losses.domain_alignment_loss(cka, theta).item() == pytest.approx(expected.item(), abs=1e-6)
+    assert losses.domain_alignment_loss(losses.linear_cka(x, x), theta).item() == pytest.approx(0.0, abs=1e-5)
+    # |CKA|: a negative alignment counts as much as a positive one
+    assert losses.domain_alignment_loss(-cka, theta).item() == pytest.approx(expected.item(), abs=1e-6)
 
 
 def test_kd_zero_for_equal_logits_and_positive_otherwise(gen):
