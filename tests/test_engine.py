@@ -332,3 +332,103 @@ def test_the_default_switch_is_half_the_run_in_either_unit(prepared_tiny):
     cfg = cfg.replace(**{"run.epochs": 10, "kd.e_th": None})
     assert Schedules(cfg, iters_per_epoch=7).switch_point() == 5
     assert Schedules(cfg.replace(**{"kd.units": "iteration"}), iters_per_epoch=7).switch_point() == 35
+
+
+def _mask_in_a_step(trainer, p: float) -> torch.Tensor:
+    from ckd_search.step import ckd_losses as real_loss
+
+    seen = {}
+
+    def spy(model, inputs, config):
+        seen["mask"] = inputs.replace_mask.clone()
+        return real_loss(model, inputs, config)
+
+    trainer.loss_fn = spy
+    batch = next(iter(trainer.train_source))
+    trainer.step(batch.frames, batch.labels, batch.index, torch.tensor(p), torch.tensor(1.0))
+    assert seen["mask"].shape == batch.labels.shape and seen["mask"].dtype == torch.bool
+    return seen["mask"]
+
+
+def test_p_replace_zero_replaces_no_sample_and_one_replaces_every_sample(prepared_tiny):
+    cfg, prep = prepared_tiny
+    trainer = Trainer(cfg, prep, torch.device("cpu"))
+    for _ in range(2):  # two steps each: not one lucky draw
+        assert not bool(_mask_in_a_step(trainer, 0.0).any())
+        assert bool(_mask_in_a_step(trainer, 1.0).all())
+
+
+def _scripted_logits(labels: torch.Tensor, timesteps: int, classes: int, every: int = 2) -> torch.Tensor:
+    """[T, B, C] logits whose argmax of the mean over T is the label for every ``every``-th position in
+    the batch only (0, every, ...), and whose last step alone points at another class for every sample."""
+    b = labels.numel()
+    wrong = (labels + 1) % classes
+    mean_pick = torch.where(torch.arange(b) % every == 0, labels, (labels + 2) % classes)
+    logits = torch.zeros(timesteps, b, classes)
+    logits[:-1, torch.arange(b), mean_pick] = 10.0  # dominates the mean over T
+    logits[-1, torch.arange(b), wrong] = 1.0  # the last step alone: wrong for every sample
+    return logits
+
+
+def test_evaluation_scores_the_dvs_heads_logits_averaged_over_time(prepared_tiny, monkeypatch):
+    cfg, prep = prepared_tiny
+    trainer = Trainer(cfg, prep, torch.device("cpu"))
+    student = trainer.model.student
+    test_labels = prep.data.test.labels
+    timesteps, classes = prep.data.timesteps, prep.data.num_classes
+    assert classes >= 3 and timesteps >= 2
+    done = {"n": 0, "heads": []}
+
+    def scripted_forward(x, head="dvs"):
+        from ckd_search.models.snn import StudentOutput
+
+        b = x.shape[1]
+        labels = test_labels[done["n"] : done["n"] + b]  # the test source runs in order
+        done["n"] += b
+        done["heads"].append(head)
+        if head == "dvs":
+            logits = _scripted_logits(labels, timesteps, classes)
+        else:  # any other head: wrong on every step
+            wrong = torch.nn.functional.one_hot((labels + 1) % classes, classes).float()
+            logits = wrong.expand(timesteps, -1, -1)
+        return StudentOutput(logits=logits, membrane=torch.zeros(timesteps, b, 1), firing=None)
+
+    monkeypatch.setattr(student, "forward", scripted_forward)
+    metrics = trainer.evaluate()
+    n = len(test_labels)
+    assert done["n"] == n and set(done["heads"]) == {"dvs"}
+    assert n > 1
+    # even positions of each batch are right: hand count over the test source's batches
+    batch = trainer.test_source.batch_size
+    expected = sum((min(batch, n - s) + 1) // 2 for s in range(0, n, batch)) / n
+    assert metrics["test_acc"] == expected
+
+
+def test_an_epochs_train_loss_and_accuracy_are_the_means_over_its_steps(prepared_tiny):
+    cfg, prep = prepared_tiny
+    trainer = Trainer(cfg, prep, torch.device("cpu"))
+    real_step = trainer.step
+    steps: list[tuple[dict[str, torch.Tensor], torch.Tensor]] = []
+    timesteps, classes = prep.data.timesteps, prep.data.num_classes
+
+    def recording_step(frames, labels, index, p, gamma):
+        parts = real_step(frames, labels, index, p, gamma)
+        # scripted DVS logits: right (on the mean over T) for every third sample of the batch only
+        parts["dvs_logits"] = _scripted_logits(labels, timesteps, classes, every=3)
+        steps.append(({k: v.detach().clone() for k, v in parts.items()}, labels.clone()))
+        return parts
+
+    trainer.step = recording_step
+    metrics = trainer.train_epoch()
+    assert len(steps) == len(trainer.train_source) >= 2
+    losses = [float(parts["loss"]) for parts, _ in steps]
+    assert metrics["train_loss"] == pytest.approx(sum(losses) / len(losses), rel=1e-6)
+    for key in ("loss_cls_s", "loss_cls_e", "loss_kd", "loss_da"):
+        assert metrics[key] == pytest.approx(sum(float(p[key]) for p, _ in steps) / len(steps), rel=1e-6)
+    cka = torch.stack([p["cka"] for p, _ in steps]).mean(0)
+    for t in range(timesteps):
+        assert metrics[f"cka_t{t}"] == pytest.approx(float(cka[t]), rel=1e-5, abs=1e-7)
+    seen = sum(labels.numel() for _, labels in steps)
+    right = sum((labels.numel() + 2) // 3 for _, labels in steps)
+    assert metrics["train_acc"] == right / seen
+    assert 0 < metrics["train_acc"] < 1 and metrics["train_acc"] != 0.5  # 1 - acc would differ

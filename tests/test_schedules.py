@@ -139,3 +139,34 @@ def _cosine_lr(cfg, sched, epoch):
         warmup_lr=0.0,
         min_lr=cfg.optim.min_lr,
     )
+
+
+def _gamma_schedules(iters_per_epoch: int = 7, **kd):
+    from ckd_search.config import Config
+
+    return s.Schedules(Config.from_dict({"run.epochs": 10, **kd}), iters_per_epoch=iters_per_epoch)
+
+
+def test_constant_kd_schedule_keeps_gamma_at_one():
+    sched = _gamma_schedules(**{"kd.schedule": "constant", "kd.e_th": 2.0, "kd.k": 100.0})
+    # past the (ignored) switch point too, and whatever P_replace is
+    assert [sched.gamma(it, e, p) for it, e, p in ((0, 0, 0.0), (3, 5, 0.4), (6, 9, 1.0))] == [1.0] * 3
+
+
+def test_adaptive_kd_schedule_follows_p_replace_not_its_complement():
+    sched = _gamma_schedules(**{"kd.schedule": "adaptive", "kd.p_th": 0.5, "kd.k": 10.0})
+    for p in (0.1, 0.3, 0.9):
+        got = sched.gamma(2, 4, p)
+        assert got == s.adaptive_kd_weight(p, 0.5, 10.0)
+        assert got != pytest.approx(s.adaptive_kd_weight(1.0 - p, 0.5, 10.0))
+    assert sched.gamma(0, 0, 0.1) > 0.9 and sched.gamma(0, 0, 0.9) < 0.1  # KD fades as P grows
+
+
+def test_iteration_units_count_the_batch_inside_the_epoch():
+    n = 7
+    sched = _gamma_schedules(n, **{"kd.units": "iteration", "kd.e_th": 10.0, "kd.k": 0.5})
+    for epoch, it in ((0, 0), (1, 0), (1, 3), (1, 6), (2, 5)):
+        assert sched.gamma(it, epoch, 0.0) == s.kd_switch_weight(epoch * n + it, 10.0, 0.5)
+    within = [sched.gamma(it, 1, 0.0) for it in range(n)]  # e = 7..13 crosses e_th = 10
+    assert all(a > b for a, b in zip(within, within[1:]))
+    assert within[3] == 0.5

@@ -200,18 +200,36 @@ def test_an_unwritable_cache_folder_is_one_line_naming_it(tmp_path):
             pass
 
 
-def test_a_read_only_cache_folder_is_one_line_naming_it(tmp_path):
+@pytest.mark.parametrize("how", ["refused write", "real permissions"])
+def test_a_read_only_cache_folder_is_one_line_naming_it(tmp_path, monkeypatch, how):
+    """The folder exists but takes no new file. Root ignores permissions (CI runs as root), so the
+    "refused write" case has the temp file's creation fail as it does in a read-only folder."""
+    import tempfile
+
     from ckd_search.errors import DataError
 
-    (tmp_path / "ro").mkdir()
-    os.chmod(tmp_path / "ro", 0o500)
-    try:
-        if os.access(tmp_path / "ro", os.W_OK):  # root ignores permissions
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    if how == "refused write":
+
+        def refuse(*args, dir=None, **kwargs):
+            raise PermissionError(13, "Permission denied", str(Path(dir) / "tmpXXXX"))
+
+        monkeypatch.setattr(tempfile, "mkstemp", refuse)
+    else:
+        os.chmod(folder, 0o500)
+        if os.access(folder, os.W_OK):  # root ignores permissions: covered by "refused write"
+            os.chmod(folder, 0o700)
             pytest.skip("running as root")
-        with pytest.raises(DataError, match="cannot write the data cache"):
-            cache.write_split(tmp_path / "ro" / "x.arrow", tiny_split(), {"a": 1}, {})
+    try:
+        with pytest.raises(DataError) as raised:
+            cache.write_split(folder / "x.arrow", tiny_split(), {"a": 1}, {})
     finally:
-        os.chmod(tmp_path / "ro", 0o700)
+        os.chmod(folder, 0o700)
+    message = str(raised.value)
+    assert message == f"{folder}: cannot write the data cache (Permission denied)"
+    assert "\n" not in message and raised.value.__cause__ is None and raised.value.__suppress_context__
+    assert list(folder.iterdir()) == []  # nothing half-written left behind
 
 
 def test_a_cache_file_has_the_permissions_the_umask_gives(tmp_path):

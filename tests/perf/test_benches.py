@@ -13,6 +13,7 @@ import pytest
 from ckd_search.errors import UserError
 from ckd_search.perf.packing import gpu_sharing
 from ckd_search.perf.packing import private_mps
+from ckd_search.perf.timing import SMOKE_SHAPE
 from ckd_search.perf.timing import cell_number
 from ckd_search.perf.timing import format_table
 from ckd_search.perf.timing import parse_tables
@@ -49,9 +50,11 @@ def test_step_bench_smoke_prints_variants_scaling_and_ratio(capsys):
         "base-bf16-compile-cl",
     ):
         assert re.search(rf"note: skipped {variant}\b.*needs a CUDA device", out)
+    smoke_b, smoke_t, smoke_s = (str(SMOKE_SHAPE[k]) for k in ("batch", "timesteps", "size"))
+    assert [(r["B"], r["T"], r["size"]) for r in main_rows] == [(smoke_b, smoke_t, smoke_s)] * 2
+    assert {r["B"] for r in scaling_rows} == {smoke_b}  # the scaling table varies T and size only
     for row in main_rows + scaling_rows:
         assert tuple(row) == COLUMNS
-        assert (row["B"], row["T"]) == ("8", row["T"])
         assert positive(row["pairs/s"]) and positive(row["ms/step"]) and positive(row["warm-up s"])
         assert row["peak GiB"] == "-"  # CPU
         # pairs/s and ms/step describe the same median step
