@@ -397,8 +397,9 @@ def superseded_trials(root: Path) -> set[str]:
     """Tune trial ids whose folders do not stand for a trial of the study (its Optuna journal says).
 
     A driver that died leaves the folders of its running trials; on resume their Optuna trials are
-    adopted by new Tune trials (``ckd:ray_trial_ids`` lists both ids, the last one current) or, when
-    nothing adopts them, marked FAIL as orphaned. Counting those folders too would add trials the
+    adopted by new Tune trials (``ckd:ray_trial_ids`` lists both ids, the last one current) or
+    marked FAIL as orphaned (when nothing adopts them, or when they had reported epochs: a fresh
+    Optuna trial then reruns their parameters). Counting those folders too would add trials the
     search never ran to the end.
     """
     journal = root / JOURNAL_FILE

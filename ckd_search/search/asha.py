@@ -19,7 +19,8 @@ failed, after Optuna and MLflow had already recorded it as pruned.
 Entries of trials that Tune does not restore (orphans: created after the last snapshot, or by a
 driver that stopped before the first one) are dropped once the restored trials are known (the
 scheduler's first call with Tune's controller): such a trial never runs again, and its configuration
-is re-run from epoch 1 by the trial that adopts its Optuna record, so keeping its results would
+is re-run from epoch 1 by the trial that adopts its Optuna record (or a fresh one with its
+parameters), so keeping its results would
 count that configuration twice in the rung cut-offs. A trial whose Optuna record has ended is no
 orphan, even when the Tune experiment lacks it (a restart without a whole snapshot runs only the
 trials the study lacks): its results stay, as the study's other trials were judged against them.

@@ -12,7 +12,9 @@ never resume them, since a restored search gives its new trials new ids) are *ad
 trials the restored search asks for reuse them, parameters and all (Optuna returns a stored
 parameter instead of sampling it again), so the study holds exactly one Optuna trial per Tune trial
 and no sampled configuration is lost. The ids a trial had are kept in the system attribute
-``ckd:ray_trial_ids``. An orphan nobody adopts by the end of the search is marked FAIL with the
+``ckd:ray_trial_ids``. An orphan that reported epochs is not adopted but ended as orphaned, its
+parameters queued for a fresh trial (Optuna cannot drop the lost run's values, see
+``_collect_orphans``). An orphan nobody adopts by the end of the search is marked FAIL with the
 system attribute ``ckd:orphaned`` (:func:`fail_orphans`). Enqueued warm-start points (WAITING) are
 left alone. In-memory storage would restore cleanly too, but nobody could open it while a search
 runs, and a crash would lose it.
@@ -145,9 +147,6 @@ class StudySearch(OptunaSearch):
         self._max_t = max_t
         self._journal_path = str(journal_path)
         self._orphans: list[int] = []  # journal trial ids (storage ids) waiting to be adopted
-        # Tune trial id -> epochs the adopted orphan reported in its lost attempt; the adopter starts
-        # at epoch 1 again and its own values replace those (ASHA judges the adopter's)
-        self._stale_steps: dict[str, set[int]] = {}
 
     # -- set-up -------------------------------------------------------------------------------
     def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
@@ -239,7 +238,6 @@ class StudySearch(OptunaSearch):
             if frozen.state != TrialState.RUNNING:
                 continue
             self._ot_trials[trial_id] = optuna.Trial(self.study, orphan)
-            self._stale_steps[trial_id] = set(frozen.intermediate_values)
             log.info(
                 "Optuna trial %d (asked before the driver stopped, never run to the end) is adopted by "
                 "trial %s with the same parameters",
@@ -259,11 +257,6 @@ class StudySearch(OptunaSearch):
         if ot_trial is None or value is None or EPOCH_KEY not in result:
             return
         step = int(result[EPOCH_KEY])
-        stale = getattr(self, "_stale_steps", {}).get(trial_id, set())  # {}: pickled by an older version
-        if step in stale:
-            stale.discard(step)
-            self.study._storage.set_trial_intermediate_value(ot_trial._trial_id, step, value)
-            return
         frozen = self._stored(ot_trial)
         if frozen.state.is_finished() or step in frozen.intermediate_values:
             return  # replayed after a restore: the journal already has it
@@ -336,12 +329,29 @@ class StudySearch(OptunaSearch):
         self._advance_sampler()
 
     def _collect_orphans(self) -> None:
+        """Journal trials asked after the snapshot (RUNNING, no live Tune trial): the next new Tune
+        trials adopt those that reported no epoch. One that did is ended (FAIL, ``ckd:orphaned``)
+        and its parameters queued for a fresh Optuna trial: its adopter would train from epoch 1
+        again, and Optuna cannot drop the lost run's values, so an adopter stopped earlier than the
+        lost run got would be recorded at the lost run's last epoch, with its value."""
         known = {t._trial_id for t in self._ot_trials.values()}
-        self._orphans = [
-            t._trial_id
-            for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,))
-            if t._trial_id not in known
-        ]
+        storage = self.study._storage
+        self._orphans = []
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            if t._trial_id in known:
+                continue
+            if not t.intermediate_values:
+                self._orphans.append(t._trial_id)
+                continue
+            storage.set_trial_system_attr(t._trial_id, ORPHAN_ATTR, True)
+            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            self.study.enqueue_trial(t.params, skip_if_exists=False)
+            log.info(
+                "Optuna trial %d (asked before the driver stopped, %d epoch(s) reported) ends as orphaned; "
+                "a new trial runs its parameters from the start",
+                t.number,
+                len(t.intermediate_values),
+            )
         if self._orphans:
             log.info(
                 "%d Optuna trial(s) were asked after the last snapshot; the next trials adopt them",

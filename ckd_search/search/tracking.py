@@ -15,7 +15,7 @@ one writer, experiment created once on the driver: pitfall 7):
 Resume (pitfall 5): ``get_state``/``set_state`` keep ``trial_id -> run_id``, so a resumed trial logs into
 its old run; a run is also found by its ``ckd.trial_id`` tag before one is created, epochs already
 logged are not logged again, and after a restore runs of trials the snapshot never knew (Tune will
-never resume them; their Optuna trial is adopted by a new Tune trial) are KILLED with
+never resume them; a new Tune trial adopts their Optuna trial or reruns its parameters) are KILLED with
 ``ckd.status=orphaned``. Every Tune trial has exactly one child run; orphans belong to none.
 
 A failed trial's run is FAILED with its one-line error in the tag ``ckd.error``

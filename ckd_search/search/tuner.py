@@ -14,7 +14,7 @@ Fault tolerance (what Ray Tune leaves to us):
   removed, Optuna's journal lock file is removed (Optuna would wait 30 s for it), and a journal
   that cannot be parsed is refused with one line; a driver killed before Tune's first experiment
   snapshot is resumed by starting the Tune experiment again in the same study (trials asked by the
-  lost driver are adopted, see :mod:`.optuna_search`);
+  lost driver are adopted, or run afresh when they had reported epochs, see :mod:`.optuna_search`);
 - a trial whose latest checkpoint the stored Tune snapshot still names but Ray already deleted (the
   snapshot upload lagged) resumes from its next checkpoint (:class:`.faults.CheckpointRepair`); a
   trial that ASHA stopped after the stored snapshot is stopped again at the same epoch (:mod:`.asha`);

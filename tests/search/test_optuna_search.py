@@ -151,21 +151,32 @@ def test_a_searcher_pickled_by_an_older_version_still_resumes(tmp_path, write_sp
     assert isinstance(params, dict) and params != earlier
 
 
-def test_an_adopter_replaces_the_values_its_orphan_reported(tmp_path, write_space):
-    # the adopter trains from epoch 1 again; Optuna must hold its values, the ones ASHA judges
-    space = load_space(write_space(SPACE))
+@pytest.mark.parametrize("lost_epochs", [1, 3])
+def test_an_orphan_that_reported_epochs_is_run_afresh_by_a_new_trial(tmp_path, write_space, lost_epochs):
+    """The lost run reported epochs, the new Tune trial trains from epoch 1 and ASHA stops it there:
+    Optuna must record its values alone. Adopting the orphan kept the lost run's later epochs (Optuna
+    cannot drop them), and the trial was told PRUNED at epoch 3 with the lost run's value."""
+    from ckd_search.search.optuna_search import ORPHAN_ATTR
+    from ckd_search.search.optuna_search import ended_trials
+    from ckd_search.search.optuna_search import superseded_ray_trials
+
+    spec = {**SPACE, "fixed": {"run.epochs": 4}, "scheduler": {"asha": {"max_t": 4, "grace_period": 1}}}
+    space = load_space(write_space(spec))
     journal = tmp_path / "optuna.journal"
-    first = StudySearch(space, "s", journal, max_t=2)
+    first = StudySearch(space, "s", journal, max_t=4)
     first.set_search_properties("train_loss", "min", {})
-    first.suggest("a")
-    first.on_trial_result("a", {"train_loss": 0.3, "epoch": 1})  # then the driver dies
-    searcher = as_restored(StudySearch(space, "s", journal, max_t=2))
-    searcher.suggest("b")
+    asked = first.suggest("a")
+    for epoch in range(1, lost_epochs + 1):
+        first.on_trial_result("a", {"train_loss": 0.3 / epoch, "epoch": epoch})  # then the driver dies
+    searcher = as_restored(StudySearch(space, "s", journal, max_t=4))
+    assert searcher.suggest("b") == asked  # the same configuration, run again
     searcher.on_trial_result("b", {"train_loss": 0.9, "epoch": 1})
     searcher.on_trial_complete("b", {"train_loss": 0.9, "epoch": 1})  # stopped by ASHA at epoch 1
-    (trial,) = optuna.load_study(study_name="s", storage=journal_storage(journal)).trials
-    assert trial.state == TrialState.PRUNED and trial.intermediate_values == {1: 0.9}
-    assert trial.value == 0.9
+    lost, rerun = optuna.load_study(study_name="s", storage=journal_storage(journal)).trials
+    assert lost.state == TrialState.FAIL and lost.system_attrs[ORPHAN_ATTR]
+    assert rerun.state == TrialState.PRUNED and rerun.intermediate_values == {1: 0.9} and rerun.value == 0.9
+    assert rerun.params == lost.params and rerun.user_attrs[RAY_TRIAL_ATTR] == "b"
+    assert set(ended_trials(journal, "s")) == {"b"} and superseded_ray_trials(journal, "s") == {"a"}
 
 
 def _warm_start(monkeypatch, space, best_config: dict) -> list[dict]:
