@@ -21,11 +21,6 @@ from ckd_search.storage import output_dir
 log = logging.getLogger(__name__)
 
 
-def load_config(config_path: str | None, overrides: list[str] | None) -> Config:
-    sets = parse_overrides(overrides)
-    return Config.from_yaml(config_path, sets) if config_path else Config.from_dict(sets)
-
-
 def run_train(args: argparse.Namespace) -> int:
     if args.resume and not args.out:
         raise UserError("--resume continues the run in --out DIR: give --out")
@@ -34,14 +29,15 @@ def run_train(args: argparse.Namespace) -> int:
     if args.resume and not saved.is_file():
         raise UserError(f"--resume: {saved} does not exist (nothing to resume)")
     old = Config.from_yaml(saved) if args.resume else None
+    sets = parse_overrides(args.set)
     if old is None or args.config:
-        cfg = load_config(args.config, args.set)
+        cfg = Config.from_yaml(args.config, sets) if args.config else Config.from_dict(sets)
     else:  # `--out DIR --resume` alone continues the run as it was configured (nanoGPT's init_from=resume);
         # `--set` then changes the saved config (e.g. `--set run.device=cpu` on a machine without CUDA)
-        cfg = Config.from_yaml(saved, parse_overrides(args.set)) if args.set else old
+        cfg = Config.from_yaml(saved, sets) if sets else old
     check_local_paths(cfg)
     if old is not None:
-        _check_resumable(old, cfg, saved, device_from_saved=not args.config and not _sets_device(args.set))
+        _check_resumable(old, cfg, saved, device_from_saved=not args.config and "run.device" not in sets)
     if old is None and any((out / name).exists() for name in RUN_FILES):
         raise UserError(f"{out} already holds a run; pass --resume to continue it or choose another --out")
     return _train_in(args, cfg, out)
@@ -49,10 +45,6 @@ def run_train(args: argparse.Namespace) -> int:
 
 #: what a run writes into its --out folder: one of them there means the folder holds a run
 RUN_FILES = ("config.yaml", "metrics.json", "result.json", "checkpoint")
-
-
-def _sets_device(overrides: list[str] | None) -> bool:
-    return "run.device" in parse_overrides(overrides)
 
 
 def _check_resumable(old: Config, cfg: Config, saved: Path, *, device_from_saved: bool) -> None:

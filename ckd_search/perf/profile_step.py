@@ -285,7 +285,7 @@ def _stepper(trainer: Trainer, batches: list[StepBatch], device: torch.device) -
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     device = resolve_device(args.device, "--device")
-    select_experiments(args, device)  # a bad --only is refused before anything is built
+    chosen = select_experiments(args, device)  # a bad --only is refused before anything is built
     if args.threads:
         torch.set_num_threads(args.threads)
     threads = torch.get_num_threads()
@@ -318,7 +318,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(format_table(("operator", "self ms/step", "%", "calls/step"), rows))
     del trainer
 
-    chosen = select_experiments(args, device)
     # Every variant gets its own trainer; rounds interleave them (A B C A B C ...) so that load
     # from other processes hits all alike, and each reports its best round (least disturbed).
     built = []

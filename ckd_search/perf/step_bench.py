@@ -433,7 +433,8 @@ def runnable(variants: Sequence[Variant], device: torch.device) -> list[Variant]
 def run(args: argparse.Namespace) -> Result:
     """Time every selected variant (and the scaling grid); nothing is printed here."""
     device = resolve(args.device)
-    runnable(select_variants(args.variants), device)  # refused before anything runs
+    selected = select_variants(args.variants)
+    runnable(selected, device)  # refused before anything runs
     if args.threads:
         torch.set_num_threads(args.threads)
     if device.type == "cuda":
@@ -444,7 +445,7 @@ def run(args: argparse.Namespace) -> Result:
         torch.backends.cudnn.allow_tf32 = True
     rows: list[Row] = []
     notes: list[str] = []
-    for variant in select_variants(args.variants):
+    for variant in selected:
         if variant.gpu_only and device.type != "cuda":
             notes.append(f"skipped {variant.name}: needs a CUDA device")
             continue

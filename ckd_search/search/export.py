@@ -63,6 +63,7 @@ from ckd_search.search.outcome import EPOCH_KEY
 from ckd_search.search.outcome import FAILED
 from ckd_search.search.outcome import PRUNED
 from ckd_search.search.outcome import TUNE_RESULT_KEYS
+from ckd_search.search.outcome import best_first
 from ckd_search.search.outcome import classify
 from ckd_search.search.outcome import finite
 from ckd_search.search.settings import SETTINGS_FILE
@@ -282,10 +283,9 @@ def rank(
     rows: Sequence[dict[str, Any]], metrics: Sequence[str], modes: Sequence[str]
 ) -> list[dict[str, Any]]:
     """Completed trials first, then pruned; by the final metric (Pareto front first for several)."""
-    sign = 1.0 if modes[0] == "max" else -1.0
 
-    def first(row: dict[str, Any]) -> tuple[float, str]:  # ties go to the lower trial id
-        return -sign * float(row[f"final/{metrics[0]}"]), str(row["trial_id"])
+    def first(row: dict[str, Any]) -> tuple[float, str]:
+        return best_first(float(row[f"final/{metrics[0]}"]), row["trial_id"], modes[0])
 
     ranked: list[dict[str, Any]] = []
     for status in (COMPLETED, PRUNED):

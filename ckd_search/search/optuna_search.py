@@ -343,8 +343,7 @@ class StudySearch(OptunaSearch):
             if not t.intermediate_values:
                 self._orphans.append(t._trial_id)
                 continue
-            storage.set_trial_system_attr(t._trial_id, ORPHAN_ATTR, True)
-            storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+            mark_orphaned(storage, t)
             self.study.enqueue_trial(t.params, skip_if_exists=False)
             log.info(
                 "Optuna trial %d (asked before the driver stopped, %d epoch(s) reported) ends as orphaned; "
@@ -391,6 +390,13 @@ def trial_status(trial: optuna.trial.FrozenTrial) -> str:
     return {TrialState.COMPLETE: COMPLETED, TrialState.PRUNED: PRUNED}.get(trial.state, FAILED)
 
 
+def mark_orphaned(storage: optuna.storages.BaseStorage, trial: optuna.trial.FrozenTrial) -> None:
+    """End ``trial`` as FAIL with ``ckd:orphaned``: a record no Tune trial stands for, left out of
+    the budget, the outcome, export and analyze."""
+    storage.set_trial_system_attr(trial._trial_id, ORPHAN_ATTR, True)
+    storage.set_trial_state_values(trial._trial_id, TrialState.FAIL)
+
+
 def fail_orphans(journal_path: str | Path, study_name: str, keep: frozenset[str] = frozenset()) -> int:
     """Mark unfinished journal trials whose Tune trial is not in ``keep`` FAIL (``ckd:orphaned``).
 
@@ -404,8 +410,7 @@ def fail_orphans(journal_path: str | Path, study_name: str, keep: frozenset[str]
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
         if frozen.user_attrs.get(RAY_TRIAL_ATTR) in keep:
             continue
-        storage.set_trial_system_attr(frozen._trial_id, ORPHAN_ATTR, True)
-        storage.set_trial_state_values(frozen._trial_id, TrialState.FAIL)
+        mark_orphaned(storage, frozen)
         log.info("Optuna trial %d belongs to no Tune trial; marked FAIL (orphaned)", frozen.number)
         marked += 1
     return marked

@@ -67,6 +67,12 @@ def classify(result: Mapping[str, Any] | None, *, error: bool, max_t: int | None
     return COMPLETED if float(result[EPOCH_KEY]) >= target_epochs(result, max_t) else PRUNED
 
 
+def best_first(value: float, trial_id: Any, mode: str) -> tuple[float, str]:
+    """Sort key that puts the best value first ("max" or "min") and, among equal values, the lower
+    trial id: the one rule of the summary, the progress line, export and MLflow (analyze too)."""
+    return (-value if mode == "max" else value), str(trial_id)
+
+
 def finite(value: Any) -> float | None:
     """``value`` as a float when it is a finite number (NumPy scalars too), else None."""
     if hasattr(value, "item") and callable(value.item):

@@ -16,6 +16,7 @@ from ckd_search.search.outcome import COMPLETED
 from ckd_search.search.outcome import EPOCH_KEY
 from ckd_search.search.outcome import FAILED
 from ckd_search.search.outcome import PRUNED
+from ckd_search.search.outcome import best_first
 from ckd_search.search.outcome import classify
 from ckd_search.search.outcome import finite
 
@@ -101,8 +102,7 @@ class ProgressCallback(Callback):
         """(value, trial id) of the best latest value, or None before any trial reported one."""
         if not self._latest:
             return None
-        sign = 1.0 if self.mode == "max" else -1.0
-        trial_id = min(self._latest, key=lambda t: (-sign * self._latest[t], t))
+        trial_id = min(self._latest, key=lambda t: best_first(self._latest[t], t, self.mode))
         return self._latest[trial_id], trial_id
 
     def status(self, trials: list) -> str:

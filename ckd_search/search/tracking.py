@@ -55,6 +55,7 @@ from ckd_search.errors import UserError
 from ckd_search.search.outcome import COMPLETED
 from ckd_search.search.outcome import EPOCH_KEY
 from ckd_search.search.outcome import TUNE_RESULT_KEYS
+from ckd_search.search.outcome import best_first
 from ckd_search.search.outcome import classify
 from ckd_search.search.outcome import finite
 from ckd_search.storage import atomic_write_text
@@ -738,9 +739,7 @@ def _best(rows: list[dict[str, Any]], metric: str, mode: str) -> dict[str, Any] 
         scored = [r for r in rows if r["status"] != "failed" and finite(r.get(metric)) is not None]
     if not scored:
         return None
-    sign = 1.0 if mode == "max" else -1.0
-    # Ties go to the lower trial id, as in ``ckd-search export`` and ``analyze``.
-    return min(scored, key=lambda r: (-sign * float(r[metric]), str(r.get("trial_id", ""))))
+    return min(scored, key=lambda r: best_first(float(r[metric]), r.get("trial_id", ""), mode))
 
 
 def _csv(rows: list[dict[str, Any]]) -> str:

@@ -558,6 +558,7 @@ def read_outcome(settings: SearchSettings, space: SearchSpace | None = None) -> 
     from ckd_search.search.optuna_search import ORPHAN_ATTR
     from ckd_search.search.optuna_search import RAY_TRIAL_ATTR
     from ckd_search.search.optuna_search import journal_storage
+    from ckd_search.search.outcome import best_first
 
     space = space or load_space(settings.space_file, settings.overrides)
     resources = Resources(space.resources.cpu, 0.0 if settings.gpus == 0 else space.resources.gpu)
@@ -594,11 +595,11 @@ def read_outcome(settings: SearchSettings, space: SearchSpace | None = None) -> 
                 }
             )
         return outcome
-    # Optuna's best_trial breaks ties by trial number; export, analyze and MLflow by the lower
-    # Ray trial id, so the summary does too and every view names the same best trial.
-    sign = 1.0 if space.study.mode == "max" else -1.0
+    # Not Optuna's best_trial, which breaks ties by trial number: every other view takes the lower
+    # Ray trial id, so the summary does too and they all name the same best trial.
+    mode = space.study.mode
     best = min(
-        complete, key=lambda t: (-sign * float(t.values[0]), str(t.user_attrs.get(RAY_TRIAL_ATTR, "")))
+        complete, key=lambda t: best_first(float(t.values[0]), t.user_attrs.get(RAY_TRIAL_ATTR, ""), mode)
     )
     outcome.best_value = best.value
     outcome.best_trial = best.user_attrs.get(RAY_TRIAL_ATTR)
